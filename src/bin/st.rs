@@ -1,0 +1,8 @@
+use clap::Parser;
+use st::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Inspect(args) => st::cli::inspect::run(args),
+    }
+}

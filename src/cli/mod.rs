@@ -1,0 +1,28 @@
+//! Command-line front doors: clap arguments and one file per subcommand. Binaries call
+//! [`run_st`]; `main` is one `match`.
+
+pub mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// `st`: the SpatialThinker edge runtime.
+#[derive(Debug, Parser)]
+#[command(name = "st", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Preprocess an image, build the prompt and M-RoPE ids, and save them as .npy for comparison with Python.
+    Inspect(inspect::InspectArgs),
+}
+
+/// The default model directory: `$ST_MODEL`, else the bundled tiny model.
+pub fn default_model_dir() -> std::path::PathBuf {
+    match std::env::var_os("ST_MODEL") {
+        Some(v) => v.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny"),
+    }
+}

@@ -1,0 +1,6 @@
+//! ONNX Runtime: locating and loading the shared library. Sessions, the KV cache and execution
+//! providers arrive with the runtime issue and live beside this file.
+
+pub mod ort_lib;
+
+pub use ort_lib::{OrtLibrary, init_ort, resolve_ort_library};

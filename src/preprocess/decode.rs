@@ -1,0 +1,172 @@
+//! Decoding under explicit limits, then RGB exactly as qwen-vl-utils' `to_rgb` (PIL) makes it:
+//! RGBA is composited over white, every other mode converted the way PIL's `convert("RGB")`
+//! does (16-bit channels keep their high byte; 16-bit grayscale is clipped to 255 as PIL's
+//! `I;16 → RGB` does).
+
+use crate::error::{Error, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use std::io::{BufRead, Cursor, Seek};
+use std::path::Path;
+
+/// Bounds checked against the image header before any pixel buffer is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Largest decoder allocation in bytes.
+    pub max_alloc: u64,
+    /// Smallest accepted side in pixels.
+    pub min_side: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_width: 16_384,
+            max_height: 16_384,
+            max_alloc: 1 << 30,
+            min_side: 1,
+        }
+    }
+}
+
+/// Decode the image file at `path` into RGB.
+pub fn decode_file(path: &Path, limits: &DecodeLimits, apply_exif: bool) -> Result<RgbImage> {
+    let name = path.display().to_string();
+    let reader = ImageReader::open(path).map_err(Error::io(path))?;
+    decode_reader(reader, &name, limits, apply_exif)
+}
+
+/// Decode an encoded image held in memory into RGB; `source_name` appears in errors.
+pub fn decode_bytes(
+    bytes: &[u8],
+    source_name: &str,
+    limits: &DecodeLimits,
+    apply_exif: bool,
+) -> Result<RgbImage> {
+    decode_reader(
+        ImageReader::new(Cursor::new(bytes)),
+        source_name,
+        limits,
+        apply_exif,
+    )
+}
+
+fn decode_reader<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+    name: &str,
+    limits: &DecodeLimits,
+    apply_exif: bool,
+) -> Result<RgbImage> {
+    let decode_err = |e: image::ImageError| map_image_error(e, name, limits);
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::ImageDecode {
+            source_name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+    if reader.format().is_none() {
+        return Err(Error::ImageDecode {
+            source_name: name.to_string(),
+            reason: "unknown or unsupported image format".into(),
+        });
+    }
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_width);
+    l.max_image_height = Some(limits.max_height);
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (w, h) = decoder.dimensions();
+    if w.min(h) < limits.min_side {
+        return Err(Error::ImageLimit {
+            source_name: name.to_string(),
+            reason: format!("{w}x{h} is too small"),
+            limit: format!("min side {} px", limits.min_side),
+        });
+    }
+    let orientation = if apply_exif {
+        decoder.orientation().map_err(decode_err)?
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    img.apply_orientation(orientation);
+    to_rgb(img, name)
+}
+
+fn map_image_error(e: image::ImageError, name: &str, limits: &DecodeLimits) -> Error {
+    match e {
+        image::ImageError::Limits(l) => Error::ImageLimit {
+            source_name: name.to_string(),
+            reason: l.to_string(),
+            limit: format!(
+                "{}x{} px, {} MiB decoder memory",
+                limits.max_width,
+                limits.max_height,
+                limits.max_alloc >> 20
+            ),
+        },
+        other => Error::ImageDecode {
+            source_name: name.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// PIL's `(a + 128 + ((a + 128) >> 8)) >> 8`: a/255 rounded, as in Pillow's Paste.c.
+fn div255(a: u32) -> u8 {
+    let t = a + 128;
+    ((t + (t >> 8)) >> 8) as u8
+}
+
+/// Composite straight-alpha RGBA over white as `Image.paste(rgba, mask=alpha)` does.
+fn over_white(rgba: impl Iterator<Item = [u8; 4]>, w: u32, h: u32) -> RgbImage {
+    let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+    for [r, g, b, a] in rgba {
+        let (a, inv) = (a as u32, 255 - a as u32);
+        for c in [r, g, b] {
+            out.push(div255(255 * inv + c as u32 * a));
+        }
+    }
+    // Length is exactly w·h·3 by construction.
+    RgbImage::from_raw(w, h, out).unwrap_or_default()
+}
+
+fn gray_to_rgb(values: impl Iterator<Item = u8>, w: u32, h: u32) -> RgbImage {
+    let out: Vec<u8> = values.flat_map(|v| [v, v, v]).collect();
+    RgbImage::from_raw(w, h, out).unwrap_or_default()
+}
+
+/// Convert any decoded image to RGB the way the reference (PIL) does.
+pub fn to_rgb(img: DynamicImage, name: &str) -> Result<RgbImage> {
+    let (w, h) = (img.width(), img.height());
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageRgba8(rgba) => over_white(rgba.pixels().map(|p| p.0), w, h),
+        DynamicImage::ImageLuma8(l) => gray_to_rgb(l.into_raw().into_iter(), w, h),
+        // PIL "LA" → RGB drops alpha (only RGBA is composited by to_rgb).
+        DynamicImage::ImageLumaA8(la) => gray_to_rgb(la.pixels().map(|p| p.0[0]), w, h),
+        // PIL opens 16-bit grayscale as "I;16"; its conversion to RGB clips at 255.
+        DynamicImage::ImageLuma16(l) => {
+            gray_to_rgb(l.into_raw().into_iter().map(|v| v.min(255) as u8), w, h)
+        }
+        // 16-bit colour PNGs are read by PIL keeping the high byte of each sample.
+        DynamicImage::ImageLumaA16(la) => {
+            gray_to_rgb(la.pixels().map(|p| (p.0[0] >> 8) as u8), w, h)
+        }
+        DynamicImage::ImageRgb16(rgb) => {
+            let out: Vec<u8> = rgb.into_raw().into_iter().map(|v| (v >> 8) as u8).collect();
+            RgbImage::from_raw(w, h, out).unwrap_or_default()
+        }
+        DynamicImage::ImageRgba16(rgba) => {
+            over_white(rgba.pixels().map(|p| p.0.map(|v| (v >> 8) as u8)), w, h)
+        }
+        other => {
+            return Err(Error::ImageDecode {
+                source_name: name.to_string(),
+                reason: format!("unsupported pixel format {:?}", other.color()),
+            });
+        }
+    })
+}
