@@ -11,10 +11,7 @@ pub enum Error {
     Checkpoint(#[from] st_checkpoint::Error),
 
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("image {source_name}: cannot decode: {reason}")]
     ImageDecode { source_name: String, reason: String },
@@ -22,22 +19,10 @@ pub enum Error {
     #[error(
         "image {source_name}: {reason} (limit: {limit}); raise it with the preprocess limits option if the image is genuine"
     )]
-    ImageLimit {
-        source_name: String,
-        reason: String,
-        limit: String,
-    },
+    ImageLimit { source_name: String, reason: String, limit: String },
 
-    #[error(
-        "image {source_name}: {width}x{height} has aspect ratio {ratio:.1}, above the limit of {max}"
-    )]
-    AspectRatio {
-        source_name: String,
-        width: u32,
-        height: u32,
-        ratio: f64,
-        max: f64,
-    },
+    #[error("image {source_name}: {width}x{height} has aspect ratio {ratio:.1}, above the limit of {max}")]
+    AspectRatio { source_name: String, width: u32, height: u32, ratio: f64, max: f64 },
 
     #[error("invalid value for {name}: {reason}")]
     InvalidArgument { name: &'static str, reason: String },
@@ -57,10 +42,7 @@ pub enum Error {
     #[error(
         "ONNX Runtime library not found. Tried: {tried}. Install it with `{install}`, or pass --ort-lib / set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1"
     )]
-    OrtNotFound {
-        tried: String,
-        install: &'static str,
-    },
+    OrtNotFound { tried: String, install: &'static str },
 
     #[error("ONNX Runtime ({context}): {reason}")]
     Ort { context: String, reason: String },

@@ -27,12 +27,7 @@ pub struct PixelOverrides {
 
 /// Preprocess `image`, build the SpatialThinker prompt for `question` (the instruction alone when
 /// `None`), tokenize it and compute M-RoPE positions, using the checkpoint in `model_dir`.
-pub fn inspect(
-    model_dir: &Path,
-    image: &Path,
-    question: Option<&str>,
-    pixels: PixelOverrides,
-) -> Result<Inspection> {
+pub fn inspect(model_dir: &Path, image: &Path, question: Option<&str>, pixels: PixelOverrides) -> Result<Inspection> {
     let ckpt = st_checkpoint::Checkpoint::open(model_dir)?;
     let mut pre = Preprocessor::from_checkpoint(&ckpt);
     let d = pre.options.pixels;
@@ -47,26 +42,12 @@ pub fn inspect(
         Some(q) => spatialthinker_text(w, h, q)?,
         None => format!("{INSTRUCTION}\n\nImage size: {w} x {h}"),
     };
-    let prompt_text = prompt.template.render(
-        &[Message::user(vec![Content::Image, Content::Text(text)])],
-        true,
-    )?;
+    let prompt_text = prompt.template.render(&[Message::user(vec![Content::Image, Content::Text(text)])], true)?;
     let merge = pre.geometry.merge_size;
     let n_img = img.num_image_tokens(merge);
     let input_ids = prompt.encode(&prompt_text, &[n_img])?;
-    let positions = mrope_positions(
-        &input_ids,
-        prompt.tokenizer.special.image_pad,
-        &[img.grid_thw],
-        merge,
-    )?;
-    Ok(Inspection {
-        image: img,
-        prompt_text,
-        input_ids,
-        positions,
-        image_token_count: n_img,
-    })
+    let positions = mrope_positions(&input_ids, prompt.tokenizer.special.image_pad, &[img.grid_thw], merge)?;
+    Ok(Inspection { image: img, prompt_text, input_ids, positions, image_token_count: n_img })
 }
 
 fn write_npy<A: ndarray_npy::WritableElement, D: ndarray::Dimension>(
@@ -76,10 +57,8 @@ fn write_npy<A: ndarray_npy::WritableElement, D: ndarray::Dimension>(
 ) -> Result<PathBuf> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    ndarray_npy::write_npy(&tmp, array).map_err(|e| Error::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    ndarray_npy::write_npy(&tmp, array)
+        .map_err(|e| Error::Io { path: tmp.clone(), source: std::io::Error::other(e) })?;
     std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
     Ok(path)
 }
@@ -92,17 +71,10 @@ impl Inspection {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let [t, h, w] = self.image.grid_thw;
         let seq = self.input_ids.len();
-        let grid = Array2::from_shape_vec((1, 3), vec![t as i64, h as i64, w as i64])
-            .map_err(shape_err)?;
+        let grid = Array2::from_shape_vec((1, 3), vec![t as i64, h as i64, w as i64]).map_err(shape_err)?;
         let ids =
-            Array2::from_shape_vec((1, seq), self.input_ids.iter().map(|&x| x as i64).collect())
-                .map_err(shape_err)?;
-        let pos: Array3<i64> = self
-            .positions
-            .ids
-            .clone()
-            .into_shape_with_order((3, 1, seq))
-            .map_err(shape_err)?;
+            Array2::from_shape_vec((1, seq), self.input_ids.iter().map(|&x| x as i64).collect()).map_err(shape_err)?;
+        let pos: Array3<i64> = self.positions.ids.clone().into_shape_with_order((3, 1, seq)).map_err(shape_err)?;
         let deltas = Array2::from_elem((1, 1), self.positions.delta);
         Ok(vec![
             write_npy(dir, "pixel_values.npy", &self.image.pixel_values)?,
@@ -115,8 +87,5 @@ impl Inspection {
 }
 
 fn shape_err(e: ndarray::ShapeError) -> Error {
-    Error::InvalidArgument {
-        name: "array shape",
-        reason: e.to_string(),
-    }
+    Error::InvalidArgument { name: "array shape", reason: e.to_string() }
 }

@@ -45,10 +45,7 @@ pub fn mrope_positions(
             continue;
         }
         let &[t, h, w] = grids_left.next().ok_or_else(|| Error::Prompt {
-            reason: format!(
-                "image placeholder at token {i} has no image grid (only {} given)",
-                grids.len()
-            ),
+            reason: format!("image placeholder at token {i} has no image grid (only {} given)", grids.len()),
         })?;
         if merge_size == 0 || h % merge_size != 0 || w % merge_size != 0 {
             return Err(Error::Prompt {
@@ -59,9 +56,7 @@ pub fn mrope_positions(
         let count = t * gh * gw;
         if i + count > n || input_ids[i..i + count].iter().any(|&x| x != image_token) {
             return Err(Error::Prompt {
-                reason: format!(
-                    "image at token {i} needs {count} consecutive placeholder tokens for grid {t}x{h}x{w}"
-                ),
+                reason: format!("image at token {i} needs {count} consecutive placeholder tokens for grid {t}x{h}x{w}"),
             });
         }
         let mut k = i;
@@ -80,15 +75,9 @@ pub fn mrope_positions(
     }
     if grids_left.next().is_some() {
         return Err(Error::Prompt {
-            reason: format!(
-                "{} image grids given but fewer image placeholders found",
-                grids.len()
-            ),
+            reason: format!("{} image grids given but fewer image placeholders found", grids.len()),
         });
     }
     let max = ids.iter().copied().max().unwrap_or(-1);
-    Ok(MropePositions {
-        ids,
-        delta: max + 1 - n as i64,
-    })
+    Ok(MropePositions { ids, delta: max + 1 - n as i64 })
 }

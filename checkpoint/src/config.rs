@@ -149,10 +149,8 @@ impl ModelConfig {
 
     /// Parse config JSON text; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
         Self::resolve(raw, path)
     }
 
@@ -161,16 +159,10 @@ impl ModelConfig {
         match raw.model_type.as_deref() {
             Some(MODEL_TYPE) => {}
             Some(other) => {
-                return Err(Error::UnsupportedArchitecture {
-                    path,
-                    found: other.to_string(),
-                });
+                return Err(Error::UnsupportedArchitecture { path, found: other.to_string() });
             }
             None => {
-                return Err(Error::MissingField {
-                    path,
-                    field: "model_type",
-                });
+                return Err(Error::MissingField { path, field: "model_type" });
             }
         }
         let nested = raw.text_config.unwrap_or_default();
@@ -196,9 +188,11 @@ impl ModelConfig {
         let head_dim = match pick!(head_dim) {
             Some(d) => d,
             None => {
-                f.ensure(num_attention_heads > 0 && hidden_size % num_attention_heads == 0, "num_attention_heads", || {
-                    format!("hidden_size {hidden_size} is not a multiple of {num_attention_heads} heads")
-                })?;
+                f.ensure(
+                    num_attention_heads > 0 && hidden_size % num_attention_heads == 0,
+                    "num_attention_heads",
+                    || format!("hidden_size {hidden_size} is not a multiple of {num_attention_heads} heads"),
+                )?;
                 hidden_size / num_attention_heads
             }
         };
@@ -213,14 +207,10 @@ impl ModelConfig {
             rms_norm_eps: f.req(pick!(rms_norm_eps), "rms_norm_eps")?,
             rope_theta: f.req(rope_theta, "rope_theta")?,
             mrope_section: f.req(mrope_section, "mrope_section")?,
-            max_position_embeddings: f
-                .req(pick!(max_position_embeddings), "max_position_embeddings")?,
+            max_position_embeddings: f.req(pick!(max_position_embeddings), "max_position_embeddings")?,
             hidden_act: pick!(hidden_act).unwrap_or_else(|| "silu".into()),
         };
-        let v = raw.vision_config.ok_or(Error::MissingField {
-            path: path.clone(),
-            field: "vision_config",
-        })?;
+        let v = raw.vision_config.ok_or(Error::MissingField { path: path.clone(), field: "vision_config" })?;
         let vision = VisionConfig {
             depth: f.req(v.depth, "vision_config.depth")?,
             hidden_size: f.req(v.hidden_size, "vision_config.hidden_size")?,
@@ -230,46 +220,22 @@ impl ModelConfig {
             out_hidden_size: f.req(v.out_hidden_size, "vision_config.out_hidden_size")?,
             patch_size: f.req(v.patch_size, "vision_config.patch_size")?,
             spatial_merge_size: f.req(v.spatial_merge_size, "vision_config.spatial_merge_size")?,
-            temporal_patch_size: f
-                .req(v.temporal_patch_size, "vision_config.temporal_patch_size")?,
+            temporal_patch_size: f.req(v.temporal_patch_size, "vision_config.temporal_patch_size")?,
             window_size: f.req(v.window_size, "vision_config.window_size")?,
-            fullatt_block_indexes: f.req(
-                v.fullatt_block_indexes,
-                "vision_config.fullatt_block_indexes",
-            )?,
+            fullatt_block_indexes: f.req(v.fullatt_block_indexes, "vision_config.fullatt_block_indexes")?,
             tokens_per_second: v.tokens_per_second.unwrap_or(2.0),
             hidden_act: v.hidden_act.unwrap_or_else(|| "silu".into()),
-            rope_theta: v
-                .rope_parameters
-                .and_then(|r| r.rope_theta)
-                .unwrap_or(10_000.0),
+            rope_theta: v.rope_parameters.and_then(|r| r.rope_theta).unwrap_or(10_000.0),
         };
         let config = ModelConfig {
-            image_token_id: f.req(
-                top.image_token_id.or(nested.image_token_id),
-                "image_token_id",
-            )?,
-            video_token_id: f.req(
-                top.video_token_id.or(nested.video_token_id),
-                "video_token_id",
-            )?,
-            vision_start_token_id: f.req(
-                top.vision_start_token_id.or(nested.vision_start_token_id),
-                "vision_start_token_id",
-            )?,
-            vision_end_token_id: f.req(
-                top.vision_end_token_id.or(nested.vision_end_token_id),
-                "vision_end_token_id",
-            )?,
-            tie_word_embeddings: top
-                .tie_word_embeddings
-                .or(nested.tie_word_embeddings)
-                .unwrap_or(false),
-            source_dtype: top
-                .torch_dtype
-                .or(top.dtype)
-                .or(nested.torch_dtype)
-                .or(nested.dtype),
+            image_token_id: f.req(top.image_token_id.or(nested.image_token_id), "image_token_id")?,
+            video_token_id: f.req(top.video_token_id.or(nested.video_token_id), "video_token_id")?,
+            vision_start_token_id: f
+                .req(top.vision_start_token_id.or(nested.vision_start_token_id), "vision_start_token_id")?,
+            vision_end_token_id: f
+                .req(top.vision_end_token_id.or(nested.vision_end_token_id), "vision_end_token_id")?,
+            tie_word_embeddings: top.tie_word_embeddings.or(nested.tie_word_embeddings).unwrap_or(false),
+            source_dtype: top.torch_dtype.or(top.dtype).or(nested.torch_dtype).or(nested.dtype),
             text,
             vision,
         };
@@ -291,42 +257,21 @@ impl ModelConfig {
         ] {
             f.ensure(v > 0, name, || "must be positive".into())?;
         }
-        f.ensure(
-            t.num_attention_heads % t.num_key_value_heads == 0,
-            "num_key_value_heads",
-            || {
-                format!(
-                    "{} attention heads are not a multiple of {} KV heads",
-                    t.num_attention_heads, t.num_key_value_heads
-                )
-            },
-        )?;
-        f.ensure(t.head_dim % 2 == 0, "head_dim", || {
-            format!("{} is odd; rotary needs pairs", t.head_dim)
+        f.ensure(t.num_attention_heads % t.num_key_value_heads == 0, "num_key_value_heads", || {
+            format!(
+                "{} attention heads are not a multiple of {} KV heads",
+                t.num_attention_heads, t.num_key_value_heads
+            )
         })?;
+        f.ensure(t.head_dim % 2 == 0, "head_dim", || format!("{} is odd; rotary needs pairs", t.head_dim))?;
         let sum: usize = t.mrope_section.iter().sum();
-        f.ensure(
-            t.mrope_section.len() == 3 && sum == t.head_dim / 2,
-            "mrope_section",
-            || {
-                format!(
-                    "{:?} must be 3 sections summing to head_dim/2 = {}",
-                    t.mrope_section,
-                    t.head_dim / 2
-                )
-            },
-        )?;
+        f.ensure(t.mrope_section.len() == 3 && sum == t.head_dim / 2, "mrope_section", || {
+            format!("{:?} must be 3 sections summing to head_dim/2 = {}", t.mrope_section, t.head_dim / 2)
+        })?;
         let v = &self.vision;
-        f.ensure(
-            v.num_heads > 0 && v.hidden_size % v.num_heads == 0,
-            "vision_config.num_heads",
-            || {
-                format!(
-                    "vision hidden_size {} is not a multiple of {} heads",
-                    v.hidden_size, v.num_heads
-                )
-            },
-        )?;
+        f.ensure(v.num_heads > 0 && v.hidden_size % v.num_heads == 0, "vision_config.num_heads", || {
+            format!("vision hidden_size {} is not a multiple of {} heads", v.hidden_size, v.num_heads)
+        })?;
         for (name, x) in [
             ("vision_config.patch_size", v.patch_size),
             ("vision_config.spatial_merge_size", v.spatial_merge_size),
@@ -335,17 +280,9 @@ impl ModelConfig {
         ] {
             f.ensure(x > 0, name, || "must be positive".into())?;
         }
-        f.ensure(
-            v.window_size % v.image_factor() == 0,
-            "vision_config.window_size",
-            || {
-                format!(
-                    "{} px is not a multiple of patch × merge = {}",
-                    v.window_size,
-                    v.image_factor()
-                )
-            },
-        )?;
+        f.ensure(v.window_size % v.image_factor() == 0, "vision_config.window_size", || {
+            format!("{} px is not a multiple of patch × merge = {}", v.window_size, v.image_factor())
+        })?;
         if let Some(&bad) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {
             return Err(Error::InvalidField {
                 path: path.clone(),
@@ -363,20 +300,9 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn req<T>(&self, v: Option<T>, field: &'static str) -> Result<T> {
-        v.ok_or_else(|| Error::MissingField {
-            path: self.path.clone(),
-            field,
-        })
+        v.ok_or_else(|| Error::MissingField { path: self.path.clone(), field })
     }
     fn ensure(&self, ok: bool, field: &'static str, reason: impl FnOnce() -> String) -> Result<()> {
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidField {
-                path: self.path.clone(),
-                field,
-                reason: reason(),
-            })
-        }
+        if ok { Ok(()) } else { Err(Error::InvalidField { path: self.path.clone(), field, reason: reason() }) }
     }
 }

@@ -13,10 +13,7 @@ pub struct TensorSpec {
 }
 
 fn spec(name: String, shape: &[usize]) -> TensorSpec {
-    TensorSpec {
-        name,
-        shape: shape.to_vec(),
-    }
+    TensorSpec { name, shape: shape.to_vec() }
 }
 
 /// Linear layer `prefix.weight` [out, in] and, when `bias`, `prefix.bias` [out].
@@ -35,56 +32,14 @@ pub fn text_tensors(c: &ModelConfig) -> Vec<TensorSpec> {
     for i in 0..t.num_hidden_layers {
         let p = format!("model.layers.{i}");
         out.push(spec(format!("{p}.input_layernorm.weight"), &[h]));
-        linear(
-            &mut out,
-            &format!("{p}.self_attn.q_proj"),
-            h,
-            t.num_attention_heads * hd,
-            true,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.self_attn.k_proj"),
-            h,
-            t.num_key_value_heads * hd,
-            true,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.self_attn.v_proj"),
-            h,
-            t.num_key_value_heads * hd,
-            true,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.self_attn.o_proj"),
-            t.num_attention_heads * hd,
-            h,
-            false,
-        );
+        linear(&mut out, &format!("{p}.self_attn.q_proj"), h, t.num_attention_heads * hd, true);
+        linear(&mut out, &format!("{p}.self_attn.k_proj"), h, t.num_key_value_heads * hd, true);
+        linear(&mut out, &format!("{p}.self_attn.v_proj"), h, t.num_key_value_heads * hd, true);
+        linear(&mut out, &format!("{p}.self_attn.o_proj"), t.num_attention_heads * hd, h, false);
         out.push(spec(format!("{p}.post_attention_layernorm.weight"), &[h]));
-        linear(
-            &mut out,
-            &format!("{p}.mlp.gate_proj"),
-            h,
-            t.intermediate_size,
-            false,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.mlp.up_proj"),
-            h,
-            t.intermediate_size,
-            false,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.mlp.down_proj"),
-            t.intermediate_size,
-            h,
-            false,
-        );
+        linear(&mut out, &format!("{p}.mlp.gate_proj"), h, t.intermediate_size, false);
+        linear(&mut out, &format!("{p}.mlp.up_proj"), h, t.intermediate_size, false);
+        linear(&mut out, &format!("{p}.mlp.down_proj"), t.intermediate_size, h, false);
     }
     out.push(spec("model.norm.weight".into(), &[h]));
     if !c.tie_word_embeddings {
@@ -99,13 +54,7 @@ pub fn vision_tensors(c: &ModelConfig) -> Vec<TensorSpec> {
     let h = v.hidden_size;
     let mut out = vec![spec(
         "visual.patch_embed.proj.weight".into(),
-        &[
-            h,
-            v.in_channels,
-            v.temporal_patch_size,
-            v.patch_size,
-            v.patch_size,
-        ],
+        &[h, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
     )];
     for i in 0..v.depth {
         let p = format!("visual.blocks.{i}");
@@ -113,38 +62,14 @@ pub fn vision_tensors(c: &ModelConfig) -> Vec<TensorSpec> {
         out.push(spec(format!("{p}.norm2.weight"), &[h]));
         linear(&mut out, &format!("{p}.attn.qkv"), h, 3 * h, true);
         linear(&mut out, &format!("{p}.attn.proj"), h, h, true);
-        linear(
-            &mut out,
-            &format!("{p}.mlp.gate_proj"),
-            h,
-            v.intermediate_size,
-            true,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.mlp.up_proj"),
-            h,
-            v.intermediate_size,
-            true,
-        );
-        linear(
-            &mut out,
-            &format!("{p}.mlp.down_proj"),
-            v.intermediate_size,
-            h,
-            true,
-        );
+        linear(&mut out, &format!("{p}.mlp.gate_proj"), h, v.intermediate_size, true);
+        linear(&mut out, &format!("{p}.mlp.up_proj"), h, v.intermediate_size, true);
+        linear(&mut out, &format!("{p}.mlp.down_proj"), v.intermediate_size, h, true);
     }
     let merged = h * v.spatial_merge_size * v.spatial_merge_size;
     out.push(spec("visual.merger.ln_q.weight".into(), &[h]));
     linear(&mut out, "visual.merger.mlp.0", merged, merged, true);
-    linear(
-        &mut out,
-        "visual.merger.mlp.2",
-        merged,
-        v.out_hidden_size,
-        true,
-    );
+    linear(&mut out, "visual.merger.mlp.2", merged, v.out_hidden_size, true);
     out
 }
 

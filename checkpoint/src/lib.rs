@@ -52,22 +52,12 @@ impl Checkpoint {
         let image_processor = ImageProcessorConfig::from_dir(&dir)?;
         let weights = Weights::open(&dir)?;
         layout::check(&config, &weights)?;
-        Ok(Self {
-            dir,
-            config,
-            generation,
-            image_processor,
-            weights,
-        })
+        Ok(Self { dir, config, generation, image_processor, weights })
     }
 
     /// Path of a file in the checkpoint directory, or an error naming it when missing.
     pub fn file(&self, name: &str) -> Result<PathBuf> {
         let path = self.dir.join(name);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(Error::MissingFile { path })
-        }
+        if path.is_file() { Ok(path) } else { Err(Error::MissingFile { path }) }
     }
 }

@@ -78,16 +78,8 @@ impl ImageProcessorConfig {
         let d = Self::default();
         let size = raw.size.unwrap_or_default();
         let cfg = Self {
-            min_pixels: raw
-                .min_pixels
-                .or(size.min_pixels)
-                .or(size.shortest_edge)
-                .unwrap_or(d.min_pixels),
-            max_pixels: raw
-                .max_pixels
-                .or(size.max_pixels)
-                .or(size.longest_edge)
-                .unwrap_or(d.max_pixels),
+            min_pixels: raw.min_pixels.or(size.min_pixels).or(size.shortest_edge).unwrap_or(d.min_pixels),
+            max_pixels: raw.max_pixels.or(size.max_pixels).or(size.longest_edge).unwrap_or(d.max_pixels),
             image_mean: raw.image_mean.unwrap_or(d.image_mean),
             image_std: raw.image_std.unwrap_or(d.image_std),
             patch_size: raw.patch_size.unwrap_or(d.patch_size),
@@ -127,13 +119,8 @@ pub fn chat_template(dir: &Path) -> Result<(String, PathBuf)> {
             Some(serde_json::Value::String(s)) => return Ok((s, path)),
             // A list of named templates: take "default".
             Some(serde_json::Value::Array(list)) => {
-                let default = list
-                    .iter()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"));
-                if let Some(s) = default
-                    .and_then(|t| t.get("template"))
-                    .and_then(|t| t.as_str())
-                {
+                let default = list.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"));
+                if let Some(s) = default.and_then(|t| t.get("template")).and_then(|t| t.as_str()) {
                     return Ok((s.to_string(), path));
                 }
             }

@@ -87,10 +87,7 @@ impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Weights")
             .field("dir", &self.dir)
-            .field(
-                "shards",
-                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
-            )
+            .field("shards", &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>())
             .field("tensors", &self.entries.len())
             .finish()
     }
@@ -116,15 +113,9 @@ impl Weights {
         } else if single.is_file() {
             (vec![SINGLE_FILE.to_string()], None)
         } else {
-            return Err(Error::NoWeights {
-                dir: dir.to_path_buf(),
-            });
+            return Err(Error::NoWeights { dir: dir.to_path_buf() });
         };
-        let mut weights = Weights {
-            dir: dir.to_path_buf(),
-            shards: Vec::new(),
-            entries: BTreeMap::new(),
-        };
+        let mut weights = Weights { dir: dir.to_path_buf(), shards: Vec::new(), entries: BTreeMap::new() };
         for file in &files {
             if file.contains('/') || file.contains("..") {
                 return Err(Error::InvalidField {
@@ -138,14 +129,12 @@ impl Weights {
         if let Some(index) = index {
             for (name, file) in &index.weight_map {
                 let canon = canonical_name(name);
-                let shard_ok = weights.entries.get(canon.as_ref()).is_some_and(|e| {
-                    weights.shards[e.shard].path.file_name() == Some(file.as_ref())
-                });
+                let shard_ok = weights
+                    .entries
+                    .get(canon.as_ref())
+                    .is_some_and(|e| weights.shards[e.shard].path.file_name() == Some(file.as_ref()));
                 if !shard_ok {
-                    return Err(Error::MissingTensor {
-                        name: name.clone(),
-                        dir: dir.join(file),
-                    });
+                    return Err(Error::MissingTensor { name: name.clone(), dir: dir.join(file) });
                 }
             }
         }
@@ -157,20 +146,14 @@ impl Weights {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::MissingFile { path: path.clone() }
             } else {
-                Error::Io {
-                    path: path.clone(),
-                    source: e,
-                }
+                Error::Io { path: path.clone(), source: e }
             }
         })?;
         // SAFETY: the map is read-only; like every mmap-based loader (candle, safetensors'
         // own examples) we rely on the checkpoint not being truncated while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (stored_name, info) in metadata.tensors() {
@@ -190,13 +173,8 @@ impl Weights {
                     other: self.shards[prev.shard].path.clone(),
                 });
             }
-            let entry = Entry {
-                shard,
-                dtype: Dtype::from_st(info.dtype),
-                shape: info.shape.clone(),
-                range,
-                stored_name,
-            };
+            let entry =
+                Entry { shard, dtype: Dtype::from_st(info.dtype), shape: info.shape.clone(), range, stored_name };
             self.entries.insert(canon, entry);
         }
         self.shards.push(Shard { path, mmap });
@@ -226,10 +204,7 @@ impl Weights {
         let entry = self
             .entries
             .get(canon.as_ref())
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.to_string(),
-                dir: self.dir.clone(),
-            })?;
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), dir: self.dir.clone() })?;
         let shard = &self.shards[entry.shard];
         Ok(TensorRef {
             name: &entry.stored_name,
@@ -290,23 +265,14 @@ impl<'a> TensorRef<'a> {
             Dtype::F32 => Ok(match bytemuck::try_cast_slice::<u8, f32>(self.bytes) {
                 Ok(s) if cfg!(target_endian = "little") => Cow::Borrowed(s),
                 _ => Cow::Owned(
-                    self.bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
+                    self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 ),
             }),
             Dtype::BF16 => Ok(Cow::Owned(
-                self.bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
+                self.bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             )),
             Dtype::F16 => Ok(Cow::Owned(
-                self.bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
+                self.bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             )),
             Dtype::Other(_) => unreachable!("float_dtype refused it"),
         }
@@ -324,11 +290,7 @@ impl<'a> TensorRef<'a> {
         }
         bytemuck::try_cast_slice(self.bytes).map_err(|e| Error::Safetensors {
             path: self.path.to_path_buf(),
-            reason: format!(
-                "tensor `{}` cannot be viewed as {} in place: {e}",
-                self.name,
-                T::NAME
-            ),
+            reason: format!("tensor `{}` cannot be viewed as {} in place: {e}", self.name, T::NAME),
         })
     }
 }

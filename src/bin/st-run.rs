@@ -5,11 +5,7 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "st-run",
-    version,
-    about = "Ask SpatialThinker a spatial question about an image"
-)]
+#[command(name = "st-run", version, about = "Ask SpatialThinker a spatial question about an image")]
 struct Args {
     image: PathBuf,
     question: String,
@@ -25,19 +21,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let model = a.model.unwrap_or_else(st::cli::default_model_dir);
-    let pixels = st::inspect::PixelOverrides {
-        min_pixels: a.min_pixels,
-        max_pixels: a.max_pixels,
-    };
+    let pixels = st::inspect::PixelOverrides { min_pixels: a.min_pixels, max_pixels: a.max_pixels };
     let ins = st::inspect::inspect(&model, &a.image, Some(&a.question), pixels)?;
     let (w, h) = ins.image.resized_size;
-    println!(
-        "prepared {} prompt tokens ({} for the {w}x{h} image)",
-        ins.input_ids.len(),
-        ins.image_token_count
-    );
-    eprintln!(
-        "st-run: answering arrives with the runtime (ONNX export + engine); no answer is produced yet"
-    );
+    println!("prepared {} prompt tokens ({} for the {w}x{h} image)", ins.input_ids.len(), ins.image_token_count);
+    eprintln!("st-run: answering arrives with the runtime (ONNX export + engine); no answer is produced yet");
     std::process::exit(2)
 }

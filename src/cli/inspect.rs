@@ -28,10 +28,7 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let model = args.model.clone().unwrap_or_else(super::default_model_dir);
-    let pixels = PixelOverrides {
-        min_pixels: args.min_pixels,
-        max_pixels: args.max_pixels,
-    };
+    let pixels = PixelOverrides { min_pixels: args.min_pixels, max_pixels: args.max_pixels };
     let ins = inspect(&model, &args.image, args.question.as_deref(), pixels)?;
     let written = match &args.out {
         Some(dir) => ins.write_npy_dir(dir)?,
@@ -53,15 +50,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         println!("model         {}", model.display());
         println!("original size {ow} x {oh}");
         println!("resized size  {rw} x {rh}");
-        println!(
-            "grid (t,h,w)  {t} x {gh} x {gw} patches → {} image tokens",
-            ins.image_token_count
-        );
-        println!(
-            "prompt        {} tokens (rope delta {})",
-            ins.input_ids.len(),
-            ins.positions.delta
-        );
+        println!("grid (t,h,w)  {t} x {gh} x {gw} patches → {} image tokens", ins.image_token_count);
+        println!("prompt        {} tokens (rope delta {})", ins.input_ids.len(), ins.positions.delta);
         for p in &written {
             println!("wrote         {}", p.display());
         }

@@ -49,17 +49,10 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     let entries = std::fs::read_dir(&lib).ok()?;
     let mut pythons: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("python3"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
         .collect();
     pythons.sort();
-    pythons
-        .into_iter()
-        .map(|p| p.join("site-packages/onnxruntime/capi").join(lib_name()))
-        .find(|p| p.is_file())
+    pythons.into_iter().map(|p| p.join("site-packages/onnxruntime/capi").join(lib_name())).find(|p| p.is_file())
 }
 
 /// Find the library without loading it.
@@ -67,43 +60,24 @@ pub fn resolve_ort_library(explicit: Option<&Path>) -> Result<OrtLibrary> {
     let mut tried = Vec::new();
     if let Some(p) = explicit {
         if p.is_file() {
-            return Ok(OrtLibrary {
-                path: p.to_path_buf(),
-                found_by: "--ort-lib",
-            });
+            return Ok(OrtLibrary { path: p.to_path_buf(), found_by: "--ort-lib" });
         }
         tried.push(format!("--ort-lib {} (no such file)", p.display()));
     }
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(v) if Path::new(&v).is_file() => {
-            return Ok(OrtLibrary {
-                path: PathBuf::from(v),
-                found_by: "ORT_DYLIB_PATH",
-            });
+            return Ok(OrtLibrary { path: PathBuf::from(v), found_by: "ORT_DYLIB_PATH" });
         }
-        Some(v) => tried.push(format!(
-            "ORT_DYLIB_PATH={} (no such file)",
-            Path::new(&v).display()
-        )),
+        Some(v) => tried.push(format!("ORT_DYLIB_PATH={} (no such file)", Path::new(&v).display())),
         None => tried.push("ORT_DYLIB_PATH (unset)".into()),
     }
     let venvs = venv_candidates();
     if let Some(path) = venvs.iter().find_map(|v| find_in_venv(v)) {
-        return Ok(OrtLibrary {
-            path,
-            found_by: "project venv",
-        });
+        return Ok(OrtLibrary { path, found_by: "project venv" });
     }
-    let shown: Vec<String> = venvs
-        .iter()
-        .take(3)
-        .map(|v| v.display().to_string())
-        .collect();
+    let shown: Vec<String> = venvs.iter().take(3).map(|v| v.display().to_string()).collect();
     tried.push(format!("project venv ({}, …)", shown.join(", ")));
-    Err(Error::OrtNotFound {
-        tried: tried.join("; "),
-        install: INSTALL_HINT,
-    })
+    Err(Error::OrtNotFound { tried: tried.join("; "), install: INSTALL_HINT })
 }
 
 static LOADED: OnceLock<OrtLibrary> = OnceLock::new();
@@ -114,15 +88,9 @@ pub fn init_ort(explicit: Option<&Path>) -> Result<&'static OrtLibrary> {
         return Ok(lib);
     }
     let lib = resolve_ort_library(explicit)?;
-    let ort_err = |reason: String| Error::Ort {
-        context: format!("loading {}", lib.path.display()),
-        reason,
-    };
+    let ort_err = |reason: String| Error::Ort { context: format!("loading {}", lib.path.display()), reason };
     let builder = ort::init_from(&lib.path).map_err(|e| ort_err(e.to_string()))?;
-    builder
-        .with_name("st")
-        .build()
-        .map_err(|e| ort_err(e.to_string()))?;
+    builder.with_name("st").build().map_err(|e| ort_err(e.to_string()))?;
     Ok(LOADED.get_or_init(|| lib))
 }
 

@@ -1,11 +1,13 @@
 //! Decoding under explicit limits, then RGB exactly as qwen-vl-utils' `to_rgb` (PIL) makes it:
 //! RGBA is composited over white, every other mode converted the way PIL's `convert("RGB")`
 //! does (16-bit channels keep their high byte; 16-bit grayscale is clipped to 255 as PIL's
-//! `I;16 → RGB` does).
+//! `I;16 → RGB` does). JPEG is decoded by libjpeg-turbo's code (mozjpeg, a libjpeg-turbo fork)
+//! with libjpeg's defaults — the decoder PIL uses — because other decoders upsample chroma
+//! differently and move ~6 % of values by 1–2 levels.
 
 use crate::error::{Error, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
-use std::io::{BufRead, Cursor, Seek};
+use std::io::Cursor;
 use std::path::Path;
 
 /// Bounds checked against the image header before any pixel buffer is allocated.
@@ -21,56 +23,40 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self {
-            max_width: 16_384,
-            max_height: 16_384,
-            max_alloc: 1 << 30,
-            min_side: 1,
-        }
+        Self { max_width: 16_384, max_height: 16_384, max_alloc: 1 << 30, min_side: 1 }
     }
 }
 
 /// Decode the image file at `path` into RGB.
 pub fn decode_file(path: &Path, limits: &DecodeLimits, apply_exif: bool) -> Result<RgbImage> {
     let name = path.display().to_string();
-    let reader = ImageReader::open(path).map_err(Error::io(path))?;
-    decode_reader(reader, &name, limits, apply_exif)
+    let len = std::fs::metadata(path).map_err(Error::io(path))?.len();
+    if len > limits.max_alloc {
+        return Err(Error::ImageLimit {
+            source_name: name,
+            reason: format!("file is {len} bytes"),
+            limit: format!("{} MiB", limits.max_alloc >> 20),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    decode_bytes(&bytes, &name, limits, apply_exif)
 }
 
 /// Decode an encoded image held in memory into RGB; `source_name` appears in errors.
-pub fn decode_bytes(
-    bytes: &[u8],
-    source_name: &str,
-    limits: &DecodeLimits,
-    apply_exif: bool,
-) -> Result<RgbImage> {
-    decode_reader(
-        ImageReader::new(Cursor::new(bytes)),
-        source_name,
-        limits,
-        apply_exif,
-    )
-}
-
-fn decode_reader<R: BufRead + Seek>(
-    reader: ImageReader<R>,
-    name: &str,
-    limits: &DecodeLimits,
-    apply_exif: bool,
-) -> Result<RgbImage> {
-    let decode_err = |e: image::ImageError| map_image_error(e, name, limits);
+pub fn decode_bytes(bytes: &[u8], source_name: &str, limits: &DecodeLimits, apply_exif: bool) -> Result<RgbImage> {
+    let reader = ImageReader::new(Cursor::new(bytes));
+    let decode_err = |e: image::ImageError| map_image_error(e, source_name, limits);
+    let name = source_name;
     let mut reader = reader
         .with_guessed_format()
-        .map_err(|e| Error::ImageDecode {
-            source_name: name.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::ImageDecode { source_name: name.to_string(), reason: e.to_string() })?;
     if reader.format().is_none() {
         return Err(Error::ImageDecode {
             source_name: name.to_string(),
             reason: "unknown or unsupported image format".into(),
         });
     }
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_width);
     l.max_image_height = Some(limits.max_height);
@@ -90,9 +76,35 @@ fn decode_reader<R: BufRead + Seek>(
     } else {
         image::metadata::Orientation::NoTransforms
     };
-    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let mut img = match decode_jpeg_like_pil(bytes, is_jpeg, name)? {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder).map_err(decode_err)?,
+    };
     img.apply_orientation(orientation);
     to_rgb(img, name)
+}
+
+/// Decode a grayscale / YCbCr / RGB JPEG with libjpeg's default settings (islow IDCT, fancy
+/// upsampling), as PIL does. `None` for other images (and CMYK JPEGs), which the image crate
+/// decodes.
+fn decode_jpeg_like_pil(bytes: &[u8], is_jpeg: bool, name: &str) -> Result<Option<RgbImage>> {
+    if !is_jpeg {
+        return Ok(None);
+    }
+    let jpeg_err =
+        |e: std::io::Error| Error::ImageDecode { source_name: name.to_string(), reason: format!("JPEG: {e}") };
+    let d = mozjpeg::Decompress::new_mem(bytes).map_err(jpeg_err)?;
+    use mozjpeg::ColorSpace;
+    if !matches!(d.color_space(), ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB) {
+        return Ok(None);
+    }
+    let mut started = d.rgb().map_err(jpeg_err)?;
+    let (w, h) = (started.width() as u32, started.height() as u32);
+    let data = started.read_scanlines::<u8>().map_err(jpeg_err)?;
+    started.finish().map_err(jpeg_err)?;
+    RgbImage::from_raw(w, h, data)
+        .map(Some)
+        .ok_or_else(|| Error::ImageDecode { source_name: name.to_string(), reason: "JPEG: short pixel buffer".into() })
 }
 
 fn map_image_error(e: image::ImageError, name: &str, limits: &DecodeLimits) -> Error {
@@ -107,10 +119,7 @@ fn map_image_error(e: image::ImageError, name: &str, limits: &DecodeLimits) -> E
                 limits.max_alloc >> 20
             ),
         },
-        other => Error::ImageDecode {
-            source_name: name.to_string(),
-            reason: other.to_string(),
-        },
+        other => Error::ImageDecode { source_name: name.to_string(), reason: other.to_string() },
     }
 }
 
@@ -148,20 +157,14 @@ pub fn to_rgb(img: DynamicImage, name: &str) -> Result<RgbImage> {
         // PIL "LA" → RGB drops alpha (only RGBA is composited by to_rgb).
         DynamicImage::ImageLumaA8(la) => gray_to_rgb(la.pixels().map(|p| p.0[0]), w, h),
         // PIL opens 16-bit grayscale as "I;16"; its conversion to RGB clips at 255.
-        DynamicImage::ImageLuma16(l) => {
-            gray_to_rgb(l.into_raw().into_iter().map(|v| v.min(255) as u8), w, h)
-        }
+        DynamicImage::ImageLuma16(l) => gray_to_rgb(l.into_raw().into_iter().map(|v| v.min(255) as u8), w, h),
         // 16-bit colour PNGs are read by PIL keeping the high byte of each sample.
-        DynamicImage::ImageLumaA16(la) => {
-            gray_to_rgb(la.pixels().map(|p| (p.0[0] >> 8) as u8), w, h)
-        }
+        DynamicImage::ImageLumaA16(la) => gray_to_rgb(la.pixels().map(|p| (p.0[0] >> 8) as u8), w, h),
         DynamicImage::ImageRgb16(rgb) => {
             let out: Vec<u8> = rgb.into_raw().into_iter().map(|v| (v >> 8) as u8).collect();
             RgbImage::from_raw(w, h, out).unwrap_or_default()
         }
-        DynamicImage::ImageRgba16(rgba) => {
-            over_white(rgba.pixels().map(|p| p.0.map(|v| (v >> 8) as u8)), w, h)
-        }
+        DynamicImage::ImageRgba16(rgba) => over_white(rgba.pixels().map(|p| p.0.map(|v| (v >> 8) as u8)), w, h),
         other => {
             return Err(Error::ImageDecode {
                 source_name: name.to_string(),

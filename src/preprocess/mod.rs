@@ -25,11 +25,7 @@ pub struct PatchGeometry {
 
 impl PatchGeometry {
     pub fn from_vision(v: &st_checkpoint::VisionConfig) -> Self {
-        Self {
-            patch_size: v.patch_size,
-            temporal_patch_size: v.temporal_patch_size,
-            merge_size: v.spatial_merge_size,
-        }
+        Self { patch_size: v.patch_size, temporal_patch_size: v.temporal_patch_size, merge_size: v.spatial_merge_size }
     }
     /// Side granularity in pixels (28 for Qwen2.5-VL).
     pub fn factor(&self) -> usize {
@@ -101,55 +97,29 @@ impl Preprocessor {
         let g = PatchGeometry::from_vision(&ckpt.config.vision);
         let ip = &ckpt.image_processor;
         let mut options = PreprocessOptions::for_geometry(&g);
-        options.pixels = PixelBounds {
-            min_pixels: ip.min_pixels,
-            max_pixels: ip.max_pixels,
-        };
-        options.norm = ImageNorm {
-            mean: ip.image_mean,
-            std: ip.image_std,
-        };
+        options.pixels = PixelBounds { min_pixels: ip.min_pixels, max_pixels: ip.max_pixels };
+        options.norm = ImageNorm { mean: ip.image_mean, std: ip.image_std };
         Self::new(g, options)
     }
 
     /// Decode an image file and preprocess it.
     pub fn load(&self, path: &Path) -> Result<PreprocessedImage> {
-        let rgb = decode_file(
-            path,
-            &self.options.limits,
-            self.options.apply_exif_orientation,
-        )?;
+        let rgb = decode_file(path, &self.options.limits, self.options.apply_exif_orientation)?;
         self.process_rgb(&rgb, &path.display().to_string())
     }
 
     /// Decode an encoded image held in memory (e.g. a camera frame as JPEG).
     pub fn load_bytes(&self, bytes: &[u8], source_name: &str) -> Result<PreprocessedImage> {
-        let rgb = decode_bytes(
-            bytes,
-            source_name,
-            &self.options.limits,
-            self.options.apply_exif_orientation,
-        )?;
+        let rgb = decode_bytes(bytes, source_name, &self.options.limits, self.options.apply_exif_orientation)?;
         self.process_rgb(&rgb, source_name)
     }
 
     /// Preprocess an already decoded RGB image.
     pub fn process_rgb(&self, rgb: &RgbImage, source_name: &str) -> Result<PreprocessedImage> {
         let (w, h) = rgb.dimensions();
-        let (rh, rw) = smart_resize(
-            h,
-            w,
-            self.geometry.factor(),
-            &self.options.pixels,
-            source_name,
-        )?;
+        let (rh, rw) = smart_resize(h, w, self.geometry.factor(), &self.options.pixels, source_name)?;
         let resized = resize_bicubic(rgb, rw, rh)?;
         let (pixel_values, grid_thw) = patchify(&resized, &self.geometry, &self.options.norm)?;
-        Ok(PreprocessedImage {
-            original_size: (w, h),
-            resized_size: (rw, rh),
-            pixel_values,
-            grid_thw,
-        })
+        Ok(PreprocessedImage { original_size: (w, h), resized_size: (rw, rh), pixel_values, grid_thw })
     }
 }

@@ -17,36 +17,26 @@ pub struct ImageNorm {
 
 impl ImageNorm {
     /// OpenAI CLIP's statistics, used by Qwen2.5-VL's `preprocessor_config.json`.
-    pub const CLIP: ImageNorm = ImageNorm {
-        mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-        std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
-    };
+    pub const CLIP: ImageNorm =
+        ImageNorm { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_11] };
 }
 
 /// `pixel_values` [grid_t·grid_h·grid_w, 3·T·P·P] and `grid_thw` for one still image whose
 /// sides are multiples of patch × merge.
-pub fn patchify(
-    img: &RgbImage,
-    g: &PatchGeometry,
-    norm: &ImageNorm,
-) -> Result<(Array2<f32>, [usize; 3])> {
+pub fn patchify(img: &RgbImage, g: &PatchGeometry, norm: &ImageNorm) -> Result<(Array2<f32>, [usize; 3])> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (p, m, t) = (g.patch_size, g.merge_size, g.temporal_patch_size);
     if p == 0 || m == 0 || t == 0 || w % (p * m) != 0 || h % (p * m) != 0 {
         return Err(Error::InvalidArgument {
             name: "image size",
-            reason: format!(
-                "{w}x{h} is not a multiple of {} (patch {p} × merge {m})",
-                p * m
-            ),
+            reason: format!("{w}x{h} is not a multiple of {} (patch {p} × merge {m})", p * m),
         });
     }
     let (gh, gw) = (h / p, w / p);
     let cols = 3 * t * p * p;
     // Lookup per channel and byte value: ((v / 255) − mean) / std, computed in f32 as the reference.
-    let lut: Vec<[f32; 256]> = (0..3)
-        .map(|c| std::array::from_fn(|v| (v as f32 * (1.0 / 255.0) - norm.mean[c]) / norm.std[c]))
-        .collect();
+    let lut: Vec<[f32; 256]> =
+        (0..3).map(|c| std::array::from_fn(|v| (v as f32 * (1.0 / 255.0) - norm.mean[c]) / norm.std[c])).collect();
     let raw = img.as_raw();
     let mut out = Array2::<f32>::zeros((gh * gw, cols));
     let mut row = 0;

@@ -20,10 +20,7 @@ impl PixelBounds {
     /// The reference's defaults: 4 and 16384 merged tokens (4·28² … 16384·28² pixels).
     pub fn default_for_factor(factor: usize) -> Self {
         let f2 = (factor * factor) as u64;
-        Self {
-            min_pixels: 4 * f2,
-            max_pixels: 16_384 * f2,
-        }
+        Self { min_pixels: 4 * f2, max_pixels: 16_384 * f2 }
     }
 }
 
@@ -39,10 +36,7 @@ pub fn smart_resize(
     if bounds.max_pixels < bounds.min_pixels {
         return Err(Error::InvalidArgument {
             name: "max_pixels",
-            reason: format!(
-                "{} is below min_pixels {}",
-                bounds.max_pixels, bounds.min_pixels
-            ),
+            reason: format!("{} is below min_pixels {}", bounds.max_pixels, bounds.min_pixels),
         });
     }
     if height == 0 || width == 0 || factor == 0 {
@@ -88,30 +82,23 @@ pub fn smart_resize(
     Ok((h_bar as u32, w_bar as u32))
 }
 
-/// Resize RGB to `width`×`height` with Pillow's bicubic filter.
+/// Resize RGB to `width`×`height` with Pillow's bicubic filter, in Pillow's order: a
+/// horizontal pass rounded to u8, then a vertical pass. (fast_image_resize runs u8 images
+/// vertical-first when both sides change, which moves values by several levels near edges, so
+/// each axis is resized on its own here.)
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
-    if src.dimensions() == (width, height) {
-        return Ok(src.clone());
-    }
-    let resize_err = |e: &dyn std::fmt::Display| Error::InvalidArgument {
-        name: "resize",
-        reason: e.to_string(),
-    };
-    let src_view = fir::images::ImageRef::new(
-        src.width(),
-        src.height(),
-        src.as_raw(),
-        fir::PixelType::U8x3,
-    )
-    .map_err(|e| resize_err(&e))?;
-    let mut dst = fir::images::Image::new(width, height, fir::PixelType::U8x3);
-    let options = fir::ResizeOptions::new()
-        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom));
-    fir::Resizer::new()
-        .resize(&src_view, &mut dst, &options)
+    let horizontal = if src.width() != width { resize_axis(src, width, src.height())? } else { src.clone() };
+    if horizontal.height() != height { resize_axis(&horizontal, width, height) } else { Ok(horizontal) }
+}
+
+/// One convolution pass: exactly one of the two sides differs from the source.
+fn resize_axis(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    let resize_err = |e: &dyn std::fmt::Display| Error::InvalidArgument { name: "resize", reason: e.to_string() };
+    let src_view = fir::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fir::PixelType::U8x3)
         .map_err(|e| resize_err(&e))?;
-    RgbImage::from_raw(width, height, dst.into_vec()).ok_or_else(|| Error::InvalidArgument {
-        name: "resize",
-        reason: "output buffer size mismatch".into(),
-    })
+    let mut dst = fir::images::Image::new(width, height, fir::PixelType::U8x3);
+    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom));
+    fir::Resizer::new().resize(&src_view, &mut dst, &options).map_err(|e| resize_err(&e))?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::InvalidArgument { name: "resize", reason: "output buffer size mismatch".into() })
 }

@@ -21,23 +21,15 @@ pub const MAX_QUESTION_BYTES: usize = 16 * 1024;
 pub fn spatialthinker_text(width: u32, height: u32, question: &str) -> Result<String> {
     let q = question.trim();
     if q.is_empty() {
-        return Err(Error::InvalidArgument {
-            name: "question",
-            reason: "is empty".into(),
-        });
+        return Err(Error::InvalidArgument { name: "question", reason: "is empty".into() });
     }
     if q.len() > MAX_QUESTION_BYTES {
         return Err(Error::InvalidArgument {
             name: "question",
-            reason: format!(
-                "is {} bytes, above the limit of {MAX_QUESTION_BYTES}",
-                q.len()
-            ),
+            reason: format!("is {} bytes, above the limit of {MAX_QUESTION_BYTES}", q.len()),
         });
     }
-    Ok(format!(
-        "{INSTRUCTION}\n\nImage size: {width} x {height}\n\n{question}"
-    ))
+    Ok(format!("{INSTRUCTION}\n\nImage size: {width} x {height}\n\n{question}"))
 }
 
 /// Renders and tokenizes prompts for one checkpoint.
@@ -50,10 +42,7 @@ pub struct PromptBuilder {
 impl PromptBuilder {
     /// Load the chat template and tokenizer of the checkpoint in `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        Ok(Self {
-            template: ChatTemplate::from_dir(dir)?,
-            tokenizer: TextTokenizer::from_dir(dir)?,
-        })
+        Ok(Self { template: ChatTemplate::from_dir(dir)?, tokenizer: TextTokenizer::from_dir(dir)? })
     }
 
     /// The full SpatialThinker conversation for one image, as text.

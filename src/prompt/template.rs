@@ -21,16 +21,10 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: Vec<Content>) -> Self {
-        Self {
-            role: "user".into(),
-            content,
-        }
+        Self { role: "user".into(), content }
     }
     pub fn system(text: impl Into<String>) -> Self {
-        Self {
-            role: "system".into(),
-            content: vec![Content::Text(text.into())],
-        }
+        Self { role: "system".into(), content: vec![Content::Text(text.into())] }
     }
 }
 
@@ -69,20 +63,11 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
         env.add_template_owned("chat", self.source.clone())
-            .map_err(|e| Error::Template {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::Template { path: self.path.clone(), reason: e.to_string() })?;
         Ok(env)
     }
 
@@ -97,22 +82,14 @@ impl ChatTemplate {
                     .content
                     .iter()
                     .map(|c| match c {
-                        Content::Image => JPart {
-                            kind: "image",
-                            text: None,
-                        },
-                        Content::Text(t) => JPart {
-                            kind: "text",
-                            text: Some(t),
-                        },
+                        Content::Image => JPart { kind: "image", text: None },
+                        Content::Text(t) => JPart { kind: "text", text: Some(t) },
                     })
                     .collect(),
             })
             .collect();
-        let tmpl = env.get_template("chat").map_err(|e| Error::Template {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let tmpl =
+            env.get_template("chat").map_err(|e| Error::Template { path: self.path.clone(), reason: e.to_string() })?;
         tmpl.render(minijinja::context! { messages => msgs, add_generation_prompt => add_generation_prompt })
             .map_err(|e| Error::Template { path: self.path.clone(), reason: e.to_string() })
     }

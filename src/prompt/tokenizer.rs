@@ -26,10 +26,7 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer")
-            .field("path", &self.path)
-            .field("special", &self.special)
-            .finish()
+        f.debug_struct("TextTokenizer").field("path", &self.path).field("special", &self.special).finish()
     }
 }
 
@@ -40,21 +37,14 @@ impl TextTokenizer {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Checkpoint(st_checkpoint::Error::MissingFile {
-                path: path.to_path_buf(),
-            }));
+            return Err(Error::Checkpoint(st_checkpoint::Error::MissingFile { path: path.to_path_buf() }));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
         let id = |token: &str| {
             inner
                 .token_to_id(token)
-                .ok_or_else(|| Error::MissingSpecialToken {
-                    path: path.to_path_buf(),
-                    token: token.to_string(),
-                })
+                .ok_or_else(|| Error::MissingSpecialToken { path: path.to_path_buf(), token: token.to_string() })
         };
         let special = SpecialTokens {
             im_start: id("<|im_start|>")?,
@@ -64,11 +54,7 @@ impl TextTokenizer {
             vision_end: id("<|vision_end|>")?,
             image_pad: id("<|image_pad|>")?,
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-            path: path.to_path_buf(),
-            special,
-        })
+        Ok(Self { inner: Arc::new(inner), path: path.to_path_buf(), special })
     }
 
     /// Encode as the HF tokenizer's `__call__` does (special tokens recognised in the text).
@@ -76,20 +62,14 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode(text, true)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
     }
 
     /// Entries of the vocabulary including added tokens.

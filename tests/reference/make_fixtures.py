@@ -37,6 +37,24 @@ def real_tokenizer_ids(img_dir: Path, out: Path):
     (out / "samples.json").write_text(json.dumps([{"text": s, "ids": tok.encode(s)} for s in samples], ensure_ascii=False, indent=1))
 
 
+def smart_resize_table(out: Path):
+    """qwen-vl-utils' smart_resize over many sizes, including x.5 ties and both bounds."""
+    import random
+    from qwen_vl_utils.vision_process import smart_resize
+    rng = random.Random(0)
+    rows = []
+    sizes = [(h, w) for h in (1, 13, 14, 27, 28, 42, 70, 98, 126, 300, 1080) for w in (1, 14, 42, 70, 451, 1920)]
+    sizes += [(rng.randint(1, 5000), rng.randint(1, 5000)) for _ in range(400)]
+    bounds = [(3136, 12845056), (3136, 256 * 28 * 28), (56 * 56, 64 * 28 * 28), (100 * 28 * 28, 16384 * 28 * 28)]
+    for (h, w) in sizes:
+        for mn, mx in bounds:
+            try:
+                rows.append([h, w, mn, mx, *smart_resize(h, w, 28, mn, mx)])
+            except ValueError:
+                rows.append([h, w, mn, mx, None, None])
+    out.write_text(json.dumps(rows))
+
+
 def main():
     img_dir = FIXTURES / "images"
     pre_dir = FIXTURES / "preprocess"
@@ -56,6 +74,7 @@ def main():
         summary[name] = model_goldens.write_model_goldens(model, processor, img_dir, FIXTURES / "goldens" / name)
     tiny_models.rewrite_legacy(FIXTURES / "models" / "tiny", FIXTURES / "models" / "tiny-legacy")
     tiny_models.rewrite_lm_names(FIXTURES / "models" / "tiny-b", FIXTURES / "models" / "tiny-b-lm-names")
+    smart_resize_table(FIXTURES / "goldens" / "smart_resize.json")
     real_tokenizer_ids(img_dir, FIXTURES / "goldens" / "qwen-tokenizer")
     print(json.dumps(summary, indent=1))
 

