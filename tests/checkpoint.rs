@@ -73,27 +73,13 @@ fn generation_and_processor_configs() {
     assert_eq!((tiny.image_processor.min_pixels, tiny.image_processor.max_pixels), (3136, 12_845_056));
 }
 
-/// Qwen2.5-VL-7B-Instruct's own config.json (flat layout), as SpatialThinker-7B ships it.
-const REAL_7B_CONFIG: &str = r#"{
-  "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0,
-  "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
-  "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
-  "video_token_id": 151656, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
-  "intermediate_size": 18944, "max_position_embeddings": 128000, "max_window_layers": 28,
-  "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
-  "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
-  "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.41.2",
-  "use_cache": true, "use_sliding_window": false,
-  "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-    "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
-    "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-    "tokens_per_second": 2, "temporal_patch_size": 2},
-  "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064
-}"#;
+
 
 #[test]
 fn real_7b_config_resolves() {
-    let c = ModelConfig::from_json_str(REAL_7B_CONFIG, Path::new("config.json")).unwrap();
+    // Qwen2.5-VL-7B-Instruct's own config.json (flat layout), as SpatialThinker-7B ships it.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spatialthinker-7b/config.json");
+    let c = ModelConfig::from_file(&path).unwrap();
     assert_eq!((c.text.hidden_size, c.text.num_hidden_layers, c.text.num_attention_heads), (3584, 28, 28));
     assert_eq!((c.text.num_key_value_heads, c.text.head_dim, c.text.intermediate_size), (4, 128, 18944));
     assert_eq!((c.text.vocab_size, c.text.mrope_section.clone()), (152064, vec![16, 24, 24]));

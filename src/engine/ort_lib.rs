@@ -55,8 +55,13 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     pythons.into_iter().map(|p| p.join("site-packages/onnxruntime/capi").join(lib_name())).find(|p| p.is_file())
 }
 
-/// Find the library without loading it.
+/// Find the library without loading it: `explicit`, then `ORT_DYLIB_PATH`, then the project venv.
 pub fn resolve_ort_library(explicit: Option<&Path>) -> Result<OrtLibrary> {
+    resolve_from(explicit, std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new), &venv_candidates())
+}
+
+/// The search itself, over given inputs (testable without touching the environment).
+pub fn resolve_from(explicit: Option<&Path>, env_path: Option<&Path>, venvs: &[PathBuf]) -> Result<OrtLibrary> {
     let mut tried = Vec::new();
     if let Some(p) = explicit {
         if p.is_file() {
@@ -64,19 +69,16 @@ pub fn resolve_ort_library(explicit: Option<&Path>) -> Result<OrtLibrary> {
         }
         tried.push(format!("--ort-lib {} (no such file)", p.display()));
     }
-    match std::env::var_os("ORT_DYLIB_PATH") {
-        Some(v) if Path::new(&v).is_file() => {
-            return Ok(OrtLibrary { path: PathBuf::from(v), found_by: "ORT_DYLIB_PATH" });
-        }
-        Some(v) => tried.push(format!("ORT_DYLIB_PATH={} (no such file)", Path::new(&v).display())),
+    match env_path {
+        Some(p) if p.is_file() => return Ok(OrtLibrary { path: p.to_path_buf(), found_by: "ORT_DYLIB_PATH" }),
+        Some(p) => tried.push(format!("ORT_DYLIB_PATH={} (no such file)", p.display())),
         None => tried.push("ORT_DYLIB_PATH (unset)".into()),
     }
-    let venvs = venv_candidates();
     if let Some(path) = venvs.iter().find_map(|v| find_in_venv(v)) {
         return Ok(OrtLibrary { path, found_by: "project venv" });
     }
     let shown: Vec<String> = venvs.iter().take(3).map(|v| v.display().to_string()).collect();
-    tried.push(format!("project venv ({}, …)", shown.join(", ")));
+    tried.push(format!("{} in the project venv ({})", lib_name(), shown.join(", ")));
     Err(Error::OrtNotFound { tried: tried.join("; "), install: INSTALL_HINT })
 }
 

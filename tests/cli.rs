@@ -1,0 +1,80 @@
+//! The binaries from the outside: `st inspect` writes what Python computes, and bad input gives a
+//! clear error and a non-zero exit, never a panic.
+
+mod common;
+
+use common::{QUESTION, golden, image, model, read_npy};
+use ndarray::{Array2, Array3};
+use std::process::Command;
+
+fn st() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_st"))
+}
+
+#[test]
+fn inspect_writes_what_the_reference_computes() {
+    let out = tempfile::tempdir().unwrap();
+    let status = st()
+        .args(["inspect", image("chelsea.png").to_str().unwrap(), QUESTION, "--max-pixels", "37632", "--out"])
+        .arg(out.path())
+        .arg("--model")
+        .arg(model("tiny-b"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("451 x 300") && stdout.contains("224 x 140") && stdout.contains("40 image tokens"), "{stdout}");
+
+    let ids: Array2<i64> = read_npy(&out.path().join("input_ids.npy"));
+    assert_eq!(ids, read_npy::<i64, _>(&golden("tiny-b/input_ids.npy")));
+    let pos: Array3<i64> = read_npy(&out.path().join("position_ids.npy"));
+    assert_eq!(pos, read_npy::<i64, _>(&golden("tiny-b/position_ids.npy")));
+    let d: Array2<i64> = read_npy(&out.path().join("rope_deltas.npy"));
+    assert_eq!(d, read_npy::<i64, _>(&golden("tiny-b/rope_deltas.npy")));
+    let grid: Array2<i64> = read_npy(&out.path().join("image_grid_thw.npy"));
+    assert_eq!(grid, read_npy::<i64, _>(&golden("tiny-b/image_grid_thw.npy")));
+    let pv: Array2<f32> = read_npy(&out.path().join("pixel_values.npy"));
+    let want: Array2<f32> = read_npy(&golden("chelsea_224x140.pixel_values.npy"));
+    assert_eq!(pv.dim(), want.dim());
+    // One uint8 level after normalisation (see tests/preprocess.rs).
+    let worst = pv.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1.0 / 255.0 / 0.2613 + 1e-5, "{worst}");
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+}
+
+fn fails_cleanly(args: &[&str], needle: &str) {
+    let out = st().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {needle:?} not in {stderr}");
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.png");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let tiny = model("tiny");
+    let chelsea = image("chelsea.png");
+    fails_cleanly(&["inspect", junk.to_str().unwrap(), "q", "--model", tiny.to_str().unwrap()], "junk.png");
+    fails_cleanly(&["inspect", chelsea.to_str().unwrap(), " ", "--model", tiny.to_str().unwrap()], "question");
+    fails_cleanly(&["inspect", chelsea.to_str().unwrap(), "q", "--model", "/no/such/model"], "/no/such/model");
+    fails_cleanly(
+        &["inspect", chelsea.to_str().unwrap(), "q", "--model", tiny.to_str().unwrap(), "--max-pixels", "10"],
+        "max_pixels",
+    );
+}
+
+#[test]
+fn st_run_says_answers_are_not_there_yet() {
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .args([image("chelsea.png").to_str().unwrap(), QUESTION])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("answering arrives with the runtime"), "{stderr}");
+}
