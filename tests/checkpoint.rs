@@ -73,8 +73,6 @@ fn generation_and_processor_configs() {
     assert_eq!((tiny.image_processor.min_pixels, tiny.image_processor.max_pixels), (3136, 12_845_056));
 }
 
-
-
 #[test]
 fn real_7b_config_resolves() {
     // Qwen2.5-VL-7B-Instruct's own config.json (flat layout), as SpatialThinker-7B ships it.

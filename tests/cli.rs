@@ -23,7 +23,10 @@ fn inspect_writes_what_the_reference_computes() {
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(stdout.contains("451 x 300") && stdout.contains("224 x 140") && stdout.contains("40 image tokens"), "{stdout}");
+    assert!(
+        stdout.contains("451 x 300") && stdout.contains("224 x 140") && stdout.contains("40 image tokens"),
+        "{stdout}"
+    );
 
     let ids: Array2<i64> = read_npy(&out.path().join("input_ids.npy"));
     assert_eq!(ids, read_npy::<i64, _>(&golden("tiny-b/input_ids.npy")));
@@ -77,4 +80,17 @@ fn st_run_says_answers_are_not_there_yet() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("answering arrives with the runtime"), "{stderr}");
+}
+
+#[test]
+fn doctor_finds_loads_and_reports_bad_libraries() {
+    let out = st().arg("doctor").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("libonnxruntime.so.1.31.1") && stdout.contains("ORT Build Info"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    fails_cleanly(&["doctor", "--ort-lib", fake.to_str().unwrap()], fake.to_str().unwrap());
 }

@@ -25,7 +25,8 @@ fn search_order_and_error() {
     assert_eq!((r.path, r.found_by), (capi.join("libonnxruntime.so.1.31.1"), "project venv"));
 
     let e = resolve_from(Some(Path::new("/nope.so")), None, &venvs[..1]).unwrap_err().to_string();
-    for needle in ["/nope.so", "ORT_DYLIB_PATH (unset)", "libonnxruntime.so.1.31.1", "make venv", "onnxruntime==1.31.1"] {
+    for needle in ["/nope.so", "ORT_DYLIB_PATH (unset)", "libonnxruntime.so.1.31.1", "make venv", "onnxruntime==1.31.1"]
+    {
         assert!(e.contains(needle), "missing {needle:?} in: {e}");
     }
 }

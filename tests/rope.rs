@@ -13,7 +13,8 @@ fn check(prefix: &str, image_token: u32) {
     let want: Array3<i64> = read_npy(&golden(&format!("{prefix}{sep}position_ids.npy")));
     let delta: Array2<i64> = read_npy(&golden(&format!("{prefix}{sep}rope_deltas.npy")));
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-    let grids: Vec<[usize; 3]> = grids.rows().into_iter().map(|r| [r[0] as usize, r[1] as usize, r[2] as usize]).collect();
+    let grids: Vec<[usize; 3]> =
+        grids.rows().into_iter().map(|r| [r[0] as usize, r[1] as usize, r[2] as usize]).collect();
     let got = mrope_positions(&ids, image_token, &grids, 2).unwrap();
     assert_eq!(got.ids, want.index_axis(ndarray::Axis(1), 0), "{prefix}");
     assert_eq!(got.delta, delta[[0, 0]], "{prefix}");

@@ -4,5 +4,6 @@ use st::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => st::cli::inspect::run(args),
+        Command::Doctor(args) => st::cli::doctor::run(args),
     }
 }

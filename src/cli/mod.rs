@@ -1,6 +1,7 @@
 //! Command-line front doors: clap arguments and one file per subcommand. Binaries call
 //! [`run_st`]; `main` is one `match`.
 
+pub mod doctor;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Preprocess an image, build the prompt and M-RoPE ids, and save them as .npy for comparison with Python.
     Inspect(inspect::InspectArgs),
+    /// Report which ONNX Runtime library is found and whether it loads.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The default model directory: `$ST_MODEL`, else the bundled tiny model.
