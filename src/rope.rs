@@ -81,3 +81,41 @@ pub fn mrope_positions(
     let max = ids.iter().copied().max().unwrap_or(-1);
     Ok(MropePositions { ids, delta: max + 1 - n as i64 })
 }
+
+/// M-RoPE rotary tables for `positions` ([3, seq], the t/h/w rows): `(cos, sin)`, each
+/// [seq, head_dim]. Slot j of the first half takes its angle from axis `a` where j falls in the
+/// a-th `mrope_section`; the second half repeats the first (HF `rotate_half` layout). Computed in
+/// f32 in the reference's order (inv_freq = 1 / θ^(2j/d), angle = position · inv_freq).
+pub fn mrope_cos_sin(
+    positions: ndarray::ArrayView2<'_, i64>,
+    head_dim: usize,
+    theta: f64,
+    mrope_section: &[usize],
+) -> Result<(Array2<f32>, Array2<f32>)> {
+    let half = head_dim / 2;
+    if positions.nrows() != 3 || mrope_section.iter().sum::<usize>() != half {
+        return Err(Error::Prompt {
+            reason: format!(
+                "M-RoPE needs [3, seq] positions and sections summing to {half}; got {:?} and {mrope_section:?}",
+                positions.shape()
+            ),
+        });
+    }
+    let axis_of: Vec<usize> = mrope_section.iter().enumerate().flat_map(|(a, &n)| std::iter::repeat_n(a, n)).collect();
+    let inv_freq: Vec<f32> =
+        (0..half).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32)).collect();
+    let seq = positions.ncols();
+    let mut cos = Array2::<f32>::zeros((seq, head_dim));
+    let mut sin = Array2::<f32>::zeros((seq, head_dim));
+    for s in 0..seq {
+        for j in 0..half {
+            let angle = positions[[axis_of[j], s]] as f32 * inv_freq[j];
+            let (sn, cs) = angle.sin_cos();
+            cos[[s, j]] = cs;
+            cos[[s, j + half]] = cs;
+            sin[[s, j]] = sn;
+            sin[[s, j + half]] = sn;
+        }
+    }
+    Ok((cos, sin))
+}

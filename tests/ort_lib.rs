@@ -37,7 +37,7 @@ fn loads_the_project_onnxruntime() {
     let lib = resolve_ort_library(None).unwrap_or_else(|e| panic!("{e}"));
     assert!(lib.path.to_string_lossy().ends_with("libonnxruntime.so.1.31.1"), "{lib:?}");
     let loaded = init_ort(None).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(loaded, &lib);
+    assert_eq!(loaded.library, lib);
     // ort itself refuses a library older than 1.31 at load; what loaded answers the C API.
     let info = st::engine::ort_lib::build_info();
     assert!(info.starts_with("ORT Build Info"), "{info}");

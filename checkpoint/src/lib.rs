@@ -17,12 +17,14 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod layout;
+pub mod manifest;
 pub mod processor;
 pub mod weights;
 
 pub use config::{ModelConfig, TextConfig, VisionConfig};
 pub use error::{Error, Result};
 pub use generation::GenerationConfig;
+pub use manifest::Manifest;
 pub use processor::ImageProcessorConfig;
 pub use weights::{Dtype, TensorRef, Weights};
 
@@ -53,6 +55,24 @@ impl Checkpoint {
         let weights = Weights::open(&dir)?;
         layout::check(&config, &weights)?;
         Ok(Self { dir, config, generation, image_processor, weights })
+    }
+
+    /// A fingerprint of the source: FNV-1a 64 over config.json and each shard's header and size.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let config = self.dir.join("config.json");
+        eat(&std::fs::read(&config).map_err(Error::io(&config))?);
+        for (path, header, len) in self.weights.shard_headers() {
+            eat(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            eat(header);
+            eat(&len.to_le_bytes());
+        }
+        Ok(format!("fnv1a64:{h:016x}"))
     }
 
     /// Path of a file in the checkpoint directory, or an error naming it when missing.

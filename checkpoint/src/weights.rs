@@ -181,6 +181,15 @@ impl Weights {
         Ok(())
     }
 
+    /// Each shard's path, its safetensors header bytes and its length.
+    pub fn shard_headers(&self) -> impl Iterator<Item = (&Path, &[u8], u64)> {
+        self.shards.iter().map(|s| {
+            let n = s.mmap.get(..8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            let end = n.map_or(0, |n| (8 + n as usize).min(s.mmap.len()));
+            (s.path.as_path(), &s.mmap[..end], s.mmap.len() as u64)
+        })
+    }
+
     /// Canonical names of every tensor, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)

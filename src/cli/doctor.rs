@@ -10,7 +10,7 @@ pub struct DoctorArgs {
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
-    let lib = crate::engine::init_ort(args.ort_lib.as_deref())?;
+    let lib = &crate::engine::init_ort(args.ort_lib.as_deref())?.library;
     println!("onnxruntime   {} (found by {})", lib.path.display(), lib.found_by);
     println!("build         {}", crate::engine::ort_lib::build_info());
     Ok(())

@@ -2,6 +2,7 @@
 //! [`run_st`]; `main` is one `match`.
 
 pub mod doctor;
+pub mod export;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Preprocess an image, build the prompt and M-RoPE ids, and save them as .npy for comparison with Python.
     Inspect(inspect::InspectArgs),
+    /// Export a Hugging Face checkpoint to ONNX graphs and a manifest.
+    Export(export::ExportArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
 }

@@ -3,4 +3,4 @@
 
 pub mod ort_lib;
 
-pub use ort_lib::{OrtLibrary, init_ort, resolve_from, resolve_ort_library};
+pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

@@ -82,18 +82,25 @@ pub fn resolve_from(explicit: Option<&Path>, env_path: Option<&Path>, venvs: &[P
     Err(Error::OrtNotFound { tried: tried.join("; "), install: INSTALL_HINT })
 }
 
-static LOADED: OnceLock<OrtLibrary> = OnceLock::new();
+/// The loaded library and the process-wide ORT environment sessions are built from.
+pub struct OrtRuntime {
+    pub library: OrtLibrary,
+    pub environment: ort::environment::Environment,
+}
 
-/// Find and load ONNX Runtime once per process; later calls return the first result.
-pub fn init_ort(explicit: Option<&Path>) -> Result<&'static OrtLibrary> {
-    if let Some(lib) = LOADED.get() {
-        return Ok(lib);
+static LOADED: OnceLock<OrtRuntime> = OnceLock::new();
+
+/// Find and load ONNX Runtime once per process and create its environment; later calls return
+/// the first result.
+pub fn init_ort(explicit: Option<&Path>) -> Result<&'static OrtRuntime> {
+    if let Some(rt) = LOADED.get() {
+        return Ok(rt);
     }
-    let lib = resolve_ort_library(explicit)?;
-    let ort_err = |reason: String| Error::Ort { context: format!("loading {}", lib.path.display()), reason };
-    let builder = ort::init_from(&lib.path).map_err(|e| ort_err(e.to_string()))?;
-    builder.with_name("st").build().map_err(|e| ort_err(e.to_string()))?;
-    Ok(LOADED.get_or_init(|| lib))
+    let library = resolve_ort_library(explicit)?;
+    let ort_err = |reason: String| Error::Ort { context: format!("loading {}", library.path.display()), reason };
+    let builder = ort::init_from(&library.path).map_err(|e| ort_err(e.to_string()))?;
+    let environment = builder.with_name("st").build().map_err(|e| ort_err(e.to_string()))?;
+    Ok(LOADED.get_or_init(|| OrtRuntime { library, environment }))
 }
 
 /// ONNX Runtime's own build string (version, commit), after [`init_ort`].

@@ -68,6 +68,9 @@ def main():
         ckpt = FIXTURES / "models" / name
         tiny_models.save(model, processor, ckpt)
         processor.image_processor.save_pretrained(ckpt)
+        # The goldens come from transformers loading the saved checkpoint, as a user would (the
+        # in-memory model's rotary buffers went through the bf16 cast of save()).
+        model = tiny_models.load(ckpt)
         if name == "tiny":
             images.golden(processor, img_dir, pre_dir, cases)
             model_goldens.write_rope_cases(model, processor, img_dir, FIXTURES / "goldens" / "rope")

@@ -90,6 +90,10 @@ def save(model, processor, out: Path, dtype=torch.bfloat16):
     processor.save_pretrained(out)
 
 
+def load(path: Path) -> Qwen2_5_VLForConditionalGeneration:
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+
+
 def rewrite_legacy(src: Path, out: Path, shards: int = 3):
     """The older layout of the published SpatialThinker-7B files: flat config with rope_scaling,
     float32 weights, sharded with model.safetensors.index.json."""

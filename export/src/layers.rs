@@ -1,0 +1,116 @@
+//! The shared pieces every graph is built from: weights by HF name, RMSNorm, linear layers
+//! (precision is a property of the linear, not a second copy of the model), rotary embedding,
+//! SwiGLU MLP. Node names are the HF module names.
+
+use crate::error::{Error, Result};
+use crate::graph::{Attr, Graph};
+use crate::onnx::tensor_proto::DataType;
+use crate::writer::Precision;
+use st_checkpoint::Weights;
+
+/// A graph under construction plus the checkpoint it reads.
+pub struct Builder<'w> {
+    pub g: Graph,
+    pub weights: &'w Weights,
+    pub precision: Precision,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl<'w> Builder<'w> {
+    /// A weight as stored (same shape), converted to f32.
+    pub fn weight_f32(&mut self, name: &str) -> Result<String> {
+        let t = self.weights.get(name)?;
+        let values = t.to_f32()?;
+        let shape = t.shape.to_vec();
+        self.g.weight(name, DataType::Float, &shape, &f32_bytes(&values))
+    }
+
+    /// `{prefix}.weight` [out, in] written transposed as `[in, out]` for `MatMul(x, W)`.
+    fn weight_t_f32(&mut self, name: &str, onnx_name: &str) -> Result<(String, usize)> {
+        let t = self.weights.get(name)?;
+        let (out, inp) = match t.shape {
+            [o, i] => (*o, *i),
+            other => {
+                return Err(Error::Checkpoint(st_checkpoint::Error::ShapeMismatch {
+                    path: t.path.to_path_buf(),
+                    name: name.to_string(),
+                    expected: vec![0, 0],
+                    found: other.to_vec(),
+                }));
+            }
+        };
+        let w = t.to_f32()?;
+        let mut tr = vec![0f32; w.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                tr[i * out + o] = w[o * inp + i];
+            }
+        }
+        Ok((self.g.weight(onnx_name, DataType::Float, &[inp, out], &f32_bytes(&tr))?, out))
+    }
+
+    /// RMSNorm over the last axis: x · 1/√(mean(x²) + eps) · weight.
+    pub fn rms_norm(&mut self, x: &str, weight: &str, eps: f64, name: &str) -> Result<String> {
+        let w = self.weight_f32(weight)?;
+        let two = self.g.const_f32(&format!("{name}/two"), &[2.0], &[]);
+        let eps = self.g.const_f32(&format!("{name}/eps"), &[eps as f32], &[]);
+        let axes = self.g.const_i64(&format!("{name}/axes"), &[-1], &[1]);
+        let sq = self.g.node(&format!("{name}/Pow"), "Pow", &[x, &two], &[]);
+        let mean =
+            self.g.node(&format!("{name}/ReduceMean"), "ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
+        let var = self.g.node(&format!("{name}/AddEps"), "Add", &[&mean, &eps], &[]);
+        let std = self.g.node(&format!("{name}/Sqrt"), "Sqrt", &[&var], &[]);
+        let normed = self.g.node(&format!("{name}/Div"), "Div", &[x, &std], &[]);
+        Ok(self.g.node(&format!("{name}/MulWeight"), "Mul", &[&normed, &w], &[]))
+    }
+
+    /// `x · Wᵀ (+ b)` for the HF linear `prefix`, at the builder's precision.
+    pub fn linear(&mut self, x: &str, prefix: &str, bias: bool) -> Result<String> {
+        self.linear_from(x, &format!("{prefix}.weight"), prefix, bias)
+    }
+
+    /// Linear whose weight is the tensor `weight` (e.g. tied embeddings for lm_head).
+    pub fn linear_from(&mut self, x: &str, weight: &str, prefix: &str, bias: bool) -> Result<String> {
+        match self.precision {
+            Precision::Fp32 => {
+                let (w, _) = self.weight_t_f32(weight, &format!("{prefix}.weight_t"))?;
+                let y = self.g.node(&format!("{prefix}/MatMul"), "MatMul", &[x, &w], &[]);
+                if !bias {
+                    return Ok(y);
+                }
+                let b = self.weight_f32(&format!("{prefix}.bias"))?;
+                Ok(self.g.node(&format!("{prefix}/AddBias"), "Add", &[&y, &b], &[]))
+            }
+            other => Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
+        }
+    }
+
+    /// HF `apply_rotary_pos_emb`: x·cos + rotate_half(x)·sin, over the last axis of size `dim`.
+    pub fn rotary(&mut self, x: &str, cos: &str, sin: &str, dim: usize, name: &str) -> String {
+        let half = (dim / 2) as i64;
+        let axes = self.g.const_i64(&format!("{name}/axes"), &[-1], &[1]);
+        let s0 = self.g.const_i64(&format!("{name}/s0"), &[0], &[1]);
+        let s1 = self.g.const_i64(&format!("{name}/s1"), &[half], &[1]);
+        let s2 = self.g.const_i64(&format!("{name}/s2"), &[2 * half], &[1]);
+        let x1 = self.g.node(&format!("{name}/SliceLo"), "Slice", &[x, &s0, &s1, &axes], &[]);
+        let x2 = self.g.node(&format!("{name}/SliceHi"), "Slice", &[x, &s1, &s2, &axes], &[]);
+        let neg = self.g.node(&format!("{name}/Neg"), "Neg", &[&x2], &[]);
+        let rot = self.g.node(&format!("{name}/RotateHalf"), "Concat", &[&neg, &x1], &[("axis", Attr::Int(-1))]);
+        let a = self.g.node(&format!("{name}/MulCos"), "Mul", &[x, cos], &[]);
+        let b = self.g.node(&format!("{name}/MulSin"), "Mul", &[&rot, sin], &[]);
+        self.g.node(&format!("{name}/Add"), "Add", &[&a, &b], &[])
+    }
+
+    /// SwiGLU MLP: down(silu(gate(x)) · up(x)).
+    pub fn mlp(&mut self, x: &str, prefix: &str, bias: bool) -> Result<String> {
+        let gate = self.linear(x, &format!("{prefix}.gate_proj"), bias)?;
+        let up = self.linear(x, &format!("{prefix}.up_proj"), bias)?;
+        let sig = self.g.node(&format!("{prefix}/Sigmoid"), "Sigmoid", &[&gate], &[]);
+        let silu = self.g.node(&format!("{prefix}/SiLU"), "Mul", &[&gate, &sig], &[]);
+        let prod = self.g.node(&format!("{prefix}/MulUp"), "Mul", &[&silu, &up], &[]);
+        self.linear(&prod, &format!("{prefix}.down_proj"), bias)
+    }
+}

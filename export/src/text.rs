@@ -1,0 +1,116 @@
+//! The text side: `embed` (input_ids → inputs_embeds) and `decoder` (one graph for prefill and
+//! decode: inputs_embeds, M-RoPE cos/sin, attention bias and the KV cache → logits of the last
+//! `logits_to_keep` positions and the new KV cache).
+//!
+//! Decoder inputs (batch `b`, new tokens `s`, cached `past`, `total = past + s`):
+//! - `inputs_embeds` f32 [b, s, hidden]
+//! - `rope_cos`, `rope_sin` f32 [b, s, head_dim]: M-RoPE tables computed by the runtime
+//! - `attention_bias` f32 [b, 1, s, total]: 0 where a token may attend, a large negative number
+//!   elsewhere (the runtime builds it causally by token index, not by M-RoPE position)
+//! - `logits_to_keep` i64 [1]: how many trailing positions get logits (1 on prefill, several
+//!   when a step verifies several tokens, s for all)
+//! - `past_key.{i}`, `past_value.{i}` f32 [b, kv_heads, past, head_dim]
+//!
+//! Outputs: `logits` f32 [b, keep, vocab], `present_key.{i}`, `present_value.{i}`
+//! [b, kv_heads, total, head_dim].
+
+use crate::error::Result;
+use crate::graph::{Attr, Dim};
+use crate::layers::Builder;
+use crate::onnx::tensor_proto::DataType;
+use st_checkpoint::ModelConfig;
+
+/// `embed`: Gather rows of `model.embed_tokens.weight`.
+pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
+    let ids = b.g.input("input_ids", DataType::Int64, &[Dim::Sym("batch"), Dim::Sym("seq")]);
+    let table = b.weight_f32("model.embed_tokens.weight")?;
+    let out = b.g.node("model.embed_tokens/Gather", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let dims = [Dim::Sym("batch"), Dim::Sym("seq"), Dim::Fixed(c.text.hidden_size)];
+    b.g.output(&out, "inputs_embeds", DataType::Float, &dims);
+    Ok(())
+}
+
+/// The decoder graph.
+pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
+    let t = &c.text;
+    let (heads, kv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
+    let rep = (heads / kv) as i64;
+    let (batch, seq, past, total) = (Dim::Sym("batch"), Dim::Sym("seq"), Dim::Sym("past"), Dim::Sym("total"));
+    let g = &mut b.g;
+    let mut x = g.input("inputs_embeds", DataType::Float, &[batch, seq, Dim::Fixed(t.hidden_size)]);
+    let cos = g.input("rope_cos", DataType::Float, &[batch, seq, Dim::Fixed(hd)]);
+    let sin = g.input("rope_sin", DataType::Float, &[batch, seq, Dim::Fixed(hd)]);
+    let bias = g.input("attention_bias", DataType::Float, &[batch, Dim::Fixed(1), seq, total]);
+    let keep = g.input("logits_to_keep", DataType::Int64, &[Dim::Fixed(1)]);
+
+    // Shared by every layer.
+    let axis1 = g.const_i64("const/axis1", &[1], &[1]);
+    let cos = g.node("rotary/UnsqueezeCos", "Unsqueeze", &[&cos, &axis1], &[]);
+    let sin = g.node("rotary/UnsqueezeSin", "Unsqueeze", &[&sin, &axis1], &[]);
+    // Query heads of one KV group are contiguous, so queries are viewed as [b, kv, rep·s, hd]
+    // and the bias is tiled rep times along its rows to match.
+    let tiles = g.const_i64("const/bias_tiles", &[1, 1, rep, 1], &[4]);
+    let bias = g.node("attention_bias/Tile", "Tile", &[&bias, &tiles], &[]);
+    let q_shape = g.const_i64("const/q_shape", &[0, 0, heads as i64, hd as i64], &[4]);
+    let kv_shape = g.const_i64("const/kv_shape", &[0, 0, kv as i64, hd as i64], &[4]);
+    let grouped = g.const_i64("const/grouped_q", &[0, kv as i64, -1, hd as i64], &[4]);
+    let ungrouped = g.const_i64("const/ungrouped", &[0, heads as i64, -1, hd as i64], &[4]);
+    let merged = g.const_i64("const/merged", &[0, 0, (heads * hd) as i64], &[3]);
+    let scale = g.const_f32("const/attn_scale", &[1.0 / (hd as f32).sqrt()], &[]);
+    let bhsd: &[i64] = &[0, 2, 1, 3];
+    let kv_dims = [batch, Dim::Fixed(kv), past, Dim::Fixed(hd)];
+    let present_dims = [batch, Dim::Fixed(kv), total, Dim::Fixed(hd)];
+
+    for i in 0..t.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let past_k = b.g.input(&format!("past_key.{i}"), DataType::Float, &kv_dims);
+        let past_v = b.g.input(&format!("past_value.{i}"), DataType::Float, &kv_dims);
+        let h =
+            b.rms_norm(&x, &format!("{p}.input_layernorm.weight"), t.rms_norm_eps, &format!("{p}.input_layernorm"))?;
+        let a = format!("{p}.self_attn");
+        let heads_of = |b: &mut Builder<'_>, proj: &str, shape: &str| -> Result<String> {
+            let y = b.linear(&h, &format!("{a}.{proj}"), true)?;
+            let y = b.g.node(&format!("{a}.{proj}/Reshape"), "Reshape", &[&y, shape], &[]);
+            Ok(b.g.node(&format!("{a}.{proj}/Transpose"), "Transpose", &[&y], &[("perm", Attr::Ints(bhsd))]))
+        };
+        let q = heads_of(b, "q_proj", &q_shape)?;
+        let k = heads_of(b, "k_proj", &kv_shape)?;
+        let v = heads_of(b, "v_proj", &kv_shape)?;
+        let q = b.rotary(&q, &cos, &sin, hd, &format!("{a}/rotary_q"));
+        let k = b.rotary(&k, &cos, &sin, hd, &format!("{a}/rotary_k"));
+        let g = &mut b.g;
+        let k_all = g.node(&format!("{a}/ConcatPastKey"), "Concat", &[&past_k, &k], &[("axis", Attr::Int(2))]);
+        let v_all = g.node(&format!("{a}/ConcatPastValue"), "Concat", &[&past_v, &v], &[("axis", Attr::Int(2))]);
+        g.output(&k_all, &format!("present_key.{i}"), DataType::Float, &present_dims);
+        g.output(&v_all, &format!("present_value.{i}"), DataType::Float, &present_dims);
+        let q = g.node(&format!("{a}/Scale"), "Mul", &[&q, &scale], &[]);
+        let q = g.node(&format!("{a}/GroupQueries"), "Reshape", &[&q, &grouped], &[]);
+        let kt = g.node(&format!("{a}/TransposeKey"), "Transpose", &[&k_all], &[("perm", Attr::Ints(&[0, 1, 3, 2]))]);
+        let scores = g.node(&format!("{a}/QK"), "MatMul", &[&q, &kt], &[]);
+        let scores = g.node(&format!("{a}/AddBias"), "Add", &[&scores, &bias], &[]);
+        let probs = g.node(&format!("{a}/Softmax"), "Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+        let ctx = g.node(&format!("{a}/PV"), "MatMul", &[&probs, &v_all], &[]);
+        let ctx = g.node(&format!("{a}/UngroupHeads"), "Reshape", &[&ctx, &ungrouped], &[]);
+        let ctx = g.node(&format!("{a}/TransposeOut"), "Transpose", &[&ctx], &[("perm", Attr::Ints(bhsd))]);
+        let ctx = g.node(&format!("{a}/MergeHeads"), "Reshape", &[&ctx, &merged], &[]);
+        let o = b.linear(&ctx, &format!("{a}.o_proj"), false)?;
+        x = b.g.node(&format!("{p}/ResidualAttn"), "Add", &[&x, &o], &[]);
+        let h = b.rms_norm(
+            &x,
+            &format!("{p}.post_attention_layernorm.weight"),
+            t.rms_norm_eps,
+            &format!("{p}.post_attention_layernorm"),
+        )?;
+        let m = b.mlp(&h, &format!("{p}.mlp"), false)?;
+        x = b.g.node(&format!("{p}/ResidualMlp"), "Add", &[&x, &m], &[]);
+    }
+    let x = b.rms_norm(&x, "model.norm.weight", t.rms_norm_eps, "model.norm")?;
+    let g = &mut b.g;
+    let start = g.node("lm_head/NegKeep", "Neg", &[&keep], &[]);
+    let end = g.const_i64("const/int64_max", &[i64::MAX], &[1]);
+    let x = g.node("lm_head/KeepLast", "Slice", &[&x, &start, &end, &axis1], &[]);
+    let head_weight = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let logits = b.linear_from(&x, head_weight, "lm_head", false)?;
+    b.g.output(&logits, "logits", DataType::Float, &[batch, Dim::Sym("keep"), Dim::Fixed(t.vocab_size)]);
+    Ok(())
+}

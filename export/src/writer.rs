@@ -1,0 +1,176 @@
+//! The export driver: open the checkpoint, build each graph into a temporary directory beside
+//! the output, write the manifest and tokenizer files, then rename the directory into place.
+//! An interrupted export leaves only `OUT.partial-*`, never a directory that loads.
+
+use crate::error::{Error, Result};
+use crate::external::ExternalData;
+use crate::graph::Graph;
+use crate::layers::Builder;
+use crate::onnx::{ModelProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto};
+use prost::Message;
+use st_checkpoint::manifest::{FORMAT_VERSION, GraphSpec, IoSpec, MANIFEST_FILE, Manifest, SourceInfo};
+use st_checkpoint::{Checkpoint, ModelConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Numeric precision of the exported linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Int4,
+    Fp8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int4 => "int4",
+            Precision::Fp8 => "fp8",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "int4" => Ok(Precision::Int4),
+            "fp8" => Ok(Precision::Fp8),
+            other => Err(format!("unknown precision {other:?} (fp32, fp16, int4, fp8)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pub precision: Precision,
+}
+
+/// Tokenizer and template files carried over when present.
+const CARRIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    "config.json",
+];
+
+type BuildFn = fn(&mut Builder<'_>, &ModelConfig) -> Result<()>;
+
+/// Export the checkpoint in `src` to a new model directory `out`.
+pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> {
+    if out.exists() {
+        return Err(Error::OutputExists { path: out.to_path_buf() });
+    }
+    let ckpt = Checkpoint::open(src)?;
+    let tmp = partial_dir(out);
+    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    let result = write_all(&ckpt, &tmp, opts);
+    match result {
+        Ok(manifest) => {
+            std::fs::rename(&tmp, out).map_err(Error::io(out))?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn partial_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Manifest> {
+    let graphs: [(&str, BuildFn); 2] = [("embed", crate::text::build_embed), ("decoder", crate::text::build_decoder)];
+    let mut specs = BTreeMap::new();
+    for (name, build) in graphs {
+        let data_file = format!("{name}.onnx.data");
+        let external = ExternalData::create(dir, &data_file)?;
+        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision: opts.precision };
+        build(&mut b, &ckpt.config)?;
+        let (model, external) = b.g.finish("st export");
+        external.finish()?;
+        let file = format!("{name}.onnx");
+        let path = dir.join(&file);
+        std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
+        let precision = BTreeMap::from([("linear".to_string(), opts.precision.to_string())]);
+        specs.insert(name.to_string(), graph_spec(&model, file, Some(data_file), precision));
+    }
+    let mut files = Vec::new();
+    for f in CARRIED_FILES {
+        let from = ckpt.dir.join(f);
+        if from.is_file() {
+            let to = dir.join(f);
+            std::fs::copy(&from, &to).map_err(Error::io(&to))?;
+            files.push(f.to_string());
+        }
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        producer: format!("st export {}", env!("CARGO_PKG_VERSION")),
+        source: SourceInfo { dir: ckpt.dir.display().to_string(), fingerprint: ckpt.fingerprint()? },
+        config: ckpt.config.clone(),
+        generation: ckpt.generation.clone(),
+        image_processor: ckpt.image_processor.clone(),
+        graphs: specs,
+        files,
+    };
+    let path = dir.join(MANIFEST_FILE);
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Io { path: path.clone(), source: e.into() })?;
+    std::fs::write(&path, text).map_err(Error::io(&path))?;
+    Ok(manifest)
+}
+
+fn io_spec(v: &ValueInfoProto) -> IoSpec {
+    let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => {
+            let dtype = t
+                .elem_type
+                .and_then(|e| DataType::try_from(e).ok())
+                .map(|d| d.as_str_name().to_lowercase())
+                .unwrap_or_default();
+            let shape = t
+                .shape
+                .iter()
+                .flat_map(|s| &s.dim)
+                .map(|d| match &d.value {
+                    Some(dimension::Value::DimValue(n)) => serde_json::json!(n),
+                    Some(dimension::Value::DimParam(p)) => serde_json::json!(p),
+                    None => serde_json::Value::Null,
+                })
+                .collect();
+            (dtype, shape)
+        }
+        _ => (String::new(), vec![]),
+    };
+    IoSpec { name: v.name.clone().unwrap_or_default(), dtype, shape }
+}
+
+fn graph_spec(
+    model: &ModelProto,
+    file: String,
+    data_file: Option<String>,
+    precision: BTreeMap<String, String>,
+) -> GraphSpec {
+    let g = model.graph.as_ref();
+    GraphSpec {
+        file,
+        data_file,
+        precision,
+        inputs: g.map(|g| g.input.iter().map(io_spec).collect()).unwrap_or_default(),
+        outputs: g.map(|g| g.output.iter().map(io_spec).collect()).unwrap_or_default(),
+    }
+}
