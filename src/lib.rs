@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod preprocess;
 pub mod prompt;
 pub mod rope;
+pub mod vision;
 
 pub use error::{Error, Result};
 pub use st_checkpoint;

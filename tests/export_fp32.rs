@@ -1,8 +1,7 @@
 //! `st export --precision fp32` run through ONNX Runtime from Rust against the transformers
 //! goldens: logits of a full forward, and a greedy loop over the exported graphs.
 //!
-//! The image embeddings come from the golden vision tower output, so this measures the text
-//! graphs alone. Bound: max|Δ| / max|ref| ≤ 1e-4 (f32 with a different summation order than
+//! The vision graph is also checked alone against the golden vision tower output. Bound: max|Δ| / max|ref| ≤ 1e-4 (f32 with a different summation order than
 //! PyTorch; measured values are printed).
 
 mod common;
@@ -13,6 +12,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 struct Graphs {
+    vision: Session,
     embed: Session,
     decoder: Session,
     manifest: st::st_checkpoint::Manifest,
@@ -24,7 +24,7 @@ fn export(name: &str, out: &std::path::Path) -> Graphs {
     let manifest = st_export::export(&model(name), &dir, &st_export::ExportOptions::default()).unwrap();
     assert_eq!(manifest, st::st_checkpoint::Manifest::from_dir(&dir).unwrap());
     let open = |f: &str| Session::builder(env).unwrap().commit_from_file(dir.join(f)).unwrap();
-    Graphs { embed: open("embed.onnx"), decoder: open("decoder.onnx"), manifest }
+    Graphs { vision: open("vision.onnx"), embed: open("embed.onnx"), decoder: open("decoder.onnx"), manifest }
 }
 
 /// One decoder call: returns (logits [keep, vocab], present caches).
@@ -90,7 +90,8 @@ fn check_model(name: &str, golden_dir: &str) {
     let pos: Array3<i64> = read_npy(&golden(&format!("{golden_dir}/position_ids.npy")));
     let pos = pos.index_axis(Axis(1), 0).to_owned();
     let delta: Array2<i64> = read_npy(&golden(&format!("{golden_dir}/rope_deltas.npy")));
-    let vision: Array2<f32> = read_npy(&golden(&format!("{golden_dir}/vision_embeds.npy")));
+    // The image rows come from the exported vision graph: the whole pipeline is under test.
+    let vision = run_vision(&mut g, golden_dir);
     let want_logits: Array2<f32> = read_npy(&golden(&format!("{golden_dir}/logits.npy")));
     let want_tokens: ndarray::Array1<i64> = read_npy(&golden(&format!("{golden_dir}/greedy_tokens.npy")));
     let meta = read_json(&golden(&format!("{golden_dir}/meta.json")));
@@ -146,4 +147,43 @@ fn tiny_b_fp32_matches_transformers() {
 fn legacy_and_renamed_layouts_export_the_same_graphs() {
     check_model("tiny-legacy", "tiny");
     check_model("tiny-b-lm-names", "tiny-b");
+}
+
+/// Run the exported vision graph on the golden pixel_values.
+fn run_vision(g: &mut Graphs, golden_dir: &str) -> Array2<f32> {
+    let pv: Array2<f32> = read_npy(&golden("chelsea_224x140.pixel_values.npy"));
+    let grid: Array2<i64> = read_npy(&golden(&format!("{golden_dir}/image_grid_thw.npy")));
+    let grid = [grid[[0, 0]] as usize, grid[[0, 1]] as usize, grid[[0, 2]] as usize];
+    let vi = st::vision::vision_inputs(grid, &g.manifest.config.vision).unwrap();
+    let out = g
+        .vision
+        .run(ort::inputs![
+            "pixel_values" => Tensor::from_array(pv).unwrap(),
+            "patch_index" => Tensor::from_array(ndarray::Array1::from(vi.patch_index)).unwrap(),
+            "rope_cos" => Tensor::from_array(vi.rope_cos).unwrap(),
+            "rope_sin" => Tensor::from_array(vi.rope_sin).unwrap(),
+            "window_bias" => Tensor::from_array(vi.window_bias).unwrap(),
+            "full_bias" => Tensor::from_array(vi.full_bias).unwrap(),
+            "merge_index" => Tensor::from_array(ndarray::Array1::from(vi.merge_index)).unwrap(),
+        ])
+        .unwrap();
+    out["image_embeds"].try_extract_array::<f32>().unwrap().to_owned().into_dimensionality().unwrap()
+}
+
+fn check_vision(name: &str, golden_dir: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = export(name, tmp.path());
+    let got = run_vision(&mut g, golden_dir);
+    let want: Array2<f32> = read_npy(&golden(&format!("{golden_dir}/vision_embeds.npy")));
+    assert_eq!(got.shape(), want.shape());
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(want.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{name}: vision max|Δ|/max|ref| = {:.3e}", max_err / max_ref);
+    assert!(max_err / max_ref <= 1e-4, "{name}: vision relative error {}", max_err / max_ref);
+}
+
+#[test]
+fn vision_fp32_matches_transformers() {
+    check_vision("tiny", "tiny");
+    check_vision("tiny-b", "tiny-b");
 }

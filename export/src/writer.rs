@@ -93,19 +93,24 @@ fn partial_dir(out: &Path) -> PathBuf {
 }
 
 fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Manifest> {
-    let graphs: [(&str, BuildFn); 2] = [("embed", crate::text::build_embed), ("decoder", crate::text::build_decoder)];
+    // The vision tower stays fp32 whatever the text precision (SPEC §6: quantized ViTs move boxes).
+    let graphs: [(&str, BuildFn, Precision); 3] = [
+        ("vision", crate::vision::build_vision, Precision::Fp32),
+        ("embed", crate::text::build_embed, opts.precision),
+        ("decoder", crate::text::build_decoder, opts.precision),
+    ];
     let mut specs = BTreeMap::new();
-    for (name, build) in graphs {
+    for (name, build, precision) in graphs {
         let data_file = format!("{name}.onnx.data");
         let external = ExternalData::create(dir, &data_file)?;
-        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision: opts.precision };
+        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");
         external.finish()?;
         let file = format!("{name}.onnx");
         let path = dir.join(&file);
         std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
-        let precision = BTreeMap::from([("linear".to_string(), opts.precision.to_string())]);
+        let precision = BTreeMap::from([("linear".to_string(), precision.to_string())]);
         specs.insert(name.to_string(), graph_spec(&model, file, Some(data_file), precision));
     }
     let mut files = Vec::new();
