@@ -5,14 +5,30 @@
 use crate::error::{Error, Result};
 use crate::graph::{Attr, Graph};
 use crate::onnx::tensor_proto::DataType;
+use crate::quant::int4::{self, Int4Scheme};
 use crate::writer::Precision;
 use st_checkpoint::Weights;
+
+/// How the quantized linear layers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearOptions {
+    pub int4: Int4Scheme,
+    /// MatMulNBits `accuracy_level`: 0 = unset (fp32 compute on CPU), 4 = int8 activations.
+    pub accuracy_level: i64,
+}
+
+impl Default for LinearOptions {
+    fn default() -> Self {
+        Self { int4: Int4Scheme::default(), accuracy_level: 4 }
+    }
+}
 
 /// A graph under construction plus the checkpoint it reads.
 pub struct Builder<'w> {
     pub g: Graph,
     pub weights: &'w Weights,
     pub precision: Precision,
+    pub linear: LinearOptions,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -72,20 +88,70 @@ impl<'w> Builder<'w> {
         self.linear_from(x, &format!("{prefix}.weight"), prefix, bias)
     }
 
-    /// Linear whose weight is the tensor `weight` (e.g. tied embeddings for lm_head).
+    /// Linear whose weight is the tensor `weight` (e.g. tied embeddings for lm_head), at the
+    /// builder's precision.
     pub fn linear_from(&mut self, x: &str, weight: &str, prefix: &str, bias: bool) -> Result<String> {
-        match self.precision {
+        self.linear_at(x, weight, prefix, bias, self.precision)
+    }
+
+    /// Linear at an explicit precision (lm_head and vision keep theirs whatever the text's).
+    pub fn linear_at(
+        &mut self,
+        x: &str,
+        weight: &str,
+        prefix: &str,
+        bias: bool,
+        precision: Precision,
+    ) -> Result<String> {
+        let y = match precision {
             Precision::Fp32 => {
                 let (w, _) = self.weight_t_f32(weight, &format!("{prefix}.weight_t"))?;
-                let y = self.g.node(&format!("{prefix}/MatMul"), "MatMul", &[x, &w], &[]);
-                if !bias {
-                    return Ok(y);
-                }
-                let b = self.weight_f32(&format!("{prefix}.bias"))?;
-                Ok(self.g.node(&format!("{prefix}/AddBias"), "Add", &[&y, &b], &[]))
+                self.g.node(&format!("{prefix}/MatMul"), "MatMul", &[x, &w], &[])
             }
-            other => Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
+            Precision::Int4 => self.matmul_nbits(x, weight, prefix)?,
+            other => return Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
+        };
+        if !bias {
+            return Ok(y);
         }
+        let b = self.weight_f32(&format!("{prefix}.bias"))?;
+        Ok(self.g.node(&format!("{prefix}/AddBias"), "Add", &[&y, &b], &[]))
+    }
+
+    /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight.
+    fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str) -> Result<String> {
+        let t = self.weights.get(weight)?;
+        let (n, k) = match t.shape {
+            [n, k] => (*n, *k),
+            other => {
+                return Err(Error::Checkpoint(st_checkpoint::Error::ShapeMismatch {
+                    path: t.path.to_path_buf(),
+                    name: weight.to_string(),
+                    expected: vec![0, 0],
+                    found: other.to_vec(),
+                }));
+            }
+        };
+        let q = int4::quantize(&t.to_f32()?, n, k, self.linear.int4);
+        let kb = q.k_blocks();
+        let b = self.g.weight(&format!("{prefix}.weight_q4"), DataType::Uint8, &[n, kb, q.block / 2], &q.packed)?;
+        let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&q.scales))?;
+        let mut inputs = vec![x.to_string(), b, s];
+        if let Some(z) = &q.zero_points {
+            inputs.push(self.g.weight(&format!("{prefix}.weight_zero_points"), DataType::Uint8, &[z.len()], z)?);
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = [
+            ("K", Attr::Int(k as i64)),
+            ("N", Attr::Int(n as i64)),
+            ("bits", Attr::Int(4)),
+            ("block_size", Attr::Int(q.block as i64)),
+            ("accuracy_level", Attr::Int(self.linear.accuracy_level)),
+        ];
+        Ok(self
+            .g
+            .node_n(&format!("{prefix}/MatMulNBits"), "MatMulNBits", crate::graph::MS_DOMAIN, &refs, &attrs, 1)
+            .remove(0))
     }
 
     /// HF `apply_rotary_pos_emb`: x·cos + rotate_half(x)·sin, over the last axis of size `dim`.

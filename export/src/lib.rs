@@ -10,6 +10,7 @@ pub mod error;
 pub mod external;
 pub mod graph;
 pub mod layers;
+pub mod quant;
 pub mod text;
 pub mod vision;
 pub mod writer;
@@ -21,4 +22,6 @@ pub mod onnx {
 }
 
 pub use error::{Error, Result};
+pub use layers::LinearOptions;
+pub use quant::int4::Int4Scheme;
 pub use writer::{ExportOptions, Precision, export};

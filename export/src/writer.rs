@@ -49,7 +49,9 @@ impl std::str::FromStr for Precision {
 
 #[derive(Debug, Clone, Default)]
 pub struct ExportOptions {
+    /// Precision of the text decoder's linear layers (vision stays fp32, lm_head fp32 for now).
     pub precision: Precision,
+    pub linear: crate::layers::LinearOptions,
 }
 
 /// Tokenizer and template files carried over when present.
@@ -103,14 +105,27 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
     for (name, build, precision) in graphs {
         let data_file = format!("{name}.onnx.data");
         let external = ExternalData::create(dir, &data_file)?;
-        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision };
+        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision, linear: opts.linear };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");
         external.finish()?;
         let file = format!("{name}.onnx");
         let path = dir.join(&file);
         std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
-        let precision = BTreeMap::from([("linear".to_string(), precision.to_string())]);
+        let mut precision = BTreeMap::from([("linear".to_string(), precision.to_string())]);
+        if name == "decoder" {
+            precision.insert("lm_head".into(), "fp32".into());
+            if opts.precision == Precision::Int4 {
+                let s = opts.linear.int4;
+                let scheme = format!(
+                    "block {} {}, accuracy_level {}",
+                    s.block,
+                    if s.symmetric { "symmetric" } else { "asymmetric" },
+                    opts.linear.accuracy_level
+                );
+                precision.insert("int4".into(), scheme);
+            }
+        }
         specs.insert(name.to_string(), graph_spec(&model, file, Some(data_file), precision));
     }
     let mut files = Vec::new();

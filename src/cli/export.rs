@@ -1,4 +1,4 @@
-//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32]`.
+//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L]`.
 
 use std::path::PathBuf;
 
@@ -8,17 +8,39 @@ pub struct ExportArgs {
     pub checkpoint: PathBuf,
     /// New directory for the exported model; must not exist.
     pub out: PathBuf,
-    /// Precision of the linear layers.
+    /// Precision of the text decoder's linear layers (vision and lm_head stay fp32).
     #[arg(long, default_value = "fp32")]
     pub precision: st_export::Precision,
+    /// int4: inputs per quantization block (32, 64 or 128).
+    #[arg(long, default_value_t = 32, value_parser = parse_block)]
+    pub block: usize,
+    /// int4: per-block zero points (asymmetric range) instead of symmetric.
+    #[arg(long)]
+    pub asymmetric: bool,
+    /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU).
+    #[arg(long, default_value_t = 4)]
+    pub accuracy_level: i64,
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let opts = st_export::ExportOptions { precision: args.precision };
+    let opts = st_export::ExportOptions {
+        precision: args.precision,
+        linear: st_export::LinearOptions {
+            int4: st_export::Int4Scheme { block: args.block, symmetric: !args.asymmetric },
+            accuracy_level: args.accuracy_level,
+        },
+    };
     let manifest = st_export::export(&args.checkpoint, &args.out, &opts)?;
     for (name, g) in &manifest.graphs {
         println!("{name:8} {} ({} inputs, {} outputs)", g.file, g.inputs.len(), g.outputs.len());
     }
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn parse_block(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(b @ (32 | 64 | 128)) => Ok(b),
+        _ => Err(format!("{s:?} is not a block size (32, 64 or 128)")),
+    }
 }

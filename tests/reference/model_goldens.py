@@ -69,6 +69,30 @@ def write_model_goldens(model, processor, img_dir: Path, out: Path):
     return meta
 
 
+# Quantization schemes with goldens: (block, symmetric).
+INT4_SCHEMES = [(32, True), (128, False)]
+
+
+def write_int4_goldens(model, processor, img_dir: Path, out: Path):
+    """Logits of the reference run on the int4 quantize-dequantized text linears (what the exported
+    int4 graph computes with), so the bound on the graph does not include the rounding."""
+    import copy
+    import quant
+    original, resized = image_inputs(img_dir / "chelsea.png")
+    _, inputs = encode(processor, spatialthinker_messages(*original.size), [resized], IMAGE_MAX_PIXELS)
+    for block, symmetric in INT4_SCHEMES:
+        q = copy.deepcopy(model)
+        with torch.no_grad():
+            for layer in q.model.language_model.layers:
+                for name in quant.TEXT_LINEARS:
+                    lin = layer.get_submodule(name)
+                    lin.weight.copy_(torch.from_numpy(quant.int4_dequantized(lin.weight.numpy(), block, symmetric)))
+            logits = q(**inputs).logits[0].float().numpy()
+        d = out / f"int4-b{block}-{'sym' if symmetric else 'asym'}"
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / "logits.npy", logits[-LOGIT_ROWS:])
+
+
 def write_rope_cases(model, processor, img_dir: Path, out: Path):
     """M-RoPE for layouts the runtime must handle: image first, text first, two images."""
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,31 @@
+"""The int4 block quantizer of `st export` (export/src/quant/int4.rs), re-implemented in numpy
+float32 so the reference can run on exactly the weights the exported graph computes with."""
+import numpy as np
+
+
+def int4_dequantized(w: np.ndarray, block: int, symmetric: bool) -> np.ndarray:
+    """w: [N, K] float32 → the dequantized [N, K] float32 weights."""
+    w = w.astype(np.float32)
+    n, k = w.shape
+    out = np.zeros_like(w)
+    for b0 in range(0, k, block):
+        vals = w[:, b0:b0 + block]
+        if symmetric:
+            idx = np.argmax(np.abs(vals), axis=1)
+            v = vals[np.arange(n), idx]
+            scale = (v / np.float32(-8.0)).astype(np.float16).astype(np.float32)
+            zp = np.full(n, 8.0, np.float32)
+        else:
+            mn = np.minimum(vals.min(axis=1), np.float32(0))
+            mx = np.maximum(vals.max(axis=1), np.float32(0))
+            scale = ((mx - mn) / np.float32(15.0)).astype(np.float16).astype(np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zp = np.where(scale == 0, np.float32(8), np.clip(np.rint(-mn / scale), 0, 15)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(scale[:, None] == 0, zp[:, None], np.clip(np.rint(vals / scale[:, None]) + zp[:, None], 0, 15))
+        out[:, b0:b0 + block] = ((q - zp[:, None]) * scale[:, None]).astype(np.float32)
+    return out
+
+
+TEXT_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
