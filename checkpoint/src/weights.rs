@@ -207,6 +207,23 @@ impl Weights {
         self.entries.contains_key(canonical_name(name).as_ref())
     }
 
+    /// Tell the kernel the pages of tensor `name` are no longer needed, so a streaming reader
+    /// (the exporter) keeps its resident memory near one tensor. The mapping stays valid: the
+    /// pages are read from the file again if touched. Unknown names are ignored.
+    pub fn release(&self, name: &str) {
+        let Some(entry) = self.entries.get(canonical_name(name).as_ref()) else { return };
+        let shard = &self.shards[entry.shard];
+        let page = 4096;
+        let start = entry.range.start.div_ceil(page) * page;
+        let end = entry.range.end / page * page;
+        if end > start {
+            // SAFETY: the map is private and read-only: DONTNEED only drops clean pages, which
+            // are re-read from the file on the next access; no data can be lost.
+            let _ =
+                unsafe { shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+
     /// A view of one tensor by its canonical (or stored) name.
     pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
         let canon = canonical_name(name);
@@ -266,6 +283,27 @@ impl<'a> TensorRef<'a> {
             }),
             d => Ok(d),
         }
+    }
+
+    /// Write the values as little-endian f32 bytes to `out`, converting in bounded chunks.
+    pub fn write_f32_le(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let dtype = self.float_dtype().map_err(std::io::Error::other)?;
+        let size = dtype.size();
+        let mut buf = Vec::with_capacity(1 << 16);
+        for chunk in self.bytes.chunks(size * 16_384) {
+            buf.clear();
+            for c in chunk.chunks_exact(size) {
+                let v = match dtype {
+                    Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    Dtype::Other(_) => 0.0,
+                };
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
     }
 
     /// Values as f32: borrowed from the map when stored as aligned f32, converted otherwise.

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::{StringStringEntryProto, TensorProto, tensor_proto};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Tensors at least this large start at a multiple of 64 KiB (the mapping granularity on every
@@ -35,12 +35,31 @@ impl ExternalData {
         dims: &[i64],
         bytes: &[u8],
     ) -> Result<TensorProto> {
-        let len = bytes.len() as u64;
+        self.tensor_with(name, data_type, dims, bytes.len() as u64, |w| w.write_all(bytes))
+    }
+
+    /// Let `write` stream exactly `len` bytes of the tensor (converted chunk by chunk by the caller).
+    pub fn tensor_with(
+        &mut self,
+        name: &str,
+        data_type: tensor_proto::DataType,
+        dims: &[i64],
+        len: u64,
+        write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> Result<TensorProto> {
         let align = if len >= MAP_THRESHOLD { MAP_ALIGN } else { SMALL_ALIGN };
         let start = self.offset.div_ceil(align) * align;
         let pad = (start - self.offset) as usize;
         self.file.write_all(&vec![0u8; pad]).map_err(Error::io(&self.path))?;
-        self.file.write_all(bytes).map_err(Error::io(&self.path))?;
+        let before = self.file.stream_position().map_err(Error::io(&self.path))?;
+        write(&mut self.file).map_err(Error::io(&self.path))?;
+        let written = self.file.stream_position().map_err(Error::io(&self.path))? - before;
+        if written != len {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(format!("tensor {name}: wrote {written} bytes, expected {len}")),
+            });
+        }
         self.offset = start + len;
         let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
         Ok(TensorProto {

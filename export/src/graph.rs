@@ -162,6 +162,21 @@ impl Graph {
         Ok(name.to_string())
     }
 
+    /// A weight streamed into the external data file by `write` (exactly `len` bytes).
+    pub fn weight_with(
+        &mut self,
+        name: &str,
+        elem: DataType,
+        dims: &[usize],
+        len: u64,
+        write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> Result<String> {
+        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        let t = self.external.tensor_with(name, elem, &dims, len, write)?;
+        self.initializers.push(t);
+        Ok(name.to_string())
+    }
+
     /// The finished model and the external data writer (to be flushed by the caller).
     pub fn finish(self, producer: &str) -> (ModelProto, ExternalData) {
         let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }];

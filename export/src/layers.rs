@@ -36,36 +36,51 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 impl<'w> Builder<'w> {
-    /// A weight as stored (same shape), converted to f32.
-    pub fn weight_f32(&mut self, name: &str) -> Result<String> {
+    /// A weight as stored, converted to f32 and streamed to the data file; `shape` overrides
+    /// the stored shape (same element count), e.g. the Conv3d patch embedding as a matrix.
+    pub fn weight_f32_as(&mut self, name: &str, onnx_name: &str, shape: Option<&[usize]>) -> Result<String> {
         let t = self.weights.get(name)?;
-        let values = t.to_f32()?;
-        let shape = t.shape.to_vec();
-        self.g.weight(name, DataType::Float, &shape, &f32_bytes(&values))
+        let shape = shape.unwrap_or(t.shape).to_vec();
+        let len = t.numel() as u64 * 4;
+        let out = self.g.weight_with(onnx_name, DataType::Float, &shape, len, |w| t.write_f32_le(w))?;
+        self.weights.release(name);
+        Ok(out)
     }
 
-    /// `{prefix}.weight` [out, in] written transposed as `[in, out]` for `MatMul(x, W)`.
-    fn weight_t_f32(&mut self, name: &str, onnx_name: &str) -> Result<(String, usize)> {
-        let t = self.weights.get(name)?;
-        let (out, inp) = match t.shape {
-            [o, i] => (*o, *i),
-            other => {
-                return Err(Error::Checkpoint(st_checkpoint::Error::ShapeMismatch {
-                    path: t.path.to_path_buf(),
-                    name: name.to_string(),
-                    expected: vec![0, 0],
-                    found: other.to_vec(),
-                }));
-            }
-        };
-        let w = t.to_f32()?;
-        let mut tr = vec![0f32; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                tr[i * out + o] = w[o * inp + i];
-            }
+    /// A weight as stored (same shape and name), converted to f32.
+    pub fn weight_f32(&mut self, name: &str) -> Result<String> {
+        self.weight_f32_as(name, name, None)
+    }
+
+    /// (N, K) of a linear weight stored [N, K] (or with trailing dims, flattened into K).
+    fn matrix_shape(&self, weight: &str) -> Result<(usize, usize)> {
+        let t = self.weights.get(weight)?;
+        match t.shape.split_first() {
+            Some((&n, rest)) if !rest.is_empty() && n > 0 => Ok((n, rest.iter().product())),
+            _ => Err(Error::Checkpoint(st_checkpoint::Error::ShapeMismatch {
+                path: t.path.to_path_buf(),
+                name: weight.to_string(),
+                expected: vec![0, 0],
+                found: t.shape.to_vec(),
+            })),
         }
-        Ok((self.g.weight(onnx_name, DataType::Float, &[inp, out], &f32_bytes(&tr))?, out))
+    }
+
+    /// y = x · Wᵀ (+ b) with W kept in HF's [N, K] layout: `Gemm(transB = 1)` over x flattened
+    /// to [rows, K], reshaped back to x's leading dims. No transposed copy is ever made.
+    fn gemm(&mut self, x: &str, w: &str, prefix: &str, n: usize, k: usize, bias: bool) -> Result<String> {
+        let flat = self.g.const_i64(&format!("{prefix}/flat_shape"), &[-1, k as i64], &[2]);
+        let x2 = self.g.node(&format!("{prefix}/Flatten"), "Reshape", &[x, &flat], &[]);
+        let mut inputs = vec![x2, w.to_string()];
+        if bias {
+            inputs.push(self.weight_f32(&format!("{prefix}.bias"))?);
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let y = self.g.node(&format!("{prefix}/Gemm"), "Gemm", &refs, &[("transB", Attr::Int(1))]);
+        let lead = self.g.node(&format!("{prefix}/LeadingDims"), "Shape", &[x], &[("end", Attr::Int(-1))]);
+        let n_const = self.g.const_i64(&format!("{prefix}/n"), &[n as i64], &[1]);
+        let shape = self.g.node(&format!("{prefix}/OutShape"), "Concat", &[&lead, &n_const], &[("axis", Attr::Int(0))]);
+        Ok(self.g.node(&format!("{prefix}/Unflatten"), "Reshape", &[&y, &shape], &[]))
     }
 
     /// RMSNorm over the last axis: x · 1/√(mean(x²) + eps) · weight.
@@ -105,8 +120,9 @@ impl<'w> Builder<'w> {
     ) -> Result<String> {
         let y = match precision {
             Precision::Fp32 => {
-                let (w, _) = self.weight_t_f32(weight, &format!("{prefix}.weight_t"))?;
-                self.g.node(&format!("{prefix}/MatMul"), "MatMul", &[x, &w], &[])
+                let (n, k) = self.matrix_shape(weight)?;
+                let w = self.weight_f32_as(weight, &format!("{prefix}.weight"), Some(&[n, k]))?;
+                return self.gemm(x, &w, prefix, n, k, bias);
             }
             Precision::Int4 => self.matmul_nbits(x, weight, prefix)?,
             other => return Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
@@ -120,19 +136,10 @@ impl<'w> Builder<'w> {
 
     /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight.
     fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str) -> Result<String> {
+        let (n, k) = self.matrix_shape(weight)?;
         let t = self.weights.get(weight)?;
-        let (n, k) = match t.shape {
-            [n, k] => (*n, *k),
-            other => {
-                return Err(Error::Checkpoint(st_checkpoint::Error::ShapeMismatch {
-                    path: t.path.to_path_buf(),
-                    name: weight.to_string(),
-                    expected: vec![0, 0],
-                    found: other.to_vec(),
-                }));
-            }
-        };
         let q = int4::quantize(&t.to_f32()?, n, k, self.linear.int4);
+        self.weights.release(weight);
         let kb = q.k_blocks();
         let b = self.g.weight(&format!("{prefix}.weight_q4"), DataType::Uint8, &[n, kb, q.block / 2], &q.packed)?;
         let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&q.scales))?;

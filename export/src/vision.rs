@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::graph::{Attr, Dim};
 use crate::layers::Builder;
 use crate::onnx::tensor_proto::DataType;
+use crate::writer::Precision;
 use st_checkpoint::ModelConfig;
 
 /// RMSNorm epsilon inside the tower and merger (fixed in the reference implementation).
@@ -41,19 +42,8 @@ pub fn build_vision(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let merge_index = g.input("merge_index", DataType::Int64, &[Dim::Sym("tokens")]);
 
     // Patch embedding: the Conv3d with stride = kernel is a matmul over flattened patches.
-    let w = b.weights.get("visual.patch_embed.proj.weight")?;
-    let flat = w.to_f32()?;
-    let (out, k) = (w.shape[0], flat.len() / w.shape[0]);
-    let mut t = vec![0f32; flat.len()];
-    for o in 0..out {
-        for i in 0..k {
-            t[i * out + o] = flat[o * k + i];
-        }
-    }
-    let bytes: Vec<u8> = t.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let x = b.linear_at(&pv, "visual.patch_embed.proj.weight", "visual.patch_embed.proj", false, Precision::Fp32)?;
     let g = &mut b.g;
-    let wpe = g.weight("visual.patch_embed.proj.weight_t", DataType::Float, &[k, out], &bytes)?;
-    let x = g.node("visual.patch_embed/MatMul", "MatMul", &[&pv, &wpe], &[]);
     let zero = g.const_f32("visual/pad_row", &vec![0.0; hidden], &[1, hidden as i64]);
     let x = g.node("visual/AppendPadRow", "Concat", &[&x, &zero], &[("axis", Attr::Int(0))]);
     let mut x = g.node("visual/ToWindowOrder", "Gather", &[&x, &index], &[("axis", Attr::Int(0))]);
