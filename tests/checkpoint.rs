@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{copy_model, model};
+use common::{copy_model, edit_config, edit_tensors, model};
 use st::st_checkpoint::{Checkpoint, Error, ModelConfig, layout};
 use std::path::Path;
 
@@ -94,34 +94,6 @@ fn err_text(r: Result<Checkpoint, Error>) -> String {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
     }
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(&p, v.to_string()).unwrap();
-}
-
-/// Rewrite model.safetensors through `f` over (name, dtype, shape, bytes).
-fn edit_tensors(
-    dir: &Path,
-    f: impl Fn(&str, safetensors::Dtype, Vec<usize>, Vec<u8>) -> Option<(safetensors::Dtype, Vec<usize>, Vec<u8>)>,
-) {
-    let p = dir.join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if let Some((d, s, b)) = f(&name, view.dtype(), view.shape().to_vec(), view.data().to_vec()) {
-            out.push((name, d, s, b));
-        }
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &p).unwrap();
 }
 
 #[test]

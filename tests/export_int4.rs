@@ -21,6 +21,7 @@ fn check(name: &str, block: usize, symmetric: bool) {
         let opts = ExportOptions {
             precision: Precision::Int4,
             linear: LinearOptions { int4: Int4Scheme { block, symmetric }, accuracy_level },
+            progress: false,
         };
         let mut g = export(name, tmp.path(), &opts);
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);

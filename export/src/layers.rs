@@ -29,6 +29,8 @@ pub struct Builder<'w> {
     pub weights: &'w Weights,
     pub precision: Precision,
     pub linear: LinearOptions,
+    /// Source tensors done / total, and bytes read.
+    pub progress: indicatif::ProgressBar,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -44,6 +46,7 @@ impl<'w> Builder<'w> {
         let len = t.numel() as u64 * 4;
         let out = self.g.weight_with(onnx_name, DataType::Float, &shape, len, |w| t.write_f32_le(w))?;
         self.weights.release(name);
+        self.progress.inc(t.bytes.len() as u64);
         Ok(out)
     }
 
@@ -140,6 +143,7 @@ impl<'w> Builder<'w> {
         let t = self.weights.get(weight)?;
         let q = int4::quantize(&t.to_f32()?, n, k, self.linear.int4);
         self.weights.release(weight);
+        self.progress.inc(t.bytes.len() as u64);
         let kb = q.k_blocks();
         let b = self.g.weight(&format!("{prefix}.weight_q4"), DataType::Uint8, &[n, kb, q.block / 2], &q.packed)?;
         let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&q.scales))?;

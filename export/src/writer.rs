@@ -52,6 +52,8 @@ pub struct ExportOptions {
     /// Precision of the text decoder's linear layers (vision stays fp32, lm_head fp32 for now).
     pub precision: Precision,
     pub linear: crate::layers::LinearOptions,
+    /// Show a progress bar (bytes of source tensors processed) on stderr.
+    pub progress: bool,
 }
 
 /// Tokenizer and template files carried over when present.
@@ -102,10 +104,26 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         ("decoder", crate::text::build_decoder, opts.precision),
     ];
     let mut specs = BTreeMap::new();
+    let total: u64 = st_checkpoint::layout::expected_tensors(&ckpt.config)
+        .iter()
+        .filter_map(|s| ckpt.weights.get(&s.name).ok().map(|t| t.bytes.len() as u64))
+        .sum();
+    let progress = if opts.progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:40}] {bytes}/{total_bytes} {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for (name, build, precision) in graphs {
+        progress.set_prefix(name);
         let data_file = format!("{name}.onnx.data");
         let external = ExternalData::create(dir, &data_file)?;
-        let mut b = Builder { g: Graph::new(name, external), weights: &ckpt.weights, precision, linear: opts.linear };
+        let mut b = Builder {
+            g: Graph::new(name, external),
+            weights: &ckpt.weights,
+            precision,
+            linear: opts.linear,
+            progress: progress.clone(),
+        };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");
         external.finish()?;
@@ -128,6 +146,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         }
         specs.insert(name.to_string(), graph_spec(&model, file, Some(data_file), precision));
     }
+    progress.finish_and_clear();
     let mut files = Vec::new();
     for f in CARRIED_FILES {
         let from = ckpt.dir.join(f);

@@ -29,6 +29,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             int4: st_export::Int4Scheme { block: args.block, symmetric: !args.asymmetric },
             accuracy_level: args.accuracy_level,
         },
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let manifest = st_export::export(&args.checkpoint, &args.out, &opts)?;
     for (name, g) in &manifest.graphs {

@@ -42,3 +42,31 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
 
 /// The SpatialThinker question every model golden uses (tests/reference/common.py).
 pub const QUESTION: &str = "Is the cup to the left of the plate? (A) yes (B) no";
+
+pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+/// Rewrite model.safetensors through `f` over (name, dtype, shape, bytes).
+pub fn edit_tensors(
+    dir: &Path,
+    f: impl Fn(&str, safetensors::Dtype, Vec<usize>, Vec<u8>) -> Option<(safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some((d, s, b)) = f(&name, view.dtype(), view.shape().to_vec(), view.data().to_vec()) {
+            out.push((name, d, s, b));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &p).unwrap();
+}
