@@ -39,6 +39,10 @@ test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	rm -rf target/pytest-export
+	for m in tiny tiny-b; do $(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; done
+	$(VENV)/bin/python tests/reference/test_exported_graphs.py \
+		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b
 
 bench:
 	$(CARGO) bench --bench preprocess
