@@ -306,6 +306,27 @@ impl<'a> TensorRef<'a> {
         Ok(())
     }
 
+    /// Write the values as little-endian f16 bytes (round to nearest even), in bounded chunks.
+    pub fn write_f16_le(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let dtype = self.float_dtype().map_err(std::io::Error::other)?;
+        let size = dtype.size();
+        let mut buf = Vec::with_capacity(1 << 15);
+        for chunk in self.bytes.chunks(size * 16_384) {
+            buf.clear();
+            for c in chunk.chunks_exact(size) {
+                let v = match dtype {
+                    Dtype::F32 => half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                    Dtype::BF16 => half::f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+                    Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]),
+                    Dtype::Other(_) => half::f16::ZERO,
+                };
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
     /// Values as f32: borrowed from the map when stored as aligned f32, converted otherwise.
     pub fn to_f32(&self) -> Result<Cow<'a, [f32]>> {
         match self.float_dtype()? {

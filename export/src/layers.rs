@@ -127,6 +127,28 @@ impl<'w> Builder<'w> {
                 let w = self.weight_f32_as(weight, &format!("{prefix}.weight"), Some(&[n, k]))?;
                 return self.gemm(x, &w, prefix, n, k, bias);
             }
+            Precision::Fp16 => {
+                // fp16 storage, f32 compute: half the bytes on disk; GPU providers run the Cast
+                // into their fp16 kernels, ORT's CPU provider folds it into an f32 copy at load.
+                let (n, k) = self.matrix_shape(weight)?;
+                let t = self.weights.get(weight)?;
+                let w = self.g.weight_with(
+                    &format!("{prefix}.weight_fp16"),
+                    DataType::Float16,
+                    &[n, k],
+                    t.numel() as u64 * 2,
+                    |w| t.write_f16_le(w),
+                )?;
+                self.weights.release(weight);
+                self.progress.inc(t.bytes.len() as u64);
+                let w = self.g.node(
+                    &format!("{prefix}/CastWeight"),
+                    "Cast",
+                    &[&w],
+                    &[("to", Attr::Int(DataType::Float as i64))],
+                );
+                return self.gemm(x, &w, prefix, n, k, bias);
+            }
             Precision::Int4 => self.matmul_nbits(x, weight, prefix)?,
             other => return Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
         };
