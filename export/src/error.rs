@@ -11,8 +11,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} already exists; choose another output directory or remove it")]
     OutputExists { path: PathBuf },
-    #[error("precision {precision} is not supported yet for {what}")]
-    Unsupported { precision: String, what: String },
+    #[error("invalid {name}: {reason}")]
+    InvalidOption { name: &'static str, reason: String },
 }
 
 impl Error {

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::graph::{Attr, Graph};
 use crate::onnx::tensor_proto::DataType;
+use crate::quant::fp8;
 use crate::quant::int4::{self, Int4Scheme};
 use crate::writer::Precision;
 use st_checkpoint::Weights;
@@ -150,7 +151,26 @@ impl<'w> Builder<'w> {
                 return self.gemm(x, &w, prefix, n, k, bias);
             }
             Precision::Int4 => self.matmul_nbits(x, weight, prefix)?,
-            other => return Err(Error::Unsupported { precision: other.to_string(), what: prefix.to_string() }),
+            Precision::Fp8 => {
+                // E4M3FN + per-channel scales as DequantizeLinear → Gemm: the Q/DQ form TensorRT
+                // fuses. ORT's CPU provider folds it to f32 at load (4× memory): on CPU this is for
+                // correctness on small models until the fused op of the kernels issue exists.
+                let (n, k) = self.matrix_shape(weight)?;
+                let t = self.weights.get(weight)?;
+                let q = fp8::quantize_per_channel(&t.to_f32()?, n, k);
+                self.weights.release(weight);
+                self.progress.inc(t.bytes.len() as u64);
+                let data = self.g.weight(&format!("{prefix}.weight_fp8"), DataType::Float8e4m3fn, &[n, k], &q.data)?;
+                let scale =
+                    self.g.weight(&format!("{prefix}.weight_scale"), DataType::Float, &[n], &f32_bytes(&q.scales))?;
+                let w = self.g.node(
+                    &format!("{prefix}/DequantizeWeight"),
+                    "DequantizeLinear",
+                    &[&data, &scale],
+                    &[("axis", Attr::Int(0))],
+                );
+                return self.gemm(x, &w, prefix, n, k, bias);
+            }
         };
         if !bias {
             return Ok(y);
@@ -162,6 +182,13 @@ impl<'w> Builder<'w> {
     /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight.
     fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str) -> Result<String> {
         let (n, k) = self.matrix_shape(weight)?;
+        let block = self.linear.int4.block;
+        if !(block >= 16 && block.is_power_of_two()) {
+            return Err(Error::InvalidOption {
+                name: "int4 block size",
+                reason: format!("{block} is not a power of two ≥ 16"),
+            });
+        }
         let t = self.weights.get(weight)?;
         let q = int4::quantize(&t.to_f32()?, n, k, self.linear.int4);
         self.weights.release(weight);

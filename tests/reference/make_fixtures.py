@@ -75,7 +75,7 @@ def main():
             images.golden(processor, img_dir, pre_dir, cases)
             model_goldens.write_rope_cases(model, processor, img_dir, FIXTURES / "goldens" / "rope")
         summary[name] = model_goldens.write_model_goldens(model, processor, img_dir, FIXTURES / "goldens" / name)
-        model_goldens.write_int4_goldens(model, processor, img_dir, FIXTURES / "goldens" / name)
+        model_goldens.write_quantized_goldens(model, processor, img_dir, FIXTURES / "goldens" / name)
     tiny_models.rewrite_legacy(FIXTURES / "models" / "tiny", FIXTURES / "models" / "tiny-legacy")
     tiny_models.rewrite_lm_names(FIXTURES / "models" / "tiny-b", FIXTURES / "models" / "tiny-b-lm-names")
     smart_resize_table(FIXTURES / "goldens" / "smart_resize.json")

@@ -73,22 +73,25 @@ def write_model_goldens(model, processor, img_dir: Path, out: Path):
 INT4_SCHEMES = [(32, True), (128, False)]
 
 
-def write_int4_goldens(model, processor, img_dir: Path, out: Path):
-    """Logits of the reference run on the int4 quantize-dequantized text linears (what the exported
+def write_quantized_goldens(model, processor, img_dir: Path, out: Path):
+    """Logits of the reference run on the int4 / fp8 quantize-dequantized text linears (what the exported
     int4 graph computes with), so the bound on the graph does not include the rounding."""
     import copy
     import quant
     original, resized = image_inputs(img_dir / "chelsea.png")
     _, inputs = encode(processor, spatialthinker_messages(*original.size), [resized], IMAGE_MAX_PIXELS)
-    for block, symmetric in INT4_SCHEMES:
+    schemes = [(f"int4-b{block}-{'sym' if sym else 'asym'}", lambda w, b=block, s=sym: quant.int4_dequantized(w, b, s))
+               for block, sym in INT4_SCHEMES]
+    schemes.append(("fp8-channel", quant.fp8_dequantized))
+    for scheme, dequantized in schemes:
         q = copy.deepcopy(model)
         with torch.no_grad():
             for layer in q.model.language_model.layers:
                 for name in quant.TEXT_LINEARS:
                     lin = layer.get_submodule(name)
-                    lin.weight.copy_(torch.from_numpy(quant.int4_dequantized(lin.weight.numpy(), block, symmetric)))
+                    lin.weight.copy_(torch.from_numpy(dequantized(lin.weight.numpy())))
             logits = q(**inputs).logits[0].float().numpy()
-        d = out / f"int4-b{block}-{'sym' if symmetric else 'asym'}"
+        d = out / scheme
         d.mkdir(parents=True, exist_ok=True)
         np.save(d / "logits.npy", logits[-LOGIT_ROWS:])
 

@@ -29,3 +29,13 @@ def int4_dequantized(w: np.ndarray, block: int, symmetric: bool) -> np.ndarray:
 
 TEXT_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def fp8_dequantized(w: np.ndarray) -> np.ndarray:
+    """Per-output-channel E4M3FN (export/src/quant/fp8.rs): scale = max|row| / 448, q = e4m3fn(w / scale)."""
+    import torch
+    w = torch.from_numpy(w.astype(np.float32))
+    amax = w.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    q = (w / scale).to(torch.float8_e4m3fn).to(torch.float32)
+    return (q * scale).numpy()

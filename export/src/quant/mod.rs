@@ -2,4 +2,5 @@
 //! [out, in] linear weight) with a matching dequantizer, so tests and the Python oracle can
 //! check the graph against the reference run on exactly the dequantized weights.
 
+pub mod fp8;
 pub mod int4;

@@ -1,5 +1,6 @@
-//! `st export --precision int4` (MatMulNBits) against the reference run on the same
-//! quantize-dequantized weights (tests/reference/quant.py mirrors export/src/quant/int4.rs), so
+//! `st export --precision int4` (MatMulNBits) and `fp8` (E4M3FN + DequantizeLinear) against the
+//! reference run on the same
+//! quantize-dequantized weights (tests/reference/quant.py mirrors export/src/quant/), so
 //! the bound measures the graph, not the rounding. With accuracy_level 0 ORT computes in f32:
 //! bound 1e-4 as for fp32. With accuracy_level 4 (int8 activations, the CPU default) the error
 //! of activation quantization adds; its bound is 3e-2, and both errors are printed, with the
@@ -44,4 +45,23 @@ fn int4_block32_symmetric() {
 fn int4_block128_asymmetric() {
     check("tiny", 128, false);
     check("tiny-b", 128, false);
+}
+
+/// fp8: ORT dequantizes to f32 exactly, so the graph bound is the fp32 one.
+#[test]
+fn fp8_per_channel() {
+    for name in ["tiny", "tiny-b"] {
+        let want: Array2<f32> = read_npy(&golden(&format!("{name}/fp8-channel/logits.npy")));
+        let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = ExportOptions { precision: Precision::Fp8, ..Default::default() };
+        let mut g = export(name, tmp.path(), &opts);
+        let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
+        let err = rel_err(&logits, &want);
+        eprintln!(
+            "{name} fp8 per-channel: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
+            rel_err(&logits, &unquantized)
+        );
+        assert!(err <= 1e-4, "{name} fp8: {err}");
+    }
 }
