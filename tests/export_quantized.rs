@@ -11,7 +11,7 @@ mod common;
 use common::pipeline::{export, prefill, rel_err};
 use common::{golden, read_npy};
 use ndarray::Array2;
-use st_export::{ExportOptions, Int4Scheme, LinearOptions, Precision};
+use st_export::{ExportOptions, NBitsScheme, Precision};
 
 fn check(name: &str, block: usize, symmetric: bool) {
     let scheme = format!("int4-b{block}-{}", if symmetric { "sym" } else { "asym" });
@@ -19,11 +19,11 @@ fn check(name: &str, block: usize, symmetric: bool) {
     let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
     for (accuracy_level, bound) in [(0, 1e-4), (4, 3e-2)] {
         let tmp = tempfile::tempdir().unwrap();
-        let opts = ExportOptions {
-            precision: Precision::Int4,
-            linear: LinearOptions { int4: Int4Scheme { block, symmetric }, accuracy_level },
-            progress: false,
-        };
+        // lm_head f32 here: the golden quantizes only the decoder's linears.
+        let mut opts = ExportOptions::new(Precision::Int4);
+        opts.linear.int4 = NBitsScheme { bits: 4, block, symmetric };
+        opts.linear.accuracy_level = accuracy_level;
+        opts.linear.lm_head = Precision::Fp32;
         let mut g = export(name, tmp.path(), &opts);
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
         let err = rel_err(&logits, &want);
@@ -54,7 +54,8 @@ fn fp8_per_channel() {
         let want: Array2<f32> = read_npy(&golden(&format!("{name}/fp8-channel/logits.npy")));
         let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
         let tmp = tempfile::tempdir().unwrap();
-        let opts = ExportOptions { precision: Precision::Fp8, ..Default::default() };
+        let mut opts = ExportOptions::new(Precision::Fp8);
+        opts.linear.lm_head = Precision::Fp32;
         let mut g = export(name, tmp.path(), &opts);
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
         let err = rel_err(&logits, &want);
@@ -63,5 +64,23 @@ fn fp8_per_channel() {
             rel_err(&logits, &unquantized)
         );
         assert!(err <= 1e-4, "{name} fp8: {err}");
+    }
+}
+
+/// int8 lm_head (8-bit MatMulNBits), the default under int4 and fp8, against the reference with
+/// only lm_head quantize-dequantized (untied from the embeddings in tiny-b, as exported).
+#[test]
+fn int8_lm_head() {
+    for name in ["tiny", "tiny-b"] {
+        let want: Array2<f32> = read_npy(&golden(&format!("{name}/lm_head-int8-b32/logits.npy")));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut opts = ExportOptions::new(Precision::Fp32);
+        opts.linear.lm_head = Precision::Int8;
+        opts.linear.accuracy_level = 0;
+        let mut g = export(name, tmp.path(), &opts);
+        let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
+        let err = rel_err(&logits, &want);
+        eprintln!("{name} int8 lm_head: vs dequantized reference {err:.3e}");
+        assert!(err <= 1e-4, "{name} int8 lm_head: {err}");
     }
 }

@@ -6,21 +6,31 @@ use crate::error::{Error, Result};
 use crate::graph::{Attr, Graph};
 use crate::onnx::tensor_proto::DataType;
 use crate::quant::fp8;
-use crate::quant::int4::{self, Int4Scheme};
+use crate::quant::nbits::{self, NBitsScheme};
 use crate::writer::Precision;
 use st_checkpoint::Weights;
 
 /// How the quantized linear layers are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearOptions {
-    pub int4: Int4Scheme,
+    /// The decoder's quantized linears at `Precision::Int4` (bits 4).
+    pub int4: NBitsScheme,
+    /// Precision of lm_head (SPEC §6: at least int8). `Int8` uses `int8` below.
+    pub lm_head: Precision,
+    /// The 8-bit scheme of `Precision::Int8` linears.
+    pub int8: NBitsScheme,
     /// MatMulNBits `accuracy_level`: 0 = unset (fp32 compute on CPU), 4 = int8 activations.
     pub accuracy_level: i64,
 }
 
 impl Default for LinearOptions {
     fn default() -> Self {
-        Self { int4: Int4Scheme::default(), accuracy_level: 4 }
+        Self {
+            int4: NBitsScheme::default(),
+            lm_head: Precision::Fp32,
+            int8: NBitsScheme { bits: 8, block: 32, symmetric: true },
+            accuracy_level: 4,
+        }
     }
 }
 
@@ -150,7 +160,8 @@ impl<'w> Builder<'w> {
                 );
                 return self.gemm(x, &w, prefix, n, k, bias);
             }
-            Precision::Int4 => self.matmul_nbits(x, weight, prefix)?,
+            Precision::Int4 => self.matmul_nbits(x, weight, prefix, self.linear.int4)?,
+            Precision::Int8 => self.matmul_nbits(x, weight, prefix, self.linear.int8)?,
             Precision::Fp8 => {
                 // E4M3FN + per-channel scales as DequantizeLinear → Gemm: the Q/DQ form TensorRT
                 // fuses. ORT's CPU provider folds it to f32 at load (4× memory): on CPU this is for
@@ -180,9 +191,9 @@ impl<'w> Builder<'w> {
     }
 
     /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight.
-    fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str) -> Result<String> {
+    fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str, scheme: NBitsScheme) -> Result<String> {
         let (n, k) = self.matrix_shape(weight)?;
-        let block = self.linear.int4.block;
+        let block = scheme.block;
         if !(block >= 16 && block.is_power_of_two()) {
             return Err(Error::InvalidOption {
                 name: "int4 block size",
@@ -190,11 +201,16 @@ impl<'w> Builder<'w> {
             });
         }
         let t = self.weights.get(weight)?;
-        let q = int4::quantize(&t.to_f32()?, n, k, self.linear.int4);
+        let q = nbits::quantize(&t.to_f32()?, n, k, scheme);
         self.weights.release(weight);
         self.progress.inc(t.bytes.len() as u64);
         let kb = q.k_blocks();
-        let b = self.g.weight(&format!("{prefix}.weight_q4"), DataType::Uint8, &[n, kb, q.block / 2], &q.packed)?;
+        let b = self.g.weight(
+            &format!("{prefix}.weight_q{}", scheme.bits),
+            DataType::Uint8,
+            &[n, kb, q.blob_size()],
+            &q.packed,
+        )?;
         let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&q.scales))?;
         let mut inputs = vec![x.to_string(), b, s];
         if let Some(z) = &q.zero_points {
@@ -204,8 +220,8 @@ impl<'w> Builder<'w> {
         let attrs = [
             ("K", Attr::Int(k as i64)),
             ("N", Attr::Int(n as i64)),
-            ("bits", Attr::Int(4)),
-            ("block_size", Attr::Int(q.block as i64)),
+            ("bits", Attr::Int(scheme.bits as i64)),
+            ("block_size", Attr::Int(block as i64)),
             ("accuracy_level", Attr::Int(self.linear.accuracy_level)),
         ];
         Ok(self

@@ -23,5 +23,5 @@ pub mod onnx {
 
 pub use error::{Error, Result};
 pub use layers::LinearOptions;
-pub use quant::int4::Int4Scheme;
+pub use quant::nbits::NBitsScheme;
 pub use writer::{ExportOptions, Precision, export};

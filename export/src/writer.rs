@@ -20,6 +20,8 @@ pub enum Precision {
     Fp32,
     Fp16,
     Int4,
+    /// MatMulNBits with 8 bits; used for lm_head.
+    Int8,
     Fp8,
 }
 
@@ -29,6 +31,7 @@ impl std::fmt::Display for Precision {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
             Precision::Int4 => "int4",
+            Precision::Int8 => "int8",
             Precision::Fp8 => "fp8",
         })
     }
@@ -41,8 +44,9 @@ impl std::str::FromStr for Precision {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "int4" => Ok(Precision::Int4),
+            "int8" => Ok(Precision::Int8),
             "fp8" => Ok(Precision::Fp8),
-            other => Err(format!("unknown precision {other:?} (fp32, fp16, int4, fp8)")),
+            other => Err(format!("unknown precision {other:?} (fp32, fp16, int4, int8, fp8)")),
         }
     }
 }
@@ -54,6 +58,19 @@ pub struct ExportOptions {
     pub linear: crate::layers::LinearOptions,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
     pub progress: bool,
+}
+
+impl ExportOptions {
+    /// Defaults for a text precision: lm_head follows fp32 / fp16 exports and is int8 under
+    /// int4 and fp8 (SPEC §6: never below int8).
+    pub fn new(precision: Precision) -> Self {
+        let mut linear = crate::layers::LinearOptions::default();
+        linear.lm_head = match precision {
+            Precision::Fp32 | Precision::Fp16 => precision,
+            Precision::Int4 | Precision::Int8 | Precision::Fp8 => Precision::Int8,
+        };
+        Self { precision, linear, progress: false }
+    }
 }
 
 /// Tokenizer and template files carried over when present.
@@ -132,7 +149,11 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
         let mut precision = BTreeMap::from([("linear".to_string(), precision.to_string())]);
         if name == "decoder" {
-            precision.insert("lm_head".into(), "fp32".into());
+            let head = match opts.linear.lm_head {
+                Precision::Int8 => format!("int8 block {}", opts.linear.int8.block),
+                other => other.to_string(),
+            };
+            precision.insert("lm_head".into(), head);
             if opts.precision == Precision::Int4 {
                 let s = opts.linear.int4;
                 let scheme = format!(

@@ -17,20 +17,22 @@ pub struct ExportArgs {
     /// int4: per-block zero points (asymmetric range) instead of symmetric.
     #[arg(long)]
     pub asymmetric: bool,
+    /// Precision of lm_head (default: int8 under int4/fp8, else the text precision).
+    #[arg(long)]
+    pub lm_head: Option<st_export::Precision>,
     /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU).
     #[arg(long, default_value_t = 4)]
     pub accuracy_level: i64,
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let opts = st_export::ExportOptions {
-        precision: args.precision,
-        linear: st_export::LinearOptions {
-            int4: st_export::Int4Scheme { block: args.block, symmetric: !args.asymmetric },
-            accuracy_level: args.accuracy_level,
-        },
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
+    let mut opts = st_export::ExportOptions::new(args.precision);
+    opts.linear.int4 = st_export::NBitsScheme { bits: 4, block: args.block, symmetric: !args.asymmetric };
+    opts.linear.accuracy_level = args.accuracy_level;
+    if let Some(p) = args.lm_head {
+        opts.linear.lm_head = p;
+    }
+    opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let manifest = st_export::export(&args.checkpoint, &args.out, &opts)?;
     for (name, g) in &manifest.graphs {
         println!("{name:8} {} ({} inputs, {} outputs)", g.file, g.inputs.len(), g.outputs.len());

@@ -83,13 +83,18 @@ def write_quantized_goldens(model, processor, img_dir: Path, out: Path):
     schemes = [(f"int4-b{block}-{'sym' if sym else 'asym'}", lambda w, b=block, s=sym: quant.int4_dequantized(w, b, s))
                for block, sym in INT4_SCHEMES]
     schemes.append(("fp8-channel", quant.fp8_dequantized))
+    schemes.append(("lm_head-int8-b32", None))
     for scheme, dequantized in schemes:
         q = copy.deepcopy(model)
         with torch.no_grad():
-            for layer in q.model.language_model.layers:
-                for name in quant.TEXT_LINEARS:
-                    lin = layer.get_submodule(name)
-                    lin.weight.copy_(torch.from_numpy(dequantized(lin.weight.numpy())))
+            if dequantized is None:  # only lm_head, as its own (untied) parameter
+                w = quant.nbits_dequantized(q.lm_head.weight.numpy(), 8, 32, True)
+                q.lm_head.weight = torch.nn.Parameter(torch.from_numpy(w))
+            else:
+                for layer in q.model.language_model.layers:
+                    for name in quant.TEXT_LINEARS:
+                        lin = layer.get_submodule(name)
+                        lin.weight.copy_(torch.from_numpy(dequantized(lin.weight.numpy())))
             logits = q(**inputs).logits[0].float().numpy()
         d = out / scheme
         d.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,12 @@ import numpy as np
 
 
 def int4_dequantized(w: np.ndarray, block: int, symmetric: bool) -> np.ndarray:
-    """w: [N, K] float32 → the dequantized [N, K] float32 weights."""
+    return nbits_dequantized(w, 4, block, symmetric)
+
+
+def nbits_dequantized(w: np.ndarray, bits: int, block: int, symmetric: bool) -> np.ndarray:
+    """export/src/quant/nbits.rs: w [N, K] float32 → the dequantized [N, K] float32 weights."""
+    mid, qmax = np.float32(2 ** (bits - 1)), np.float32(2 ** bits - 1)
     w = w.astype(np.float32)
     n, k = w.shape
     out = np.zeros_like(w)
@@ -13,16 +18,16 @@ def int4_dequantized(w: np.ndarray, block: int, symmetric: bool) -> np.ndarray:
         if symmetric:
             idx = np.argmax(np.abs(vals), axis=1)
             v = vals[np.arange(n), idx]
-            scale = (v / np.float32(-8.0)).astype(np.float16).astype(np.float32)
-            zp = np.full(n, 8.0, np.float32)
+            scale = (v / -mid).astype(np.float16).astype(np.float32)
+            zp = np.full(n, mid, np.float32)
         else:
             mn = np.minimum(vals.min(axis=1), np.float32(0))
             mx = np.maximum(vals.max(axis=1), np.float32(0))
-            scale = ((mx - mn) / np.float32(15.0)).astype(np.float16).astype(np.float32)
+            scale = ((mx - mn) / qmax).astype(np.float16).astype(np.float32)
             with np.errstate(divide="ignore", invalid="ignore"):
-                zp = np.where(scale == 0, np.float32(8), np.clip(np.rint(-mn / scale), 0, 15)).astype(np.float32)
+                zp = np.where(scale == 0, mid, np.clip(np.rint(-mn / scale), 0, qmax)).astype(np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(scale[:, None] == 0, zp[:, None], np.clip(np.rint(vals / scale[:, None]) + zp[:, None], 0, 15))
+            q = np.where(scale[:, None] == 0, zp[:, None], np.clip(np.rint(vals / scale[:, None]) + zp[:, None], 0, qmax))
         out[:, b0:b0 + block] = ((q - zp[:, None]) * scale[:, None]).astype(np.float32)
     return out
 

@@ -3,4 +3,4 @@
 //! check the graph against the reference run on exactly the dequantized weights.
 
 pub mod fp8;
-pub mod int4;
+pub mod nbits;
