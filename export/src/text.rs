@@ -23,8 +23,20 @@ use st_checkpoint::ModelConfig;
 /// `embed`: Gather rows of `model.embed_tokens.weight`.
 pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let ids = b.g.input("input_ids", DataType::Int64, &[Dim::Sym("batch"), Dim::Sym("seq")]);
-    let table = b.weight_f32("model.embed_tokens.weight")?;
-    let out = b.g.node("model.embed_tokens/Gather", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let name = "model.embed_tokens.weight";
+    let out = if b.precision == crate::writer::Precision::Fp16 {
+        // Rows are gathered from the f16 table, then widened: the table stays half size in memory.
+        let t = b.weights.get(name)?;
+        let shape = t.shape.to_vec();
+        let table = b.g.weight_with(name, DataType::Float16, &shape, t.numel() as u64 * 2, |w| t.write_f16_le(w))?;
+        b.weights.release(name);
+        b.progress.inc(t.bytes.len() as u64);
+        let rows = b.g.node("model.embed_tokens/Gather", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+        b.g.node("model.embed_tokens/Cast", "Cast", &[&rows], &[("to", Attr::Int(DataType::Float as i64))])
+    } else {
+        let table = b.weight_f32(name)?;
+        b.g.node("model.embed_tokens/Gather", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))])
+    };
     let dims = [Dim::Sym("batch"), Dim::Sym("seq"), Dim::Fixed(c.text.hidden_size)];
     b.g.output(&out, "inputs_embeds", DataType::Float, &dims);
     Ok(())

@@ -15,7 +15,6 @@ use crate::error::Result;
 use crate::graph::{Attr, Dim};
 use crate::layers::Builder;
 use crate::onnx::tensor_proto::DataType;
-use crate::writer::Precision;
 use st_checkpoint::ModelConfig;
 
 /// RMSNorm epsilon inside the tower and merger (fixed in the reference implementation).
@@ -42,7 +41,7 @@ pub fn build_vision(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let merge_index = g.input("merge_index", DataType::Int64, &[Dim::Sym("tokens")]);
 
     // Patch embedding: the Conv3d with stride = kernel is a matmul over flattened patches.
-    let x = b.linear_at(&pv, "visual.patch_embed.proj.weight", "visual.patch_embed.proj", false, Precision::Fp32)?;
+    let x = b.linear_at(&pv, "visual.patch_embed.proj.weight", "visual.patch_embed.proj", false, b.precision)?;
     let g = &mut b.g;
     let zero = g.const_f32("visual/pad_row", &vec![0.0; hidden], &[1, hidden as i64]);
     let x = g.node("visual/AppendPadRow", "Concat", &[&x, &zero], &[("axis", Attr::Int(0))]);

@@ -51,25 +51,45 @@ impl std::str::FromStr for Precision {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// Precision of the text decoder's linear layers (vision stays fp32, lm_head fp32 for now).
     pub precision: Precision,
     pub linear: crate::layers::LinearOptions,
+    /// Embedding table: fp32 or fp16 (gathered in f16, widened after the lookup).
+    pub embed: Precision,
+    /// Vision tower and merger: fp32 or fp16 weights (SPEC §6: never quantized below fp16).
+    pub vision: Precision,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
     pub progress: bool,
 }
 
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self::new(Precision::Fp32)
+    }
+}
+
 impl ExportOptions {
-    /// Defaults for a text precision: lm_head follows fp32 / fp16 exports and is int8 under
-    /// int4 and fp8 (SPEC §6: never below int8).
+    /// Defaults for a text precision. fp32 / fp16 exports keep every part at that precision.
+    /// Under int4 and fp8 (SPEC §6): lm_head int8, embedding table and vision tower fp16.
     pub fn new(precision: Precision) -> Self {
         let mut linear = crate::layers::LinearOptions::default();
-        linear.lm_head = match precision {
-            Precision::Fp32 | Precision::Fp16 => precision,
-            Precision::Int4 | Precision::Int8 | Precision::Fp8 => Precision::Int8,
+        let (lm_head, embed, vision) = match precision {
+            Precision::Fp32 | Precision::Fp16 => (precision, precision, precision),
+            Precision::Int4 | Precision::Int8 | Precision::Fp8 => (Precision::Int8, Precision::Fp16, Precision::Fp16),
         };
-        Self { precision, linear, progress: false }
+        linear.lm_head = lm_head;
+        Self { precision, linear, embed, vision, progress: false }
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, p) in [("embed", self.embed), ("vision", self.vision)] {
+            if !matches!(p, Precision::Fp32 | Precision::Fp16) {
+                return Err(Error::InvalidOption { name, reason: format!("{p} (fp32 or fp16)") });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -92,6 +112,7 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     if out.exists() {
         return Err(Error::OutputExists { path: out.to_path_buf() });
     }
+    opts.check()?;
     let ckpt = Checkpoint::open(src)?;
     let tmp = partial_dir(out);
     std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
@@ -114,10 +135,10 @@ fn partial_dir(out: &Path) -> PathBuf {
 }
 
 fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Manifest> {
-    // The vision tower stays fp32 whatever the text precision (SPEC §6: quantized ViTs move boxes).
+    // The vision tower is never quantized below fp16 (SPEC §6: quantized ViTs move boxes).
     let graphs: [(&str, BuildFn, Precision); 3] = [
-        ("vision", crate::vision::build_vision, Precision::Fp32),
-        ("embed", crate::text::build_embed, opts.precision),
+        ("vision", crate::vision::build_vision, opts.vision),
+        ("embed", crate::text::build_embed, opts.embed),
         ("decoder", crate::text::build_decoder, opts.precision),
     ];
     let mut specs = BTreeMap::new();

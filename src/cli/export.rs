@@ -20,6 +20,12 @@ pub struct ExportArgs {
     /// Precision of lm_head (default: int8 under int4/fp8, else the text precision).
     #[arg(long)]
     pub lm_head: Option<st_export::Precision>,
+    /// Embedding table precision, fp32 or fp16 (default: fp16 under int4/fp8).
+    #[arg(long)]
+    pub embed: Option<st_export::Precision>,
+    /// Vision tower precision, fp32 or fp16 (default: fp16 under int4/fp8).
+    #[arg(long)]
+    pub vision: Option<st_export::Precision>,
     /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU).
     #[arg(long, default_value_t = 4)]
     pub accuracy_level: i64,
@@ -31,6 +37,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     opts.linear.accuracy_level = args.accuracy_level;
     if let Some(p) = args.lm_head {
         opts.linear.lm_head = p;
+    }
+    if let Some(p) = args.embed {
+        opts.embed = p;
+    }
+    if let Some(p) = args.vision {
+        opts.vision = p;
     }
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let manifest = st_export::export(&args.checkpoint, &args.out, &opts)?;
