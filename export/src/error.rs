@@ -11,6 +11,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} already exists; choose another output directory or remove it")]
     OutputExists { path: PathBuf },
+    #[error("{path}: recipe: {reason}")]
+    Recipe { path: PathBuf, reason: String },
     #[error("invalid {name}: {reason}")]
     InvalidOption { name: &'static str, reason: String },
 }

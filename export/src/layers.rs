@@ -42,6 +42,8 @@ pub struct Builder<'w> {
     pub linear: LinearOptions,
     /// Source tensors done / total, and bytes read.
     pub progress: indicatif::ProgressBar,
+    /// Recipe overrides by linear name (first match wins).
+    pub overrides: &'w [(globset::GlobMatcher, Precision)],
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -132,6 +134,18 @@ impl<'w> Builder<'w> {
         bias: bool,
         precision: Precision,
     ) -> Result<String> {
+        let precision = match self.overrides.iter().find(|(g, _)| g.is_match(prefix)) {
+            Some(&(_, p)) => {
+                if prefix.starts_with("visual.") && !matches!(p, Precision::Fp32 | Precision::Fp16) {
+                    return Err(Error::InvalidOption {
+                        name: "override",
+                        reason: format!("{prefix}: the vision tower stays at fp16 or fp32 (SPEC §6), not {p}"),
+                    });
+                }
+                p
+            }
+            None => precision,
+        };
         let y = match precision {
             Precision::Fp32 => {
                 let (n, k) = self.matrix_shape(weight)?;

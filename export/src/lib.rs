@@ -11,6 +11,7 @@ pub mod external;
 pub mod graph;
 pub mod layers;
 pub mod quant;
+pub mod recipe;
 pub mod text;
 pub mod vision;
 pub mod writer;
@@ -24,4 +25,5 @@ pub mod onnx {
 pub use error::{Error, Result};
 pub use layers::LinearOptions;
 pub use quant::nbits::NBitsScheme;
-pub use writer::{ExportOptions, Precision, export};
+pub use recipe::Recipe;
+pub use writer::{ExportOptions, Precision, Target, export};

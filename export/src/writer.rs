@@ -13,6 +13,39 @@ use st_checkpoint::{Checkpoint, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The execution provider the graphs are written for. Today every target gets the same ops
+/// (MatMulNBits for int4/int8, DequantizeLinear→Gemm for fp8, which TensorRT fuses); the
+/// kernels issue adds the fused CUDA/CPU op that `cuda` and `cpu` will select for fp8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    #[default]
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+            Target::TensorRt => "tensorrt",
+        })
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Target::Cpu),
+            "cuda" => Ok(Target::Cuda),
+            "tensorrt" => Ok(Target::TensorRt),
+            other => Err(format!("unknown target {other:?} (cpu, cuda, tensorrt)")),
+        }
+    }
+}
+
 /// Numeric precision of the exported linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -60,6 +93,10 @@ pub struct ExportOptions {
     pub embed: Precision,
     /// Vision tower and merger: fp32 or fp16 weights (SPEC §6: never quantized below fp16).
     pub vision: Precision,
+    /// Execution provider the graphs are meant for (recorded in the manifest).
+    pub target: Target,
+    /// Per-linear precision overrides: (glob over HF module names, precision); first match wins.
+    pub overrides: Vec<(String, Precision)>,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
     pub progress: bool,
 }
@@ -80,7 +117,7 @@ impl ExportOptions {
             Precision::Int4 | Precision::Int8 | Precision::Fp8 => (Precision::Int8, Precision::Fp16, Precision::Fp16),
         };
         linear.lm_head = lm_head;
-        Self { precision, linear, embed, vision, progress: false }
+        Self { precision, linear, embed, vision, target: Target::Cpu, overrides: vec![], progress: false }
     }
 
     fn check(&self) -> Result<()> {
@@ -90,6 +127,18 @@ impl ExportOptions {
             }
         }
         Ok(())
+    }
+
+    /// The overrides compiled once for the builders.
+    fn compiled_overrides(&self) -> Result<Vec<(globset::GlobMatcher, Precision)>> {
+        self.overrides
+            .iter()
+            .map(|(p, prec)| {
+                globset::Glob::new(p)
+                    .map(|g| (g.compile_matcher(), *prec))
+                    .map_err(|e| Error::InvalidOption { name: "override pattern", reason: format!("{p:?}: {e}") })
+            })
+            .collect()
     }
 }
 
@@ -151,6 +200,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:40}] {bytes}/{total_bytes} {elapsed} (eta {eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let overrides = opts.compiled_overrides()?;
     for (name, build, precision) in graphs {
         progress.set_prefix(name);
         let data_file = format!("{name}.onnx.data");
@@ -161,6 +211,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
             precision,
             linear: opts.linear,
             progress: progress.clone(),
+            overrides: &overrides,
         };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");
@@ -168,7 +219,13 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         let file = format!("{name}.onnx");
         let path = dir.join(&file);
         std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
-        let mut precision = BTreeMap::from([("linear".to_string(), precision.to_string())]);
+        let mut precision = BTreeMap::from([
+            ("linear".to_string(), precision.to_string()),
+            ("target".to_string(), opts.target.to_string()),
+        ]);
+        for (pattern, p) in &opts.overrides {
+            precision.insert(format!("override {pattern}"), p.to_string());
+        }
         if name == "decoder" {
             let head = match opts.linear.lm_head {
                 Precision::Int8 => format!("int8 block {}", opts.linear.int8.block),

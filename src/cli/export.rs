@@ -8,12 +8,16 @@ pub struct ExportArgs {
     pub checkpoint: PathBuf,
     /// New directory for the exported model; must not exist.
     pub out: PathBuf,
-    /// Precision of the text decoder's linear layers (vision and lm_head stay fp32).
-    #[arg(long, default_value = "fp32")]
-    pub precision: st_export::Precision,
-    /// int4: inputs per quantization block (32, 64 or 128).
-    #[arg(long, default_value_t = 32, value_parser = parse_block)]
-    pub block: usize,
+    /// Recipe file (precision per part and per layer pattern), e.g. models/spatialthinker-7b.toml.
+    /// Flags given below override it.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Precision of the text decoder's linear layers: fp32, fp16, int4 or fp8 (default fp32).
+    #[arg(long)]
+    pub precision: Option<st_export::Precision>,
+    /// int4: inputs per quantization block (32, 64 or 128; default 32).
+    #[arg(long, value_parser = parse_block)]
+    pub block: Option<usize>,
     /// int4: per-block zero points (asymmetric range) instead of symmetric.
     #[arg(long)]
     pub asymmetric: bool,
@@ -26,15 +30,34 @@ pub struct ExportArgs {
     /// Vision tower precision, fp32 or fp16 (default: fp16 under int4/fp8).
     #[arg(long)]
     pub vision: Option<st_export::Precision>,
-    /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU).
-    #[arg(long, default_value_t = 4)]
-    pub accuracy_level: i64,
+    /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU; default 4).
+    #[arg(long)]
+    pub accuracy_level: Option<i64>,
+    /// Execution provider the graphs are meant for: cpu, cuda or tensorrt (recorded in the manifest).
+    #[arg(long, default_value = "cpu")]
+    pub target: st_export::Target,
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let mut opts = st_export::ExportOptions::new(args.precision);
-    opts.linear.int4 = st_export::NBitsScheme { bits: 4, block: args.block, symmetric: !args.asymmetric };
-    opts.linear.accuracy_level = args.accuracy_level;
+    let mut opts = match &args.recipe {
+        Some(path) => st_export::Recipe::from_file(path)?.options(path)?,
+        None => st_export::ExportOptions::new(args.precision.unwrap_or_default()),
+    };
+    if let Some(p) = args.precision {
+        if args.recipe.is_some() {
+            opts.precision = p;
+        }
+    }
+    if let Some(block) = args.block {
+        opts.linear.int4.block = block;
+    }
+    if args.asymmetric {
+        opts.linear.int4.symmetric = false;
+    }
+    if let Some(level) = args.accuracy_level {
+        opts.linear.accuracy_level = level;
+    }
+    opts.target = args.target;
     if let Some(p) = args.lm_head {
         opts.linear.lm_head = p;
     }
