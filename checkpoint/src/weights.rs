@@ -327,6 +327,24 @@ impl<'a> TensorRef<'a> {
         Ok(())
     }
 
+    /// Rows `rows` of a tensor viewed as [shape[0], rest], converted to f32 (bounded memory for
+    /// row-wise quantizers).
+    pub fn rows_f32(&self, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let dtype = self.float_dtype()?;
+        let row_len: usize = self.shape.iter().skip(1).product();
+        let size = dtype.size();
+        let bytes = self.bytes.get(rows.start * row_len * size..rows.end * row_len * size).unwrap_or_default();
+        Ok(bytes
+            .chunks_exact(size)
+            .map(|c| match dtype {
+                Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                Dtype::Other(_) => 0.0,
+            })
+            .collect())
+    }
+
     /// Values as f32: borrowed from the map when stored as aligned f32, converted otherwise.
     pub fn to_f32(&self) -> Result<Cow<'a, [f32]>> {
         match self.float_dtype()? {

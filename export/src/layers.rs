@@ -9,6 +9,7 @@ use crate::quant::fp8;
 use crate::quant::nbits::{self, NBitsScheme};
 use crate::writer::Precision;
 use st_checkpoint::Weights;
+use std::io::Write;
 
 /// How the quantized linear layers are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct Builder<'w> {
     /// Recipe overrides by linear name (first match wins).
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
 }
+
+/// Elements converted to f32 at a time by the row-wise quantizers (16 M = 64 MB).
+const CHUNK_ELEMENTS: usize = 16 << 20;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -215,20 +219,50 @@ impl<'w> Builder<'w> {
             });
         }
         let t = self.weights.get(weight)?;
-        let q = nbits::quantize(&t.to_f32()?, n, k, scheme);
-        self.weights.release(weight);
-        self.progress.inc(t.bytes.len() as u64);
-        let kb = q.k_blocks();
-        let b = self.g.weight(
+        // Rows are independent: quantize and write them a chunk at a time (bounded memory even
+        // for a 152k-row lm_head); scales and zero points are small and written after.
+        let kb = k.div_ceil(block);
+        let blob = block * scheme.bits as usize / 8;
+        let chunk = (CHUNK_ELEMENTS / k.max(1)).max(1);
+        let mut scales = Vec::with_capacity(n * kb);
+        let mut zero_points = Vec::new();
+        let mut failure = None;
+        let b = self.g.weight_with(
             &format!("{prefix}.weight_q{}", scheme.bits),
             DataType::Uint8,
-            &[n, kb, q.blob_size()],
-            &q.packed,
-        )?;
-        let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&q.scales))?;
+            &[n, kb, blob],
+            (n * kb * blob) as u64,
+            |w| {
+                for r0 in (0..n).step_by(chunk) {
+                    let r1 = (r0 + chunk).min(n);
+                    let rows = match t.rows_f32(r0..r1) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            failure = Some(e);
+                            return Err(std::io::Error::other("source tensor unreadable"));
+                        }
+                    };
+                    let q = nbits::quantize(&rows, r1 - r0, k, scheme);
+                    w.write_all(&q.packed)?;
+                    scales.extend_from_slice(&q.scales);
+                    if let Some(z) = q.zero_points {
+                        zero_points.extend_from_slice(&z);
+                    }
+                }
+                Ok(())
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let b = b?;
+        self.weights.release(weight);
+        self.progress.inc(t.bytes.len() as u64);
+        let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?;
         let mut inputs = vec![x.to_string(), b, s];
-        if let Some(z) = &q.zero_points {
-            inputs.push(self.g.weight(&format!("{prefix}.weight_zero_points"), DataType::Uint8, &[z.len()], z)?);
+        if !scheme.symmetric {
+            let name = format!("{prefix}.weight_zero_points");
+            inputs.push(self.g.weight(&name, DataType::Uint8, &[zero_points.len()], &zero_points)?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let attrs = [
