@@ -40,9 +40,13 @@ test: venv qwen-tokenizer
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	rm -rf target/pytest-export
-	for m in tiny tiny-b; do $(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; done
+	for m in tiny tiny-b; do \
+		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; \
+		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m-std --attention standard >/dev/null; \
+	done
 	$(VENV)/bin/python tests/reference/test_exported_graphs.py \
-		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b
+		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b \
+		target/pytest-export/tiny-std tests/fixtures/goldens/tiny target/pytest-export/tiny-b-std tests/fixtures/goldens/tiny-b
 
 bench:
 	$(CARGO) bench --bench preprocess

@@ -10,8 +10,12 @@ use common::{golden, read_json, read_npy};
 use ndarray::Array2;
 
 fn check_model(name: &str, golden_dir: &str) {
+    check_model_with(name, golden_dir, &st_export::ExportOptions::default());
+}
+
+fn check_model_with(name: &str, golden_dir: &str, opts: &st_export::ExportOptions) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut g = export(name, tmp.path(), &st_export::ExportOptions::default());
+    let mut g = export(name, tmp.path(), opts);
     let want_logits: Array2<f32> = read_npy(&golden(&format!("{golden_dir}/logits.npy")));
     let want_tokens: ndarray::Array1<i64> = read_npy(&golden(&format!("{golden_dir}/greedy_tokens.npy")));
     let ids: Array2<i64> = read_npy(&golden(&format!("{golden_dir}/input_ids.npy")));
@@ -85,4 +89,13 @@ fn fp16_weights_stay_within_one_percent() {
         eprintln!("{name}: fp16 logits max|Δ|/max|ref| = {err:.3e}");
         assert!(err <= 1e-2, "{name}: fp16 relative error {err}");
     }
+}
+
+/// The standard-ops decoder (the default is GroupQueryAttention): same logits and tokens.
+#[test]
+fn standard_attention_decoder_matches_transformers() {
+    let mut opts = st_export::ExportOptions::default();
+    opts.attention = st_export::Attention::Standard;
+    check_model_with("tiny", "tiny", &opts);
+    check_model_with("tiny-b", "tiny-b", &opts);
 }

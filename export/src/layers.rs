@@ -45,6 +45,8 @@ pub struct Builder<'w> {
     pub progress: indicatif::ProgressBar,
     /// Recipe overrides by linear name (first match wins).
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
+    /// How the decoder computes attention.
+    pub attention: crate::text::Attention,
 }
 
 /// Elements converted to f32 at a time by the row-wise quantizers (16 M = 64 MB).

@@ -26,4 +26,5 @@ pub use error::{Error, Result};
 pub use layers::LinearOptions;
 pub use quant::nbits::NBitsScheme;
 pub use recipe::Recipe;
+pub use text::Attention;
 pub use writer::{ExportOptions, Precision, Target, export};

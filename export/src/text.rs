@@ -42,34 +42,53 @@ pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// How the decoder computes attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attention {
+    /// Standard ONNX ops: `attention_bias` input, present = Concat(past, new) (copies the cache
+    /// each step). Runs on every provider.
+    #[default]
+    Standard,
+    /// `com.microsoft.GroupQueryAttention` (do_rotary 0: M-RoPE is applied before it): inputs
+    /// `seqlens_k` i32 [b] (total length − 1) and `total_sequence_length` i32 scalar instead of
+    /// `attention_bias`; causal by token index inside the op. When past and present are bound
+    /// to the same buffer (past sized to the maximum length), ORT appends in place instead of
+    /// copying the cache.
+    GroupQuery,
+}
+
+/// Graph inputs and constants every layer's attention shares.
+struct Shared {
+    cos: String,
+    sin: String,
+    bias: Option<String>,
+    seqlens: Option<(String, String)>,
+}
+
 /// The decoder graph.
 pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let t = &c.text;
-    let (heads, kv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
-    let rep = (heads / kv) as i64;
+    let (kv, hd) = (t.num_key_value_heads, t.head_dim);
     let (batch, seq, past, total) = (Dim::Sym("batch"), Dim::Sym("seq"), Dim::Sym("past"), Dim::Sym("total"));
+    let gqa = b.attention == Attention::GroupQuery;
     let g = &mut b.g;
     let mut x = g.input("inputs_embeds", DataType::Float, &[batch, seq, Dim::Fixed(t.hidden_size)]);
     let cos = g.input("rope_cos", DataType::Float, &[batch, seq, Dim::Fixed(hd)]);
     let sin = g.input("rope_sin", DataType::Float, &[batch, seq, Dim::Fixed(hd)]);
-    let bias = g.input("attention_bias", DataType::Float, &[batch, Dim::Fixed(1), seq, total]);
+    let (bias, seqlens) = if gqa {
+        let s = g.input("seqlens_k", DataType::Int32, &[batch]);
+        let tot = g.input("total_sequence_length", DataType::Int32, &[]);
+        (None, Some((s, tot)))
+    } else {
+        (Some(g.input("attention_bias", DataType::Float, &[batch, Dim::Fixed(1), seq, total])), None)
+    };
     let keep = g.input("logits_to_keep", DataType::Int64, &[Dim::Fixed(1)]);
-
-    // Shared by every layer.
-    let axis1 = g.const_i64("const/axis1", &[1], &[1]);
-    let cos = g.node("rotary/UnsqueezeCos", "Unsqueeze", &[&cos, &axis1], &[]);
-    let sin = g.node("rotary/UnsqueezeSin", "Unsqueeze", &[&sin, &axis1], &[]);
-    // Query heads of one KV group are contiguous, so queries are viewed as [b, kv, rep·s, hd]
-    // and the bias is tiled rep times along its rows to match.
-    let tiles = g.const_i64("const/bias_tiles", &[1, 1, rep, 1], &[4]);
-    let bias = g.node("attention_bias/Tile", "Tile", &[&bias, &tiles], &[]);
-    let q_shape = g.const_i64("const/q_shape", &[0, 0, heads as i64, hd as i64], &[4]);
-    let kv_shape = g.const_i64("const/kv_shape", &[0, 0, kv as i64, hd as i64], &[4]);
-    let grouped = g.const_i64("const/grouped_q", &[0, kv as i64, -1, hd as i64], &[4]);
-    let ungrouped = g.const_i64("const/ungrouped", &[0, heads as i64, -1, hd as i64], &[4]);
-    let merged = g.const_i64("const/merged", &[0, 0, (heads * hd) as i64], &[3]);
-    let scale = g.const_f32("const/attn_scale", &[1.0 / (hd as f32).sqrt()], &[]);
-    let bhsd: &[i64] = &[0, 2, 1, 3];
+    // Rotary tables broadcast over heads: axis 1 of [b, heads, s, hd] (standard) or axis 2 of
+    // [b, s, heads, hd] (GroupQueryAttention takes BSH inputs).
+    let axis = g.const_i64("const/rotary_axis", &[if gqa { 2 } else { 1 }], &[1]);
+    let cos = g.node("rotary/UnsqueezeCos", "Unsqueeze", &[&cos, &axis], &[]);
+    let sin = g.node("rotary/UnsqueezeSin", "Unsqueeze", &[&sin, &axis], &[]);
+    let shared = Shared { cos, sin, bias, seqlens };
     let kv_dims = [batch, Dim::Fixed(kv), past, Dim::Fixed(hd)];
     let present_dims = [batch, Dim::Fixed(kv), total, Dim::Fixed(hd)];
 
@@ -80,31 +99,13 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         let h =
             b.rms_norm(&x, &format!("{p}.input_layernorm.weight"), t.rms_norm_eps, &format!("{p}.input_layernorm"))?;
         let a = format!("{p}.self_attn");
-        let heads_of = |b: &mut Builder<'_>, proj: &str, shape: &str| -> Result<String> {
-            let y = b.linear(&h, &format!("{a}.{proj}"), true)?;
-            let y = b.g.node(&format!("{a}.{proj}/Reshape"), "Reshape", &[&y, shape], &[]);
-            Ok(b.g.node(&format!("{a}.{proj}/Transpose"), "Transpose", &[&y], &[("perm", Attr::Ints(bhsd))]))
+        let (ctx, k_all, v_all) = if gqa {
+            attention_gqa(b, c, &h, &a, &past_k, &past_v, &shared)?
+        } else {
+            attention_standard(b, c, &h, &a, &past_k, &past_v, &shared)?
         };
-        let q = heads_of(b, "q_proj", &q_shape)?;
-        let k = heads_of(b, "k_proj", &kv_shape)?;
-        let v = heads_of(b, "v_proj", &kv_shape)?;
-        let q = b.rotary(&q, &cos, &sin, hd, &format!("{a}/rotary_q"));
-        let k = b.rotary(&k, &cos, &sin, hd, &format!("{a}/rotary_k"));
-        let g = &mut b.g;
-        let k_all = g.node(&format!("{a}/ConcatPastKey"), "Concat", &[&past_k, &k], &[("axis", Attr::Int(2))]);
-        let v_all = g.node(&format!("{a}/ConcatPastValue"), "Concat", &[&past_v, &v], &[("axis", Attr::Int(2))]);
-        g.output(&k_all, &format!("present_key.{i}"), DataType::Float, &present_dims);
-        g.output(&v_all, &format!("present_value.{i}"), DataType::Float, &present_dims);
-        let q = g.node(&format!("{a}/Scale"), "Mul", &[&q, &scale], &[]);
-        let q = g.node(&format!("{a}/GroupQueries"), "Reshape", &[&q, &grouped], &[]);
-        let kt = g.node(&format!("{a}/TransposeKey"), "Transpose", &[&k_all], &[("perm", Attr::Ints(&[0, 1, 3, 2]))]);
-        let scores = g.node(&format!("{a}/QK"), "MatMul", &[&q, &kt], &[]);
-        let scores = g.node(&format!("{a}/AddBias"), "Add", &[&scores, &bias], &[]);
-        let probs = g.node(&format!("{a}/Softmax"), "Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
-        let ctx = g.node(&format!("{a}/PV"), "MatMul", &[&probs, &v_all], &[]);
-        let ctx = g.node(&format!("{a}/UngroupHeads"), "Reshape", &[&ctx, &ungrouped], &[]);
-        let ctx = g.node(&format!("{a}/TransposeOut"), "Transpose", &[&ctx], &[("perm", Attr::Ints(bhsd))]);
-        let ctx = g.node(&format!("{a}/MergeHeads"), "Reshape", &[&ctx, &merged], &[]);
+        b.g.output(&k_all, &format!("present_key.{i}"), DataType::Float, &present_dims);
+        b.g.output(&v_all, &format!("present_value.{i}"), DataType::Float, &present_dims);
         let o = b.linear(&ctx, &format!("{a}.o_proj"), false)?;
         x = b.g.node(&format!("{p}/ResidualAttn"), "Add", &[&x, &o], &[]);
         let h = b.rms_norm(
@@ -118,6 +119,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     }
     let x = b.rms_norm(&x, "model.norm.weight", t.rms_norm_eps, "model.norm")?;
     let g = &mut b.g;
+    let axis1 = g.const_i64("const/axis1", &[1], &[1]);
     let start = g.node("lm_head/NegKeep", "Neg", &[&keep], &[]);
     let end = g.const_i64("const/int64_max", &[i64::MAX], &[1]);
     let x = g.node("lm_head/KeepLast", "Slice", &[&x, &start, &end, &axis1], &[]);
@@ -126,4 +128,101 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let logits = b.linear_at(&x, head_weight, "lm_head", false, b.linear.lm_head)?;
     b.g.output(&logits, "logits", DataType::Float, &[batch, Dim::Sym("keep"), Dim::Fixed(t.vocab_size)]);
     Ok(())
+}
+
+/// q, k, v projections of `h`, reshaped to [b, s, heads, hd] and, when `bhsd`, transposed to
+/// [b, heads, s, hd]; q and k rotated.
+fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shared, bhsd: bool) -> Result<[String; 3]> {
+    let t = &c.text;
+    let hd = t.head_dim as i64;
+    let mut out = Vec::new();
+    for (proj, heads) in
+        [("q_proj", t.num_attention_heads), ("k_proj", t.num_key_value_heads), ("v_proj", t.num_key_value_heads)]
+    {
+        let y = b.linear(h, &format!("{a}.{proj}"), true)?;
+        let shape = b.g.const_i64(&format!("{a}.{proj}/heads_shape"), &[0, 0, heads as i64, hd], &[4]);
+        let mut y = b.g.node(&format!("{a}.{proj}/Reshape"), "Reshape", &[&y, &shape], &[]);
+        if bhsd {
+            y = b.g.node(&format!("{a}.{proj}/Transpose"), "Transpose", &[&y], &[("perm", Attr::Ints(&[0, 2, 1, 3]))]);
+        }
+        if proj != "v_proj" {
+            y = b.rotary(&y, &sh.cos, &sh.sin, t.head_dim, &format!("{a}/rotary_{}", &proj[..1]));
+        }
+        out.push(y);
+    }
+    let [q, k, v]: [String; 3] =
+        out.try_into().map_err(|_| crate::Error::InvalidOption { name: "attention", reason: "projections".into() })?;
+    Ok([q, k, v])
+}
+
+/// Standard ops. Query heads of one KV group are contiguous, so queries are viewed as
+/// [b, kv, rep·s, hd] against the group's keys, and the bias is tiled rep times along its rows.
+fn attention_standard(
+    b: &mut Builder<'_>,
+    c: &ModelConfig,
+    h: &str,
+    a: &str,
+    past_k: &str,
+    past_v: &str,
+    sh: &Shared,
+) -> Result<(String, String, String)> {
+    let t = &c.text;
+    let (heads, kv, hd) = (t.num_attention_heads as i64, t.num_key_value_heads as i64, t.head_dim as i64);
+    let [q, k, v] = projections(b, c, h, a, sh, true)?;
+    let g = &mut b.g;
+    let bias = sh.bias.as_deref().unwrap_or_default();
+    let tiles = g.const_i64(&format!("{a}/bias_tiles"), &[1, 1, heads / kv, 1], &[4]);
+    let bias = g.node(&format!("{a}/TileBias"), "Tile", &[bias, &tiles], &[]);
+    let k_all = g.node(&format!("{a}/ConcatPastKey"), "Concat", &[past_k, &k], &[("axis", Attr::Int(2))]);
+    let v_all = g.node(&format!("{a}/ConcatPastValue"), "Concat", &[past_v, &v], &[("axis", Attr::Int(2))]);
+    let scale = g.const_f32(&format!("{a}/scale"), &[1.0 / (hd as f32).sqrt()], &[]);
+    let grouped = g.const_i64(&format!("{a}/grouped_q"), &[0, kv, -1, hd], &[4]);
+    let ungrouped = g.const_i64(&format!("{a}/ungrouped"), &[0, heads, -1, hd], &[4]);
+    let merged = g.const_i64(&format!("{a}/merged"), &[0, 0, heads * hd], &[3]);
+    let q = g.node(&format!("{a}/Scale"), "Mul", &[&q, &scale], &[]);
+    let q = g.node(&format!("{a}/GroupQueries"), "Reshape", &[&q, &grouped], &[]);
+    let kt = g.node(&format!("{a}/TransposeKey"), "Transpose", &[&k_all], &[("perm", Attr::Ints(&[0, 1, 3, 2]))]);
+    let scores = g.node(&format!("{a}/QK"), "MatMul", &[&q, &kt], &[]);
+    let scores = g.node(&format!("{a}/AddBias"), "Add", &[&scores, &bias], &[]);
+    let probs = g.node(&format!("{a}/Softmax"), "Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+    let ctx = g.node(&format!("{a}/PV"), "MatMul", &[&probs, &v_all], &[]);
+    let ctx = g.node(&format!("{a}/UngroupHeads"), "Reshape", &[&ctx, &ungrouped], &[]);
+    let ctx = g.node(&format!("{a}/TransposeOut"), "Transpose", &[&ctx], &[("perm", Attr::Ints(&[0, 2, 1, 3]))]);
+    let ctx = g.node(&format!("{a}/MergeHeads"), "Reshape", &[&ctx, &merged], &[]);
+    Ok((ctx, k_all, v_all))
+}
+
+/// `com.microsoft.GroupQueryAttention` over rotated BSH queries and keys.
+fn attention_gqa(
+    b: &mut Builder<'_>,
+    c: &ModelConfig,
+    h: &str,
+    a: &str,
+    past_k: &str,
+    past_v: &str,
+    sh: &Shared,
+) -> Result<(String, String, String)> {
+    let t = &c.text;
+    let [q, k, v] = projections(b, c, h, a, sh, false)?;
+    let g = &mut b.g;
+    let (seqlens, total) = sh.seqlens.clone().unwrap_or_default();
+    let qs = g.const_i64(&format!("{a}/q_bsh"), &[0, 0, (t.num_attention_heads * t.head_dim) as i64], &[3]);
+    let kvs = g.const_i64(&format!("{a}/kv_bsh"), &[0, 0, (t.num_key_value_heads * t.head_dim) as i64], &[3]);
+    let q = g.node(&format!("{a}/QueryBSH"), "Reshape", &[&q, &qs], &[]);
+    let k = g.node(&format!("{a}/KeyBSH"), "Reshape", &[&k, &kvs], &[]);
+    let v = g.node(&format!("{a}/ValueBSH"), "Reshape", &[&v, &kvs], &[]);
+    let attrs = [
+        ("num_heads", Attr::Int(t.num_attention_heads as i64)),
+        ("kv_num_heads", Attr::Int(t.num_key_value_heads as i64)),
+        ("do_rotary", Attr::Int(0)),
+    ];
+    let out = g.node_n(
+        &format!("{a}/GroupQueryAttention"),
+        "GroupQueryAttention",
+        crate::graph::MS_DOMAIN,
+        &[&q, &k, &v, past_k, past_v, &seqlens, &total],
+        &attrs,
+        3,
+    );
+    Ok((out[0].clone(), out[1].clone(), out[2].clone()))
 }

@@ -95,6 +95,9 @@ pub struct ExportOptions {
     pub vision: Precision,
     /// Execution provider the graphs are meant for (recorded in the manifest).
     pub target: Target,
+    /// Attention in the decoder: GroupQueryAttention (default: the KV cache can be appended in
+    /// place) or standard ops (any provider, e.g. TensorRT).
+    pub attention: crate::text::Attention,
     /// Per-linear precision overrides: (glob over HF module names, precision); first match wins.
     pub overrides: Vec<(String, Precision)>,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
@@ -117,7 +120,16 @@ impl ExportOptions {
             Precision::Int4 | Precision::Int8 | Precision::Fp8 => (Precision::Int8, Precision::Fp16, Precision::Fp16),
         };
         linear.lm_head = lm_head;
-        Self { precision, linear, embed, vision, target: Target::Cpu, overrides: vec![], progress: false }
+        Self {
+            precision,
+            linear,
+            embed,
+            vision,
+            target: Target::Cpu,
+            attention: crate::text::Attention::GroupQuery,
+            overrides: vec![],
+            progress: false,
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -212,6 +224,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
             linear: opts.linear,
             progress: progress.clone(),
             overrides: &overrides,
+            attention: opts.attention,
         };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");

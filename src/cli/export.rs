@@ -33,6 +33,10 @@ pub struct ExportArgs {
     /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU; default 4).
     #[arg(long)]
     pub accuracy_level: Option<i64>,
+    /// Decoder attention: gqa (GroupQueryAttention, KV cache appended in place; default except for
+    /// tensorrt) or standard (plain ONNX ops, any provider).
+    #[arg(long)]
+    pub attention: Option<String>,
     /// Execution provider the graphs are meant for: cpu, cuda or tensorrt (recorded in the manifest).
     #[arg(long, default_value = "cpu")]
     pub target: st_export::Target,
@@ -58,6 +62,13 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         opts.linear.accuracy_level = level;
     }
     opts.target = args.target;
+    opts.attention = match (args.attention.as_deref(), args.target) {
+        (Some("gqa"), _) => st_export::Attention::GroupQuery,
+        (Some("standard"), _) => st_export::Attention::Standard,
+        (Some(other), _) => anyhow::bail!("--attention {other:?}: expected gqa or standard"),
+        (None, st_export::Target::TensorRt) => st_export::Attention::Standard,
+        (None, _) => st_export::Attention::GroupQuery,
+    };
     if let Some(p) = args.lm_head {
         opts.linear.lm_head = p;
     }

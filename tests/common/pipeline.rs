@@ -46,9 +46,16 @@ pub fn step(
         ("inputs_embeds".into(), Tensor::from_array(embeds).unwrap().into()),
         ("rope_cos".into(), Tensor::from_array(cos.insert_axis(Axis(0))).unwrap().into()),
         ("rope_sin".into(), Tensor::from_array(sin.insert_axis(Axis(0))).unwrap().into()),
-        ("attention_bias".into(), Tensor::from_array(bias).unwrap().into()),
         ("logits_to_keep".into(), Tensor::from_array(ndarray::arr1(&[keep])).unwrap().into()),
     ];
+    let gqa = g.manifest.graphs["decoder"].inputs.iter().any(|i| i.name == "seqlens_k");
+    if gqa {
+        // GroupQueryAttention: causal inside the op; it takes the last index and the total length.
+        inputs.push(("seqlens_k".into(), Tensor::from_array(ndarray::arr1(&[total as i32 - 1])).unwrap().into()));
+        inputs.push(("total_sequence_length".into(), Tensor::from_array(ndarray::arr0(total as i32)).unwrap().into()));
+    } else {
+        inputs.push(("attention_bias".into(), Tensor::from_array(bias).unwrap().into()));
+    }
     for (i, (k, v)) in cache.iter().enumerate() {
         inputs.push((format!("past_key.{i}"), Tensor::from_array(k.clone().insert_axis(Axis(0))).unwrap().into()));
         inputs.push((format!("past_value.{i}"), Tensor::from_array(v.clone().insert_axis(Axis(0))).unwrap().into()));

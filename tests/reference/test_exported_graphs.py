@@ -37,8 +37,14 @@ def check(exported: Path, golden: Path) -> float:
     cos, sin = mrope_cos_sin(pos, text["head_dim"], text["rope_theta"], text["mrope_section"])
     seq = ids.shape[1]
     bias = np.triu(np.full((seq, seq), np.finfo(np.float32).min, np.float32), 1)[None, None]
-    feeds = {"inputs_embeds": embeds, "rope_cos": cos, "rope_sin": sin, "attention_bias": bias,
+    feeds = {"inputs_embeds": embeds, "rope_cos": cos, "rope_sin": sin,
              "logits_to_keep": np.array([want.shape[0]], np.int64)}
+    inputs = {i["name"] for i in manifest["graphs"]["decoder"]["inputs"]}
+    if "seqlens_k" in inputs:  # GroupQueryAttention: causal inside the op
+        feeds["seqlens_k"] = np.array([seq - 1], np.int32)
+        feeds["total_sequence_length"] = np.array(seq, np.int32)
+    else:
+        feeds["attention_bias"] = bias
     empty = np.zeros((1, text["num_key_value_heads"], 0, text["head_dim"]), np.float32)
     for i in range(text["num_hidden_layers"]):
         feeds[f"past_key.{i}"] = empty
