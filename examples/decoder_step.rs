@@ -32,9 +32,14 @@ fn main() -> anyhow::Result<()> {
             ("inputs_embeds".into(), Tensor::from_array(Array3::<f32>::from_elem((1, 1, t.hidden_size), 0.01))?.into()),
             ("rope_cos".into(), Tensor::from_array(Array3::<f32>::ones((1, 1, t.head_dim)))?.into()),
             ("rope_sin".into(), Tensor::from_array(Array3::<f32>::zeros((1, 1, t.head_dim)))?.into()),
-            ("attention_bias".into(), Tensor::from_array(Array4::<f32>::zeros((1, 1, 1, past + 1)))?.into()),
             ("logits_to_keep".into(), Tensor::from_array(Array1::from(vec![1i64]))?.into()),
         ];
+        if manifest.graphs["decoder"].inputs.iter().any(|i| i.name == "seqlens_k") {
+            inputs.push(("seqlens_k".into(), Tensor::from_array(Array1::from(vec![past as i32]))?.into()));
+            inputs.push(("total_sequence_length".into(), Tensor::from_array(ndarray::arr0(past as i32 + 1))?.into()));
+        } else {
+            inputs.push(("attention_bias".into(), Tensor::from_array(Array4::<f32>::zeros((1, 1, 1, past + 1)))?.into()));
+        }
         for i in 0..t.num_hidden_layers {
             for kind in ["key", "value"] {
                 let cache = Array4::<f32>::zeros((1, t.num_key_value_heads, past, t.head_dim));
