@@ -38,7 +38,8 @@ fn main() -> anyhow::Result<()> {
             inputs.push(("seqlens_k".into(), Tensor::from_array(Array1::from(vec![past as i32]))?.into()));
             inputs.push(("total_sequence_length".into(), Tensor::from_array(ndarray::arr0(past as i32 + 1))?.into()));
         } else {
-            inputs.push(("attention_bias".into(), Tensor::from_array(Array4::<f32>::zeros((1, 1, 1, past + 1)))?.into()));
+            inputs
+                .push(("attention_bias".into(), Tensor::from_array(Array4::<f32>::zeros((1, 1, 1, past + 1)))?.into()));
         }
         for i in 0..t.num_hidden_layers {
             for kind in ["key", "value"] {

@@ -242,6 +242,16 @@ impl Weights {
     }
 }
 
+/// One little-endian element of a float dtype as f32 (`c` holds exactly its bytes).
+fn element_f32(dtype: Dtype, c: &[u8]) -> f32 {
+    match dtype {
+        Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        Dtype::Other(_) => 0.0,
+    }
+}
+
 /// A borrowed view of one tensor's bytes in the mapped file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorRef<'a> {
@@ -285,46 +295,34 @@ impl<'a> TensorRef<'a> {
         }
     }
 
-    /// Write the values as little-endian f32 bytes to `out`, converting in bounded chunks.
-    pub fn write_f32_le(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    /// Stream the values to `out` as little-endian bytes of `encode(value)`, in bounded chunks.
+    fn write_converted<const N: usize>(
+        &self,
+        out: &mut impl std::io::Write,
+        encode: impl Fn(f32) -> [u8; N],
+    ) -> std::io::Result<()> {
         let dtype = self.float_dtype().map_err(std::io::Error::other)?;
         let size = dtype.size();
-        let mut buf = Vec::with_capacity(1 << 16);
+        let mut buf = Vec::with_capacity(16_384 * N);
         for chunk in self.bytes.chunks(size * 16_384) {
             buf.clear();
             for c in chunk.chunks_exact(size) {
-                let v = match dtype {
-                    Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                    Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    Dtype::Other(_) => 0.0,
-                };
-                buf.extend_from_slice(&v.to_le_bytes());
+                buf.extend_from_slice(&encode(element_f32(dtype, c)));
             }
             out.write_all(&buf)?;
         }
         Ok(())
     }
 
+    /// Write the values as little-endian f32 bytes to `out`, converting in bounded chunks.
+    pub fn write_f32_le(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.write_converted(out, f32::to_le_bytes)
+    }
+
     /// Write the values as little-endian f16 bytes (round to nearest even), in bounded chunks.
+    /// (bf16 → f32 → f16 is exact wherever f16 can hold the value.)
     pub fn write_f16_le(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let dtype = self.float_dtype().map_err(std::io::Error::other)?;
-        let size = dtype.size();
-        let mut buf = Vec::with_capacity(1 << 15);
-        for chunk in self.bytes.chunks(size * 16_384) {
-            buf.clear();
-            for c in chunk.chunks_exact(size) {
-                let v = match dtype {
-                    Dtype::F32 => half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                    Dtype::BF16 => half::f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-                    Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]),
-                    Dtype::Other(_) => half::f16::ZERO,
-                };
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-            out.write_all(&buf)?;
-        }
-        Ok(())
+        self.write_converted(out, |v| half::f16::from_f32(v).to_le_bytes())
     }
 
     /// Rows `rows` of a tensor viewed as [shape[0], rest], converted to f32 (bounded memory for
@@ -334,15 +332,7 @@ impl<'a> TensorRef<'a> {
         let row_len: usize = self.shape.iter().skip(1).product();
         let size = dtype.size();
         let bytes = self.bytes.get(rows.start * row_len * size..rows.end * row_len * size).unwrap_or_default();
-        Ok(bytes
-            .chunks_exact(size)
-            .map(|c| match dtype {
-                Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                Dtype::Other(_) => 0.0,
-            })
-            .collect())
+        Ok(bytes.chunks_exact(size).map(|c| element_f32(dtype, c)).collect())
     }
 
     /// Values as f32: borrowed from the map when stored as aligned f32, converted otherwise.
@@ -354,12 +344,9 @@ impl<'a> TensorRef<'a> {
                     self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 ),
             }),
-            Dtype::BF16 => Ok(Cow::Owned(
-                self.bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            )),
-            Dtype::F16 => Ok(Cow::Owned(
-                self.bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            )),
+            d @ (Dtype::BF16 | Dtype::F16) => {
+                Ok(Cow::Owned(self.bytes.chunks_exact(2).map(|c| element_f32(d, c)).collect()))
+            }
             Dtype::Other(_) => unreachable!("float_dtype refused it"),
         }
     }
