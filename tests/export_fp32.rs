@@ -16,6 +16,10 @@ fn check_model(name: &str, golden_dir: &str) {
 fn check_model_with(name: &str, golden_dir: &str, opts: &st_export::ExportOptions) {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = export(name, tmp.path(), opts);
+    // The manifest names the special tokens as the tokenizer does.
+    let tok = st::prompt::TextTokenizer::from_dir(&common::model(name)).unwrap();
+    assert_eq!(g.manifest.special_tokens["<|im_end|>"], tok.special.im_end);
+    assert_eq!(g.manifest.special_tokens["<|image_pad|>"], tok.special.image_pad);
     let want_logits: Array2<f32> = read_npy(&golden(&format!("{golden_dir}/logits.npy")));
     let want_tokens: ndarray::Array1<i64> = read_npy(&golden(&format!("{golden_dir}/greedy_tokens.npy")));
     let ids: Array2<i64> = read_npy(&golden(&format!("{golden_dir}/input_ids.npy")));

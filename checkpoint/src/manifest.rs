@@ -25,6 +25,26 @@ pub struct Manifest {
     pub graphs: BTreeMap<String, GraphSpec>,
     /// Tokenizer and chat template files copied beside the graphs.
     pub files: Vec<String>,
+    /// Special tokens of the tokenizer (`added_tokens` marked special in tokenizer.json): text → id.
+    pub special_tokens: BTreeMap<String, u32>,
+}
+
+/// The special tokens of a `tokenizer.json` (its `added_tokens` with `special: true`).
+pub fn special_tokens(tokenizer_json: &Path) -> Result<BTreeMap<String, u32>> {
+    #[derive(Deserialize)]
+    struct Added {
+        id: u32,
+        content: String,
+        #[serde(default)]
+        special: bool,
+    }
+    #[derive(Deserialize)]
+    struct Tok {
+        #[serde(default)]
+        added_tokens: Vec<Added>,
+    }
+    let tok: Tok = read_json(tokenizer_json)?;
+    Ok(tok.added_tokens.into_iter().filter(|a| a.special).map(|a| (a.content, a.id)).collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -42,11 +42,32 @@ pub struct Builder<'w> {
     pub precision: Precision,
     pub linear: LinearOptions,
     /// Source tensors done / total, and bytes read.
-    pub progress: indicatif::ProgressBar,
+    pub progress: &'w Progress,
     /// Recipe overrides by linear name (first match wins).
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
     /// How the decoder computes attention.
     pub attention: crate::text::Attention,
+}
+
+/// The progress bar: bytes of source tensors read, and tensors done out of the total.
+pub struct Progress {
+    pub bar: indicatif::ProgressBar,
+    done: std::cell::Cell<usize>,
+    total: usize,
+}
+
+impl Progress {
+    pub fn new(bar: indicatif::ProgressBar, total: usize) -> Self {
+        bar.set_message(format!("0/{total}"));
+        Self { bar, done: std::cell::Cell::new(0), total }
+    }
+
+    /// One source tensor of `bytes` bytes written.
+    pub fn tensor_done(&self, bytes: usize) {
+        self.done.set(self.done.get() + 1);
+        self.bar.set_message(format!("{}/{}", self.done.get(), self.total));
+        self.bar.inc(bytes as u64);
+    }
 }
 
 /// Elements converted to f32 at a time by the row-wise quantizers (16 M = 64 MB).
@@ -65,7 +86,7 @@ impl<'w> Builder<'w> {
         let len = t.numel() as u64 * 4;
         let out = self.g.weight_with(onnx_name, DataType::Float, &shape, len, |w| t.write_f32_le(w))?;
         self.weights.release(name);
-        self.progress.inc(t.bytes.len() as u64);
+        self.progress.tensor_done(t.bytes.len());
         Ok(out)
     }
 
@@ -171,7 +192,7 @@ impl<'w> Builder<'w> {
                     |w| t.write_f16_le(w),
                 )?;
                 self.weights.release(weight);
-                self.progress.inc(t.bytes.len() as u64);
+                self.progress.tensor_done(t.bytes.len());
                 let w = self.g.node(
                     &format!("{prefix}/CastWeight"),
                     "Cast",
@@ -190,7 +211,7 @@ impl<'w> Builder<'w> {
                 let t = self.weights.get(weight)?;
                 let q = fp8::quantize_per_channel(&t.to_f32()?, n, k);
                 self.weights.release(weight);
-                self.progress.inc(t.bytes.len() as u64);
+                self.progress.tensor_done(t.bytes.len());
                 let data = self.g.weight(&format!("{prefix}.weight_fp8"), DataType::Float8e4m3fn, &[n, k], &q.data)?;
                 let scale =
                     self.g.weight(&format!("{prefix}.weight_scale"), DataType::Float, &[n], &f32_bytes(&q.scales))?;
@@ -259,7 +280,7 @@ impl<'w> Builder<'w> {
         }
         let b = b?;
         self.weights.release(weight);
-        self.progress.inc(t.bytes.len() as u64);
+        self.progress.tensor_done(t.bytes.len());
         let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?;
         let mut inputs = vec![x.to_string(), b, s];
         if !scheme.symmetric {

@@ -30,7 +30,7 @@ pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         let shape = t.shape.to_vec();
         let table = b.g.weight_with(name, DataType::Float16, &shape, t.numel() as u64 * 2, |w| t.write_f16_le(w))?;
         b.weights.release(name);
-        b.progress.inc(t.bytes.len() as u64);
+        b.progress.tensor_done(t.bytes.len());
         let rows = b.g.node("model.embed_tokens/Gather", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
         b.g.node("model.embed_tokens/Cast", "Cast", &[&rows], &[("to", Attr::Int(DataType::Float as i64))])
     } else {

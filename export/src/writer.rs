@@ -203,18 +203,22 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         ("decoder", crate::text::build_decoder, opts.precision),
     ];
     let mut specs = BTreeMap::new();
-    let total: u64 = st_checkpoint::layout::expected_tensors(&ckpt.config)
-        .iter()
-        .filter_map(|s| ckpt.weights.get(&s.name).ok().map(|t| t.bytes.len() as u64))
-        .sum();
-    let progress = if opts.progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:40}] {bytes}/{total_bytes} {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let specs_all = st_checkpoint::layout::expected_tensors(&ckpt.config);
+    let total: u64 =
+        specs_all.iter().filter_map(|s| ckpt.weights.get(&s.name).ok().map(|t| t.bytes.len() as u64)).sum();
+    let bar = if opts.progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>8} [{bar:40}] {msg} tensors, {bytes}/{total_bytes} {elapsed} (eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // A tied lm_head reads the embedding table a second time.
+    let reads = specs_all.len() + usize::from(ckpt.config.tie_word_embeddings);
+    let progress = crate::layers::Progress::new(bar, reads);
     let overrides = opts.compiled_overrides()?;
     for (name, build, precision) in graphs {
-        progress.set_prefix(name);
+        progress.bar.set_prefix(name);
         let data_file = format!("{name}.onnx.data");
         let external = ExternalData::create(dir, &data_file)?;
         let mut b = Builder {
@@ -222,7 +226,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
             weights: &ckpt.weights,
             precision,
             linear: opts.linear,
-            progress: progress.clone(),
+            progress: &progress,
             overrides: &overrides,
             attention: opts.attention,
         };
@@ -258,7 +262,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         }
         specs.insert(name.to_string(), graph_spec(&model, file, Some(data_file), precision));
     }
-    progress.finish_and_clear();
+    progress.bar.finish_and_clear();
     let mut files = Vec::new();
     for f in CARRIED_FILES {
         let from = ckpt.dir.join(f);
@@ -277,6 +281,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         image_processor: ckpt.image_processor.clone(),
         graphs: specs,
         files,
+        special_tokens: st_checkpoint::manifest::special_tokens(&ckpt.dir.join("tokenizer.json"))?,
     };
     let path = dir.join(MANIFEST_FILE);
     let text =
