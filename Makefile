@@ -33,7 +33,7 @@ demo:
 	$(CARGO) build --release --bins
 	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
 	@echo
-	@echo "Answering (st-run) arrives with the runtime: the ONNX export and engine are the next issues."
+	@echo "Answering (st-run) arrives with the engine (runtime issue). The graphs it will run: st export tests/fixtures/models/tiny OUT"
 
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check
