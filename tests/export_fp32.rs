@@ -98,8 +98,7 @@ fn fp16_weights_stay_within_one_percent() {
 /// The standard-ops decoder (the default is GroupQueryAttention): same logits and tokens.
 #[test]
 fn standard_attention_decoder_matches_transformers() {
-    let mut opts = st_export::ExportOptions::default();
-    opts.attention = st_export::Attention::Standard;
+    let opts = st_export::ExportOptions { attention: st_export::Attention::Standard, ..Default::default() };
     check_model_with("tiny", "tiny", &opts);
     check_model_with("tiny-b", "tiny-b", &opts);
 }

@@ -257,19 +257,19 @@ impl ModelConfig {
         ] {
             f.ensure(v > 0, name, || "must be positive".into())?;
         }
-        f.ensure(t.num_attention_heads % t.num_key_value_heads == 0, "num_key_value_heads", || {
+        f.ensure(t.num_attention_heads.is_multiple_of(t.num_key_value_heads), "num_key_value_heads", || {
             format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 t.num_attention_heads, t.num_key_value_heads
             )
         })?;
-        f.ensure(t.head_dim % 2 == 0, "head_dim", || format!("{} is odd; rotary needs pairs", t.head_dim))?;
+        f.ensure(t.head_dim.is_multiple_of(2), "head_dim", || format!("{} is odd; rotary needs pairs", t.head_dim))?;
         let sum: usize = t.mrope_section.iter().sum();
         f.ensure(t.mrope_section.len() == 3 && sum == t.head_dim / 2, "mrope_section", || {
             format!("{:?} must be 3 sections summing to head_dim/2 = {}", t.mrope_section, t.head_dim / 2)
         })?;
         let v = &self.vision;
-        f.ensure(v.num_heads > 0 && v.hidden_size % v.num_heads == 0, "vision_config.num_heads", || {
+        f.ensure(v.num_heads > 0 && v.hidden_size.is_multiple_of(v.num_heads), "vision_config.num_heads", || {
             format!("vision hidden_size {} is not a multiple of {} heads", v.hidden_size, v.num_heads)
         })?;
         for (name, x) in [
@@ -280,7 +280,7 @@ impl ModelConfig {
         ] {
             f.ensure(x > 0, name, || "must be positive".into())?;
         }
-        f.ensure(v.window_size % v.image_factor() == 0, "vision_config.window_size", || {
+        f.ensure(v.window_size.is_multiple_of(v.image_factor()), "vision_config.window_size", || {
             format!("{} px is not a multiple of patch × merge = {}", v.window_size, v.image_factor())
         })?;
         if let Some(&bad) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {

@@ -1,5 +1,5 @@
 //! `st-run IMAGE "QUESTION"`: today it prepares the model inputs and says so plainly; answering
-//! arrives with the runtime (ONNX export and engine). It never prints a made-up answer.
+//! arrives with the runtime (the engine issue). It never prints a made-up answer.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -25,6 +25,6 @@ fn main() -> anyhow::Result<()> {
     let ins = st::inspect::inspect(&model, &a.image, Some(&a.question), pixels)?;
     let (w, h) = ins.image.resized_size;
     println!("prepared {} prompt tokens ({} for the {w}x{h} image)", ins.input_ids.len(), ins.image_token_count);
-    eprintln!("st-run: answering arrives with the runtime (ONNX export + engine); no answer is produced yet");
+    eprintln!("st-run: answering arrives with the runtime (the engine issue); no answer is produced yet");
     std::process::exit(2)
 }

@@ -47,10 +47,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         Some(path) => st_export::Recipe::from_file(path)?.options(path)?,
         None => st_export::ExportOptions::new(args.precision.unwrap_or_default()),
     };
-    if let Some(p) = args.precision {
-        if args.recipe.is_some() {
-            opts.precision = p;
-        }
+    if let Some(p) = args.precision
+        && args.recipe.is_some()
+    {
+        opts.precision = p;
     }
     if let Some(block) = args.block {
         opts.linear.int4.block = block;

@@ -18,7 +18,7 @@ pub struct ImageNorm {
 impl ImageNorm {
     /// OpenAI CLIP's statistics, used by Qwen2.5-VL's `preprocessor_config.json`.
     pub const CLIP: ImageNorm =
-        ImageNorm { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_11] };
+        ImageNorm { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_6, 0.275_777_1] };
 }
 
 /// `pixel_values` [grid_t·grid_h·grid_w, 3·T·P·P] and `grid_thw` for one still image whose

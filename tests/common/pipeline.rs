@@ -106,7 +106,10 @@ pub fn run_vision(g: &mut Graphs, golden_dir: &str) -> Array2<f32> {
 
 /// Prefill the golden prompt (image rows from the exported vision graph): the logits of the
 /// last `keep` positions and the KV cache.
-pub fn prefill(g: &mut Graphs, golden_dir: &str, keep: i64) -> (Array2<f32>, Vec<(Array3<f32>, Array3<f32>)>) {
+/// Per layer (keys, values), each [kv_heads, tokens, head_dim].
+pub type KvCache = Vec<(Array3<f32>, Array3<f32>)>;
+
+pub fn prefill(g: &mut Graphs, golden_dir: &str, keep: i64) -> (Array2<f32>, KvCache) {
     let c = g.manifest.config.clone();
     let ids: Array2<i64> = read_npy(&golden(&format!("{golden_dir}/input_ids.npy")));
     let ids: Vec<i64> = ids.iter().copied().collect();

@@ -55,7 +55,7 @@ fn unpack(bytes: &[u8], i: usize, bits: u32) -> u8 {
         bytes[i]
     } else {
         let byte = bytes[i / 2];
-        if i % 2 == 0 { byte & 0x0F } else { byte >> 4 }
+        if i.is_multiple_of(2) { byte & 0x0F } else { byte >> 4 }
     }
 }
 
@@ -63,7 +63,7 @@ fn pack(bytes: &mut [u8], i: usize, v: u8, bits: u32) {
     if bits == 8 {
         bytes[i] = v;
     } else {
-        bytes[i / 2] |= if i % 2 == 0 { v } else { v << 4 };
+        bytes[i / 2] |= if i.is_multiple_of(2) { v } else { v << 4 };
     }
 }
 
