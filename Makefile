@@ -29,11 +29,13 @@ $(QWEN_TOKENIZER):
 
 qwen-tokenizer: $(QWEN_TOKENIZER)
 
-demo:
+demo: venv
 	$(CARGO) build --release --bins
-	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
+	ST_CACHE_DIR=target/st-cache ./target/release/st-run $(DEMO_IMAGE) "$(DEMO_QUESTION)" --max-new-tokens 48
 	@echo
-	@echo "Answering (st-run) arrives with the engine (runtime issue). The graphs it will run: st export tests/fixtures/models/tiny OUT"
+	@echo "The bundled tiny model has random weights, so its answer is noise by design; point --model (or ST_MODEL)"
+	@echo "at SpatialThinker-7B for real answers. The model inputs, for comparison with Python:"
+	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
 
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check

@@ -72,14 +72,34 @@ fn bad_input_fails_cleanly() {
 }
 
 #[test]
-fn st_run_says_answers_are_not_there_yet() {
-    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
-        .args([image("chelsea.png").to_str().unwrap(), QUESTION])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("answering arrives with the runtime"), "{stderr}");
+fn st_run_json_reproduces_the_golden_tokens() {
+    let cache = tempfile::tempdir().unwrap();
+    for name in ["tiny", "tiny-b"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+            .env("ST_CACHE_DIR", cache.path())
+            .args([
+                image("chelsea.png").to_str().unwrap(),
+                QUESTION,
+                "--json",
+                "--max-pixels",
+                "37632",
+                "--max-new-tokens",
+                "32",
+            ])
+            .arg("--model")
+            .arg(model(name))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Vec<i64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let want: ndarray::Array1<i64> = read_npy(&golden(&format!("{name}/greedy_tokens.npy")));
+        assert_eq!(got, want.to_vec(), "{name}");
+        assert!(v["raw"].is_string() && v["timings_ms"]["prefill_and_decode"].is_number());
+    }
+    // The checkpoints were exported once into the cache and reused.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
 }
 
 #[test]

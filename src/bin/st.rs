@@ -4,6 +4,7 @@ use st::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => st::cli::inspect::run(args),
+        Command::Run(args) => st::cli::run::run(args),
         Command::Export(args) => st::cli::export::run(args),
         Command::Doctor(args) => st::cli::doctor::run(args),
     }

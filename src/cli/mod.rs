@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod export;
 pub mod inspect;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Preprocess an image, build the prompt and M-RoPE ids, and save them as .npy for comparison with Python.
     Inspect(inspect::InspectArgs),
+    /// Answer a question about an image.
+    Run(run::RunArgs),
     /// Export a Hugging Face checkpoint to ONNX graphs and a manifest.
     Export(export::ExportArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
