@@ -2,7 +2,8 @@
 //!
 //! The pipeline reads top to bottom in the module list: a Hugging Face checkpoint
 //! ([`st_checkpoint`]) → [`preprocess`] (image → `pixel_values`) → [`prompt`] (template,
-//! tokens) → [`rope`] (M-RoPE positions) → [`engine`] (ONNX Runtime).
+//! tokens) → [`rope`] (M-RoPE positions) → [`vision`] (index tensors of the vision graph) →
+//! [`engine`] (ONNX Runtime sessions over an `st export` directory: frames, generation).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), st::Error> {
