@@ -1,5 +1,5 @@
-//! Command-line front doors: clap arguments and one file per subcommand. Binaries call
-//! [`run_st`]; `main` is one `match`.
+//! Command-line front doors: clap arguments and one file per subcommand. The binaries' `main` is one
+//! `match` over [`Command`].
 
 pub mod doctor;
 pub mod export;

@@ -1,7 +1,7 @@
 //! Image → `pixel_values` exactly as SpatialThinker's evaluation prepared it (qwen-vl-utils
 //! `fetch_image`, then the HF Qwen2-VL image processor):
 //! [`decode`] under limits → RGB as PIL's `to_rgb` → [`resize`] (smart_resize, Pillow bicubic)
-//! → [`patchify`] (×1/255, normalise, 2×14×14 patches in merge-window order).
+//! → [`patchify()`] (×1/255, normalise, 2×14×14 patches in merge-window order).
 
 pub mod decode;
 pub mod patchify;
