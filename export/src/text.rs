@@ -57,6 +57,14 @@ pub enum Attention {
     GroupQuery,
 }
 
+/// One layer's attention inputs: normalised hidden state, module prefix, cache inputs.
+struct LayerInputs<'a> {
+    h: &'a str,
+    prefix: &'a str,
+    past_k: &'a str,
+    past_v: &'a str,
+}
+
 /// Graph inputs and constants every layer's attention shares.
 struct Shared {
     cos: String,
@@ -99,11 +107,9 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         let h =
             b.rms_norm(&x, &format!("{p}.input_layernorm.weight"), t.rms_norm_eps, &format!("{p}.input_layernorm"))?;
         let a = format!("{p}.self_attn");
-        let (ctx, k_all, v_all) = if gqa {
-            attention_gqa(b, c, &h, &a, &past_k, &past_v, &shared)?
-        } else {
-            attention_standard(b, c, &h, &a, &past_k, &past_v, &shared)?
-        };
+        let layer = LayerInputs { h: &h, prefix: &a, past_k: &past_k, past_v: &past_v };
+        let (ctx, k_all, v_all) =
+            if gqa { attention_gqa(b, c, &layer, &shared)? } else { attention_standard(b, c, &layer, &shared)? };
         b.g.output(&k_all, &format!("present_key.{i}"), DataType::Float, &present_dims);
         b.g.output(&v_all, &format!("present_value.{i}"), DataType::Float, &present_dims);
         let o = b.linear(&ctx, &format!("{a}.o_proj"), false)?;
@@ -160,12 +166,10 @@ fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shar
 fn attention_standard(
     b: &mut Builder<'_>,
     c: &ModelConfig,
-    h: &str,
-    a: &str,
-    past_k: &str,
-    past_v: &str,
+    l: &LayerInputs<'_>,
     sh: &Shared,
 ) -> Result<(String, String, String)> {
+    let (h, a, past_k, past_v) = (l.h, l.prefix, l.past_k, l.past_v);
     let t = &c.text;
     let (heads, kv, hd) = (t.num_attention_heads as i64, t.num_key_value_heads as i64, t.head_dim as i64);
     let [q, k, v] = projections(b, c, h, a, sh, true)?;
@@ -196,12 +200,10 @@ fn attention_standard(
 fn attention_gqa(
     b: &mut Builder<'_>,
     c: &ModelConfig,
-    h: &str,
-    a: &str,
-    past_k: &str,
-    past_v: &str,
+    l: &LayerInputs<'_>,
     sh: &Shared,
 ) -> Result<(String, String, String)> {
+    let (h, a, past_k, past_v) = (l.h, l.prefix, l.past_k, l.past_v);
     let t = &c.text;
     let [q, k, v] = projections(b, c, h, a, sh, false)?;
     let g = &mut b.g;

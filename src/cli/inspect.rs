@@ -1,6 +1,6 @@
 //! `st inspect IMAGE [QUESTION] --model DIR --out DIR`.
 
-use crate::inspect::{PixelOverrides, inspect};
+use crate::inspect::inspect;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -15,12 +15,8 @@ pub struct InspectArgs {
     /// Where to write the .npy files (nothing is written without it).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Lower bound on resized pixels (default: the checkpoint's preprocessor config).
-    #[arg(long)]
-    pub min_pixels: Option<u64>,
-    /// Upper bound on resized pixels; lower it on edge devices.
-    #[arg(long)]
-    pub max_pixels: Option<u64>,
+    #[command(flatten)]
+    pub pixels: super::PixelArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -28,8 +24,7 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let model = args.model.clone().unwrap_or_else(super::default_model_dir);
-    let pixels = PixelOverrides { min_pixels: args.min_pixels, max_pixels: args.max_pixels };
-    let ins = inspect(&model, &args.image, args.question.as_deref(), pixels)?;
+    let ins = inspect(&model, &args.image, args.question.as_deref(), args.pixels.overrides())?;
     let written = match &args.out {
         Some(dir) => ins.write_npy_dir(dir)?,
         None => vec![],

@@ -28,6 +28,23 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
 }
 
+/// Pixel budget of the resized image, shared by the commands that preprocess.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PixelArgs {
+    /// Lower bound on resized pixels (default: the model's preprocessor config).
+    #[arg(long)]
+    pub min_pixels: Option<u64>,
+    /// Upper bound on resized pixels; lower it on edge devices (e.g. 200704 = 256 image tokens).
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+}
+
+impl PixelArgs {
+    pub fn overrides(&self) -> crate::inspect::PixelOverrides {
+        crate::inspect::PixelOverrides { min_pixels: self.min_pixels, max_pixels: self.max_pixels }
+    }
+}
+
 /// The default model directory: `$ST_MODEL`, else the bundled tiny model.
 pub fn default_model_dir() -> std::path::PathBuf {
     match std::env::var_os("ST_MODEL") {

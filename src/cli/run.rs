@@ -20,10 +20,8 @@ pub struct RunArgs {
     pub json: bool,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
-    #[arg(long)]
-    pub min_pixels: Option<u64>,
-    #[arg(long)]
-    pub max_pixels: Option<u64>,
+    #[command(flatten)]
+    pub pixels: super::PixelArgs,
     /// Intra-op threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -72,8 +70,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut engine = Engine::load(&model, &opts)?;
     let loaded = start.elapsed();
     let b = &mut engine.preprocessor.options.pixels;
-    b.min_pixels = args.min_pixels.unwrap_or(b.min_pixels);
-    b.max_pixels = args.max_pixels.unwrap_or(b.max_pixels);
+    b.min_pixels = args.pixels.min_pixels.unwrap_or(b.min_pixels);
+    b.max_pixels = args.pixels.max_pixels.unwrap_or(b.max_pixels);
     let t0 = Instant::now();
     let frame = engine.encode_image(&args.image)?;
     let encoded = t0.elapsed();

@@ -115,7 +115,7 @@ impl Engine {
             ("rope_sin".into(), Tensor::from_array(sin.insert_axis(Axis(0))).map_err(ort_err(ctx))?.into()),
             ("logits_to_keep".into(), Tensor::from_array(Array1::from(vec![1i64])).map_err(ort_err(ctx))?.into()),
         ];
-        if self.model.decoder_uses_gqa() {
+        if self.model.decoder_uses_gqa {
             let last = Array1::from(vec![total as i32 - 1]);
             inputs.push(("seqlens_k".into(), Tensor::from_array(last).map_err(ort_err(ctx))?.into()));
             let total = ndarray::arr0(total as i32);

@@ -20,6 +20,8 @@ pub struct ExportedModel {
     pub vision: Session,
     pub embed: Session,
     pub decoder: Session,
+    /// The decoder takes GroupQueryAttention inputs (`seqlens_k`) rather than a bias.
+    pub decoder_uses_gqa: bool,
 }
 
 impl ExportedModel {
@@ -43,17 +45,15 @@ impl ExportedModel {
             }
             builder.commit_from_file(&path).map_err(|e| ort_err(e.to_string()))
         };
+        let decoder_uses_gqa =
+            manifest.graphs.get("decoder").is_some_and(|g| g.inputs.iter().any(|i| i.name == "seqlens_k"));
         Ok(Self {
             dir: dir.to_path_buf(),
             vision: open("vision")?,
             embed: open("embed")?,
             decoder: open("decoder")?,
+            decoder_uses_gqa,
             manifest,
         })
-    }
-
-    /// Whether the decoder uses GroupQueryAttention inputs (`seqlens_k`) rather than a bias.
-    pub fn decoder_uses_gqa(&self) -> bool {
-        self.manifest.graphs.get("decoder").is_some_and(|g| g.inputs.iter().any(|i| i.name == "seqlens_k"))
     }
 }
