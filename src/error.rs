@@ -44,6 +44,9 @@ pub enum Error {
     )]
     OrtNotFound { tried: String, install: &'static str },
 
+    #[error("execution provider {device} is unavailable: {reason}; {hint}, or allow the CPU fallback")]
+    Provider { device: String, reason: String, hint: &'static str },
+
     #[error("ONNX Runtime ({context}): {reason}")]
     Ort { context: String, reason: String },
 }

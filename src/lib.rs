@@ -22,12 +22,14 @@
 //! ```
 
 pub mod cli;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod inspect;
 pub mod preprocess;
 pub mod prompt;
 pub mod rope;
+pub mod scene;
 pub mod vision;
 
 pub use error::{Error, Result};

@@ -96,7 +96,12 @@ fn st_run_json_reproduces_the_golden_tokens() {
         let got: Vec<i64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
         let want: ndarray::Array1<i64> = read_npy(&golden(&format!("{name}/greedy_tokens.npy")));
         assert_eq!(got, want.to_vec(), "{name}");
-        assert!(v["raw"].is_string() && v["timings_ms"]["prefill_and_decode"].is_number());
+        assert!(v["raw"].is_string() && v["timings"]["prefill_ms"].is_number(), "{v}");
+        for key in ["observe", "scene", "think", "answer"] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        // Random weights write noise: not a valid response, with the reasons given.
+        assert!(v["valid"] == false && !v["reasons"].as_array().unwrap().is_empty(), "{v}");
     }
     // The checkpoints were exported once into the cache and reused.
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);

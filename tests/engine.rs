@@ -1,11 +1,14 @@
 //! The library path end to end: an exported model loaded by `Engine`, a frame encoded from an
-//! image file, greedy generation — the transformers golden tokens, for both tiny shapes and
-//! both attention forms. Bad input gives errors and the engine keeps working.
+//! image file, generation — the transformers golden tokens for both tiny shapes and both
+//! attention forms; a frame's prefix reused across questions with the same tokens as a fresh
+//! prefill; several tokens per decoder pass; streaming; seeded sampling; engines cloned across
+//! threads. Bad input gives errors and the engine keeps working.
 
 mod common;
 
 use common::{QUESTION, golden, image, model, read_npy};
-use st::engine::{Engine, SessionOptions};
+use st::engine::{Engine, GenerateOptions, SessionOptions, StopReason};
+use std::ops::ControlFlow;
 
 fn engine(name: &str, attention: st_export::Attention, out: &std::path::Path) -> Engine {
     let dir = out.join(name);
@@ -16,23 +19,133 @@ fn engine(name: &str, attention: st_export::Attention, out: &std::path::Path) ->
     e
 }
 
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions { max_new_tokens: n, ..Default::default() }
+}
+
+const ATTENTION: [st_export::Attention; 2] = [st_export::Attention::GroupQuery, st_export::Attention::Standard];
+
 #[test]
 fn greedy_generation_reproduces_transformers() {
     for name in ["tiny", "tiny-b"] {
-        for attention in [st_export::Attention::GroupQuery, st_export::Attention::Standard] {
+        for attention in ATTENTION {
             let tmp = tempfile::tempdir().unwrap();
             let mut e = engine(name, attention, tmp.path());
             let frame = e.encode_image(&image("chelsea.png")).unwrap();
             let want: ndarray::Array1<i64> = read_npy(&golden(&format!("{name}/greedy_tokens.npy")));
             let ids: ndarray::Array2<i64> = read_npy(&golden(&format!("{name}/input_ids.npy")));
-            let out = e.generate(&frame, QUESTION, want.len()).unwrap();
+            // Fresh: the whole prompt prefilled, as transformers does.
+            let fresh = GenerateOptions { reuse_prefix: false, ..greedy(want.len()) };
+            let out = e.ask(&frame, QUESTION, &fresh).unwrap();
             assert_eq!(out.prompt_tokens, ids.len(), "{name}");
+            assert_eq!(out.reused_prompt_tokens, 0);
             let got: Vec<i64> = out.token_ids.iter().map(|&t| t as i64).collect();
             assert_eq!(got, want.to_vec(), "{name} {attention:?}");
-            // The same frame answers a second question without re-encoding.
-            let again = e.generate(&frame, QUESTION, 4).unwrap();
-            assert_eq!(again.token_ids[..], out.token_ids[..4], "{name}");
+            // The same question on the reused frame prefix: the same tokens.
+            let again = e.ask(&frame, QUESTION, &greedy(want.len())).unwrap();
+            assert!(again.reused_prompt_tokens > frame.timings.prefix_tokens / 2, "{name} {attention:?}");
+            assert_eq!(again.token_ids, out.token_ids, "{name} {attention:?} reused prefix");
         }
+    }
+}
+
+#[test]
+fn a_second_question_on_a_frame_matches_asking_it_fresh() {
+    for attention in ATTENTION {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut e = engine("tiny", attention, tmp.path());
+        let cat = e.encode_image(&image("chelsea.png")).unwrap();
+        let other = e.encode_image(&image("astronaut.png")).unwrap();
+        let questions = ["Is the cat left of the table? (A) yes (B) no", "How many cats are there?", " leading space?"];
+        let mut fresh = Vec::new();
+        for q in questions {
+            let o = GenerateOptions { reuse_prefix: false, ..greedy(12) };
+            fresh.push((e.ask(&cat, q, &o).unwrap().token_ids, e.ask(&other, q, &o).unwrap().token_ids));
+        }
+        // Interleave frames so the cache changes hands between questions.
+        for (q, (want_cat, want_other)) in questions.iter().zip(&fresh) {
+            let a = e.ask(&cat, q, &greedy(12)).unwrap();
+            assert!(a.reused_prompt_tokens > 0 && a.reused_prompt_tokens <= cat.timings.prefix_tokens);
+            assert_eq!(&a.token_ids, want_cat, "{attention:?} {q:?}");
+            let b = e.ask(&other, q, &greedy(12)).unwrap();
+            assert_eq!(&b.token_ids, want_other, "{attention:?} {q:?}");
+            assert!(a.prompt_tokens - a.reused_prompt_tokens < 40, "only the question's tokens are prefilled");
+        }
+    }
+}
+
+#[test]
+fn several_tokens_in_one_pass_match_one_at_a_time() {
+    for attention in ATTENTION {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut e = engine("tiny-b", attention, tmp.path());
+        let frame = e.encode_image(&image("chelsea.png")).unwrap();
+        let a = e.ask(&frame, QUESTION, &greedy(6)).unwrap();
+        let delta = frame_delta(&e, &frame);
+        let tokens = &a.token_ids[..4];
+        let mut steps = Vec::new();
+        // Asking for one token leaves the cache holding exactly the prompt.
+        e.ask(&frame, QUESTION, &greedy(1)).unwrap();
+        for &t in tokens {
+            steps.push(e.forward_tokens(&[t], delta, 1).unwrap().row(0).to_owned());
+        }
+        e.ask(&frame, QUESTION, &greedy(1)).unwrap();
+        let batch = e.forward_tokens(tokens, delta, tokens.len()).unwrap();
+        for (i, single) in steps.iter().enumerate() {
+            let diff = (&batch.row(i) - single).iter().fold(0f32, |m, d| m.max(d.abs()));
+            let scale = single.iter().fold(0f32, |m, d| m.max(d.abs()));
+            // Same math, different GEMM shapes: f32 reassociation only.
+            assert!(diff <= 1e-4 * scale.max(1.0), "{attention:?} token {i}: {diff} (scale {scale})");
+        }
+    }
+}
+
+/// M-RoPE offset of text positions after the prompt (max position + 1 − prompt length).
+fn frame_delta(e: &Engine, frame: &st::engine::Frame) -> i64 {
+    let merge = e.preprocessor.geometry.merge_size;
+    let (w, h) = frame.image.original_size;
+    let text = e.prompt.spatialthinker_prompt(w, h, QUESTION).unwrap();
+    let ids = e.prompt.encode(&text, &[frame.image.num_image_tokens(merge)]).unwrap();
+    st::rope::mrope_positions(&ids, e.prompt.tokenizer.special.image_pad, &[frame.image.grid_thw], merge).unwrap().delta
+}
+
+#[test]
+fn streaming_sampling_and_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny", st_export::Attention::GroupQuery, tmp.path());
+    let frame = e.encode_image(&image("chelsea.png")).unwrap();
+    // Streamed pieces add up to the decoded text; Break stops after that token.
+    let mut pieces = String::new();
+    let mut n = 0;
+    let a = e
+        .ask_streaming(&frame, QUESTION, &greedy(10), |t| {
+            pieces.push_str(t.text);
+            n += 1;
+            if n == 7 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+    assert_eq!(a.stop, StopReason::Callback);
+    assert_eq!(a.token_ids.len(), 7);
+    assert!(a.raw.starts_with(&pieces) && a.raw.len() - pieces.len() <= 4, "{pieces:?} vs {:?}", a.raw);
+    // Seeded sampling: reproducible, and different from greedy.
+    let sample = |seed| GenerateOptions {
+        max_new_tokens: 16,
+        sampling: st::decode::SamplingParams { temperature: Some(1.5), seed, ..Default::default() },
+        ..Default::default()
+    };
+    let s1 = e.ask(&frame, QUESTION, &sample(1)).unwrap().token_ids;
+    assert_eq!(s1, e.ask(&frame, QUESTION, &sample(1)).unwrap().token_ids);
+    assert_ne!(s1, e.ask(&frame, QUESTION, &sample(2)).unwrap().token_ids);
+    // Clones share the sessions and run on other threads with their own caches.
+    let want = e.ask(&frame, QUESTION, &greedy(8)).unwrap().token_ids;
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut e, frame) = (e.clone(), frame.clone());
+            std::thread::spawn(move || e.ask(&frame, QUESTION, &greedy(8)).unwrap().token_ids)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
     }
 }
 
@@ -45,18 +158,37 @@ fn bad_input_is_an_error_and_the_engine_keeps_working() {
     let err = e.encode_image(&junk).unwrap_err().to_string();
     assert!(err.contains("junk.jpg"), "{err}");
     let frame = e.encode_image(&image("chelsea.png")).unwrap();
-    let err = e.generate(&frame, "  ", 4).unwrap_err().to_string();
+    let err = e.ask(&frame, "  ", &greedy(4)).unwrap_err().to_string();
     assert!(err.contains("question"), "{err}");
-    let err = e.generate(&frame, QUESTION, 1_000_000).unwrap_err().to_string();
+    let long = "why? ".repeat(5000);
+    let err = e.ask(&frame, &long, &greedy(4)).unwrap_err().to_string();
+    assert!(err.contains("question") && err.contains("limit"), "{err}");
+    let err = e.ask(&frame, QUESTION, &greedy(1_000_000)).unwrap_err().to_string();
     assert!(err.contains("context"), "{err}");
-    assert_eq!(e.generate(&frame, QUESTION, 3).unwrap().token_ids.len(), 3);
+    let bad =
+        GenerateOptions { sampling: st::decode::SamplingParams { top_p: 2.0, ..Default::default() }, ..greedy(4) };
+    assert!(e.ask(&frame, QUESTION, &bad).unwrap_err().to_string().contains("top_p"));
+    assert_eq!(e.ask(&frame, QUESTION, &greedy(3)).unwrap().token_ids.len(), 3);
 }
 
 #[test]
-fn bad_model_directories_are_named() {
+fn bad_model_directories_and_devices_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     st_export::export(&model("tiny"), &dir, &Default::default()).unwrap();
+    // This machine's ONNX Runtime is the CPU build: CUDA is an error naming the missing
+    // provider library, or a logged fallback to CPU when allowed.
+    let cuda = SessionOptions { device: "cuda".parse().unwrap(), ..Default::default() };
+    let err = Engine::load(&dir, &cuda).err().unwrap().to_string();
+    assert!(err.contains("libonnxruntime_providers_cuda.so") && err.contains("onnxruntime-gpu"), "{err}");
+    let trt = SessionOptions { device: "tensorrt:0".parse().unwrap(), ..Default::default() };
+    let err = Engine::load(&dir, &trt).err().unwrap().to_string();
+    assert!(err.contains("libonnxruntime_providers_tensorrt.so"), "{err}");
+    let fallback = SessionOptions { cpu_fallback: true, ..cuda };
+    let e = Engine::load(&dir, &fallback).unwrap();
+    assert_eq!(e.model().device, st::engine::Device::Cpu);
+    assert!("gpu".parse::<st::engine::Device>().unwrap_err().to_string().contains("cpu, cuda"));
+
     std::fs::remove_file(dir.join("vision.onnx")).unwrap();
     let err = Engine::load(&dir, &SessionOptions::default()).err().unwrap().to_string();
     assert!(err.contains("vision.onnx"), "{err}");

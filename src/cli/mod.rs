@@ -52,3 +52,48 @@ pub fn default_model_dir() -> std::path::PathBuf {
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny"),
     }
 }
+
+/// Which model and where it runs, shared by the commands that load one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Exported model or HF checkpoint directory (default: $ST_MODEL, else the bundled tiny model).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Execution provider: cpu, cuda[:N], tensorrt[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::engine::Device,
+    /// TensorRT engine cache directory.
+    #[arg(long)]
+    pub trt_cache: Option<std::path::PathBuf>,
+    /// Run on CPU (with a warning) when the device's provider is unavailable.
+    #[arg(long)]
+    pub cpu_fallback: bool,
+    /// Intra-op threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// libonnxruntime.so.1.31.1 to use.
+    #[arg(long)]
+    pub ort_lib: Option<std::path::PathBuf>,
+}
+
+impl ModelArgs {
+    /// Load the engine (exporting an HF checkpoint once into the cache) with `pixels` applied.
+    pub fn engine(&self, pixels: &PixelArgs) -> anyhow::Result<crate::engine::Engine> {
+        let dir = run::exported_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
+        let mut device = self.device.clone();
+        if let crate::engine::Device::TensorRt { cache_dir, .. } = &mut device {
+            cache_dir.clone_from(&self.trt_cache);
+        }
+        let opts = crate::engine::SessionOptions {
+            ort_lib: self.ort_lib.clone(),
+            threads: self.threads,
+            device,
+            cpu_fallback: self.cpu_fallback,
+        };
+        let mut engine = crate::engine::Engine::load(&dir, &opts)?;
+        let b = &mut engine.preprocessor.options.pixels;
+        b.min_pixels = pixels.min_pixels.unwrap_or(b.min_pixels);
+        b.max_pixels = pixels.max_pixels.unwrap_or(b.max_pixels);
+        Ok(engine)
+    }
+}

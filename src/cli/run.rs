@@ -1,8 +1,12 @@
-//! `st run` / `st-run IMAGE "QUESTION"`: answer a question about an image (greedy, CPU — the
-//! engine's first cut). `--model` may be an exported directory (with manifest.json) or a Hugging
-//! Face checkpoint, which is exported once (fp32) into a cache keyed by its fingerprint.
+//! `st run` / `st-run IMAGE "QUESTION"`: answer a question about an image. Readable sections on
+//! a terminal, or one JSON object with `--json`; `--draw` writes the image with the scene's
+//! boxes. `--model` may be an exported directory (with manifest.json) or a Hugging Face
+//! checkpoint, which is exported once (fp32) into a cache keyed by its fingerprint.
 
-use crate::engine::{Engine, SessionOptions};
+use crate::decode::SamplingParams;
+use crate::engine::{Answer, Engine, GenerateOptions};
+use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,22 +16,50 @@ pub struct RunArgs {
     pub image: PathBuf,
     /// The question (options as "(A) … (B) …" when it has them).
     pub question: String,
-    /// Exported model or HF checkpoint directory (default: $ST_MODEL, else the bundled tiny model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value_t = 256)]
+    /// Write the image with the scene graph's boxes and labels drawn (PNG/JPEG by extension).
+    #[arg(long, value_name = "OUT")]
+    pub draw: Option<PathBuf>,
+    /// Print tokens to stderr as they are generated.
+    #[arg(long)]
+    pub stream: bool,
+    #[arg(long, default_value_t = 2048)]
     pub max_new_tokens: usize,
     #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
     pub pixels: super::PixelArgs,
-    /// Intra-op threads.
+}
+
+/// The sampling chain's settings; greedy when no temperature is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
     #[arg(long)]
-    pub threads: Option<usize>,
-    /// libonnxruntime.so.1.31.1 to use.
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
+    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
 }
 
 /// Where exported copies of checkpoints are kept: $ST_CACHE_DIR, else ~/.cache/st.
@@ -63,42 +95,93 @@ pub fn exported_model(model: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The answer as readable sections.
+fn print_text(a: &Answer) {
+    let r = &a.response;
+    let none = "(missing)";
+    println!("observe: {}", r.observe.as_deref().unwrap_or(none));
+    match &r.scene {
+        Some(g) => {
+            println!("scene:");
+            for o in &g.objects {
+                println!("  {:<16} {:?}", o.id, o.bbox);
+            }
+            for rel in &g.relationships {
+                println!("  {} —{}→ {}", rel.subject, rel.predicate, rel.object);
+            }
+        }
+        None => println!("scene: {none}"),
+    }
+    println!("think: {}", r.think.as_deref().unwrap_or(none));
+    match &r.answer {
+        Some(c) => match c.letter {
+            Some(l) => println!("answer: ({l}) {}", c.text),
+            None => println!("answer: {}", c.text),
+        },
+        None => println!("answer: {none}"),
+    }
+    if !r.valid {
+        println!("valid: no — {}", r.reasons.join("; "));
+        println!("raw: {}", a.raw);
+    }
+}
+
+/// Decode the original image, draw the scene, write it to `out` through a temporary file.
+fn draw(engine: &Engine, image: &Path, a: &Answer, out: &Path) -> anyhow::Result<()> {
+    let o = &engine.preprocessor.options;
+    let mut rgb = crate::preprocess::decode_file(image, &o.limits, o.apply_exif_orientation)?;
+    if let Some(scene) = &a.response.scene {
+        crate::scene::draw_scene(&mut rgb, scene);
+    }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let format = image::ImageFormat::from_path(out)
+        .map_err(|e| anyhow::anyhow!("--draw {}: unknown image format ({e})", out.display()))?;
+    rgb.save_with_format(&tmp, format).map_err(|e| anyhow::anyhow!("--draw {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("--draw {}: {e}", out.display()))?;
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let model = exported_model(&args.model.clone().unwrap_or_else(super::default_model_dir))?;
-    let opts = SessionOptions { ort_lib: args.ort_lib.clone(), threads: args.threads };
-    let mut engine = Engine::load(&model, &opts)?;
-    let loaded = start.elapsed();
-    let b = &mut engine.preprocessor.options.pixels;
-    b.min_pixels = args.pixels.min_pixels.unwrap_or(b.min_pixels);
-    b.max_pixels = args.pixels.max_pixels.unwrap_or(b.max_pixels);
-    let t0 = Instant::now();
+    let mut engine = args.model.engine(&args.pixels)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let frame = engine.encode_image(&args.image)?;
-    let encoded = t0.elapsed();
-    let t1 = Instant::now();
-    let out = engine.generate(&frame, &args.question, args.max_new_tokens)?;
-    let generated = t1.elapsed();
+    let opts =
+        GenerateOptions { max_new_tokens: args.max_new_tokens, sampling: args.sampling.params(), ..Default::default() };
+    let answer = engine.ask_streaming(&frame, &args.question, &opts, |t| {
+        if args.stream {
+            eprint!("{}", t.text);
+            let _ = std::io::stderr().flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+    if args.stream {
+        eprintln!();
+    }
+    if let Some(out) = &args.draw {
+        draw(&engine, &args.image, &answer, out)?;
+    }
     if args.json {
-        let v = serde_json::json!({
-            "raw": out.text,
-            "token_ids": out.token_ids,
-            "prompt_tokens": out.prompt_tokens,
-            "image": {"original_size": frame.image.original_size, "resized_size": frame.image.resized_size},
-            "timings_ms": {
-                "load": loaded.as_secs_f64() * 1e3,
-                "preprocess_and_vision": encoded.as_secs_f64() * 1e3,
-                "prefill_and_decode": generated.as_secs_f64() * 1e3,
-            },
+        let mut v = serde_json::to_value(&answer)?;
+        v["image"] = serde_json::json!({
+            "path": args.image, "original_size": frame.image.original_size, "resized_size": frame.image.resized_size,
         });
+        v["model"] = serde_json::json!({"dir": engine.model().dir, "device": engine.model().device.to_string()});
+        v["timings"]["load_ms"] = load_ms.into();
         println!("{v}");
     } else {
-        println!("{}", out.text);
+        print_text(&answer);
+        let t = &answer.timings;
         eprintln!(
-            "{} prompt + {} new tokens; vision {:.0} ms, generation {:.0} ms",
-            out.prompt_tokens,
-            out.token_ids.len(),
-            encoded.as_secs_f64() * 1e3,
-            generated.as_secs_f64() * 1e3
+            "{} prompt tokens ({} reused) + {} new; preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s",
+            answer.prompt_tokens,
+            answer.reused_prompt_tokens,
+            answer.token_ids.len(),
+            t.preprocess_ms,
+            t.vision_ms,
+            t.prefix_prefill_ms + t.prefill_ms,
+            t.decode_tokens_per_s()
         );
     }
     Ok(())

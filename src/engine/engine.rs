@@ -1,42 +1,170 @@
 //! The engine: an exported model plus the preprocessing and prompt of its checkpoint.
-//! `encode_image` runs the vision tower once per frame; `generate` answers a question about a
-//! frame. Greedy decoding, one token per step, KV cache carried between steps (the sampling
-//! chain, frame KV reuse and IoBinding come with the runtime issue).
+//!
+//! [`Engine::encode_image`] runs the vision tower once per camera frame and prefills the
+//! question-independent prompt prefix (system turn, image, instruction, image size); the
+//! [`Frame`] keeps that prefix's KV. [`Engine::ask`] then pays only for the question's own
+//! tokens: it reuses the frame's prefix as far as it matches the new prompt token for token,
+//! prefills the rest, and decodes through the sampling chain.
 
+use super::decoder::{DecoderState, KvSnapshot};
 use super::model::{ExportedModel, SessionOptions};
+use crate::decode::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::preprocess::{ImageNorm, PatchGeometry, PixelBounds, PreprocessOptions, PreprocessedImage, Preprocessor};
-use crate::prompt::{PromptBuilder, spatialthinker_text};
-use ndarray::{Array1, Array2, Array3, Array4, Axis, s};
+use crate::prompt::PromptBuilder;
+use crate::scene::{Response, Rules, parse_response};
+use image::RgbImage;
+use ndarray::{Array1, Array2, Array3, s};
 use ort::value::Tensor;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-/// One camera frame, encoded once.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub image: PreprocessedImage,
-    /// Vision tower output, [image tokens, hidden], raster order.
-    pub embeds: Array2<f32>,
+static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
+
+/// Milliseconds since `t`.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
-/// What `generate` produced.
+/// What encoding a frame cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrameTimings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    /// Prefill of the question-independent prompt prefix.
+    pub prefix_prefill_ms: f64,
+    pub prefix_tokens: usize,
+}
+
+/// One camera frame, encoded once; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Generation {
+pub struct Frame {
+    id: u64,
+    pub image: Arc<PreprocessedImage>,
+    /// Vision tower output, `[image tokens, hidden]`, raster order.
+    pub embeds: Arc<Array2<f32>>,
+    prefix_ids: Arc<Vec<u32>>,
+    prefix_kv: Arc<KvSnapshot>,
+    pub timings: FrameTimings,
+}
+
+impl Frame {
+    /// Host memory the frame's prefix KV holds.
+    pub fn prefix_kv_bytes(&self) -> usize {
+        self.prefix_kv.bytes()
+    }
+}
+
+/// Settings of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Reuse the frame's prefix KV (off: prefill the whole prompt, for comparison).
+    pub reuse_prefix: bool,
+}
+
+impl Default for GenerateOptions {
+    /// SpatialThinker's evaluation settings: greedy, up to 2048 new tokens.
+    fn default() -> Self {
+        Self { max_new_tokens: 2048, sampling: SamplingParams::default(), reuse_prefix: true }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-sequence id or `<|im_end|>`.
+    EndOfTurn,
+    MaxNewTokens,
+    /// The streaming callback asked to stop.
+    Callback,
+}
+
+/// Where the time of one question went (the frame's own costs are in [`FrameTimings`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub prefix_prefill_ms: f64,
+    /// Prefill of this question's tokens after the reused prefix.
+    pub prefill_ms: f64,
+    /// Each decode step after the first token.
+    pub decode_ms: Vec<f64>,
+}
+
+impl Timings {
+    /// Decode tokens per second (steps after the first token).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let total: f64 = self.decode_ms.iter().sum();
+        if total > 0.0 { self.decode_ms.len() as f64 * 1e3 / total } else { 0.0 }
+    }
+}
+
+/// A streamed token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent<'a> {
+    pub index: usize,
+    pub id: u32,
+    /// The text this token completes (empty while a multi-byte character is incomplete).
+    pub text: &'a str,
+}
+
+/// The typed result of one question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// observe / scene / think / answer, `valid` and `reasons`.
+    #[serde(flatten)]
+    pub response: Response,
+    /// The generated text (special tokens removed).
+    pub raw: String,
     pub token_ids: Vec<u32>,
-    pub text: String,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the frame instead of being prefilled.
+    pub reused_prompt_tokens: usize,
+    pub stop: StopReason,
+    pub timings: Timings,
 }
 
 pub struct Engine {
-    pub model: ExportedModel,
+    model: Arc<ExportedModel>,
     pub preprocessor: Preprocessor,
     pub prompt: PromptBuilder,
+    state: DecoderState,
+    /// The frame whose prefix fills the cache's first positions, and how many are still valid.
+    resident: Option<(u64, usize)>,
 }
 
-type Cache = Vec<(Array4<f32>, Array4<f32>)>;
+impl Clone for Engine {
+    /// Another engine over the same loaded sessions (no weights copied), with its own KV cache.
+    /// Clones may run on different threads; each graph runs one call at a time.
+    fn clone(&self) -> Self {
+        Self {
+            model: Arc::clone(&self.model),
+            preprocessor: self.preprocessor.clone(),
+            prompt: self.prompt.clone(),
+            state: DecoderState::new(&self.model),
+            resident: None,
+        }
+    }
+}
 
-fn ort_err(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
+fn ort_err(context: &'static str) -> impl Fn(ort::Error) -> Error {
     move |e| Error::Ort { context: context.to_string(), reason: e.to_string() }
+}
+
+fn shape_err(context: &'static str) -> impl Fn(ndarray::ShapeError) -> Error {
+    move |e| Error::Ort { context: context.to_string(), reason: e.to_string() }
+}
+
+/// Length of the common prefix of two token sequences.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Engine {
@@ -50,22 +178,69 @@ impl Engine {
         options.pixels = PixelBounds { min_pixels: ip.min_pixels, max_pixels: ip.max_pixels };
         options.norm = ImageNorm { mean: ip.image_mean, std: ip.image_std };
         let prompt = PromptBuilder::from_dir(dir)?;
-        Ok(Self { preprocessor: Preprocessor::new(geometry, options), prompt, model })
+        let state = DecoderState::new(&model);
+        Ok(Self {
+            preprocessor: Preprocessor::new(geometry, options),
+            prompt,
+            state,
+            resident: None,
+            model: model.into(),
+        })
     }
 
-    /// Preprocess an image file and run the vision tower on it.
+    pub fn model(&self) -> &ExportedModel {
+        &self.model
+    }
+
+    /// Preprocess an image file and encode it as a frame.
     pub fn encode_image(&mut self, path: &Path) -> Result<Frame> {
+        let t = Instant::now();
         let image = self.preprocessor.load(path)?;
-        self.encode(image)
+        self.encode(image, ms(t))
     }
 
-    /// Run the vision tower on a preprocessed image.
-    pub fn encode(&mut self, image: PreprocessedImage) -> Result<Frame> {
+    /// Encode a decoded RGB image (a camera frame) as a frame.
+    pub fn encode_rgb(&mut self, rgb: &RgbImage, source_name: &str) -> Result<Frame> {
+        let t = Instant::now();
+        let image = self.preprocessor.process_rgb(rgb, source_name)?;
+        self.encode(image, ms(t))
+    }
+
+    /// Run the vision tower on a preprocessed image and prefill the frame's prompt prefix.
+    pub fn encode(&mut self, image: PreprocessedImage, preprocess_ms: f64) -> Result<Frame> {
+        let t = Instant::now();
+        let embeds = self.vision(&image)?;
+        let vision_ms = ms(t);
+        let t = Instant::now();
+        let (w, h) = image.original_size;
+        let merge = self.preprocessor.geometry.merge_size;
+        let ids = self.prompt.frame_prefix(w, h, image.num_image_tokens(merge))?;
+        self.resident = None;
+        self.state.truncate(0);
+        let pos =
+            crate::rope::mrope_positions(&ids, self.prompt.tokenizer.special.image_pad, &[image.grid_thw], merge)?;
+        let inputs = self.prompt_embeds(&ids, 0, &embeds)?;
+        self.state.reserve(&self.model, ids.len())?;
+        self.state.forward(&self.model, inputs, pos.ids, 1)?;
+        let kv = self.state.snapshot(ids.len());
+        let id = NEXT_FRAME.fetch_add(1, Ordering::Relaxed);
+        self.resident = Some((id, ids.len()));
+        let timings = FrameTimings { preprocess_ms, vision_ms, prefix_prefill_ms: ms(t), prefix_tokens: ids.len() };
+        Ok(Frame {
+            id,
+            image: image.into(),
+            embeds: embeds.into(),
+            prefix_ids: ids.into(),
+            prefix_kv: kv.into(),
+            timings,
+        })
+    }
+
+    fn vision(&self, image: &PreprocessedImage) -> Result<Array2<f32>> {
         let vi = crate::vision::vision_inputs(image.grid_thw, &self.model.manifest.config.vision)?;
         let ctx = "vision graph";
-        let out = self
-            .model
-            .vision
+        let mut session = self.model.vision.lock()?;
+        let out = session
             .run(ort::inputs![
                 "pixel_values" => Tensor::from_array(image.pixel_values.clone()).map_err(ort_err(ctx))?,
                 "patch_index" => Tensor::from_array(Array1::from(vi.patch_index)).map_err(ort_err(ctx))?,
@@ -77,127 +252,144 @@ impl Engine {
             ])
             .map_err(ort_err(ctx))?;
         let embeds = out["image_embeds"].try_extract_array::<f32>().map_err(ort_err(ctx))?;
-        let embeds =
-            embeds.into_dimensionality().map_err(|e| Error::Ort { context: ctx.into(), reason: e.to_string() })?;
-        Ok(Frame { embeds: embeds.to_owned(), image })
+        embeds.to_owned().into_dimensionality().map_err(shape_err(ctx))
     }
 
-    fn embed(&mut self, ids: &[u32]) -> Result<Array3<f32>> {
+    /// Token embeddings `[1, n, hidden]` from the embed graph.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Array3<f32>> {
         let ctx = "embed graph";
-        let ids = Array2::from_shape_vec((1, ids.len()), ids.iter().map(|&x| x as i64).collect())
-            .map_err(|e| Error::Ort { context: ctx.into(), reason: e.to_string() })?;
-        let out = self
-            .model
-            .embed
+        let ids = Array2::from_shape_vec((1, ids.len()), ids.iter().map(|&x| i64::from(x)).collect())
+            .map_err(shape_err(ctx))?;
+        let mut session = self.model.embed.lock()?;
+        let out = session
             .run(ort::inputs!["input_ids" => Tensor::from_array(ids).map_err(ort_err(ctx))?])
             .map_err(ort_err(ctx))?;
         let e = out["inputs_embeds"].try_extract_array::<f32>().map_err(ort_err(ctx))?;
-        e.to_owned().into_dimensionality().map_err(|e| Error::Ort { context: ctx.into(), reason: e.to_string() })
+        e.to_owned().into_dimensionality().map_err(shape_err(ctx))
     }
 
-    /// One decoder call over `embeds` at `positions` ([3, s]) after `past` cached tokens; returns
-    /// the last position's logits and updates `cache`.
-    fn step(
+    /// Embeddings of `ids[from..]`, with the image's rows at its `<|image_pad|>` positions.
+    fn prompt_embeds(&self, ids: &[u32], from: usize, image: &Array2<f32>) -> Result<Array3<f32>> {
+        let pad = self.prompt.tokenizer.special.image_pad;
+        let mut embeds = self.embed_tokens(&ids[from..])?;
+        let mut row = ids[..from].iter().filter(|&&t| t == pad).count();
+        for (i, _) in ids.iter().enumerate().skip(from).filter(|(_, t)| **t == pad) {
+            let src = image.row(row);
+            embeds.slice_mut(s![0, i - from, ..]).assign(&src);
+            row += 1;
+        }
+        Ok(embeds)
+    }
+
+    /// Run `tokens` after what the cache holds and return the logits of the last `keep`
+    /// positions, `[keep, vocab]`. Positions continue the current prompt's M-RoPE offsets
+    /// (`delta`), so several tokens (forced or speculated) cost one pass over the weights.
+    pub fn forward_tokens(&mut self, tokens: &[u32], delta: i64, keep: usize) -> Result<Array2<f32>> {
+        let start = self.state.len as i64 + delta;
+        let positions = Array2::from_shape_fn((3, tokens.len()), |(_, j)| start + j as i64);
+        let embeds = self.embed_tokens(tokens)?;
+        self.state.forward(&self.model, embeds, positions, keep)
+    }
+
+    /// Answer `question` about `frame`.
+    pub fn ask(&mut self, frame: &Frame, question: &str, opts: &GenerateOptions) -> Result<Answer> {
+        self.ask_streaming(frame, question, opts, |_| ControlFlow::Continue(()))
+    }
+
+    /// [`Engine::ask`], calling `on_token` with each generated token as it comes; returning
+    /// `ControlFlow::Break` stops generation.
+    pub fn ask_streaming(
         &mut self,
-        embeds: Array3<f32>,
-        positions: Array2<i64>,
-        past: usize,
-        cache: &mut Cache,
-    ) -> Result<Array1<f32>> {
-        let ctx = "decoder graph";
-        let t = &self.model.manifest.config.text;
-        let seq = embeds.dim().1;
-        let total = past + seq;
-        let (cos, sin) = crate::rope::mrope_cos_sin(positions.view(), t.head_dim, t.rope_theta, &t.mrope_section)?;
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
-            ("inputs_embeds".into(), Tensor::from_array(embeds).map_err(ort_err(ctx))?.into()),
-            ("rope_cos".into(), Tensor::from_array(cos.insert_axis(Axis(0))).map_err(ort_err(ctx))?.into()),
-            ("rope_sin".into(), Tensor::from_array(sin.insert_axis(Axis(0))).map_err(ort_err(ctx))?.into()),
-            ("logits_to_keep".into(), Tensor::from_array(Array1::from(vec![1i64])).map_err(ort_err(ctx))?.into()),
-        ];
-        if self.model.decoder_uses_gqa {
-            let last = Array1::from(vec![total as i32 - 1]);
-            inputs.push(("seqlens_k".into(), Tensor::from_array(last).map_err(ort_err(ctx))?.into()));
-            let total = ndarray::arr0(total as i32);
-            inputs.push(("total_sequence_length".into(), Tensor::from_array(total).map_err(ort_err(ctx))?.into()));
-        } else {
-            // Causal by token index (not by M-RoPE position).
-            let bias =
-                Array4::from_shape_fn((1, 1, seq, total), |(_, _, i, j)| if j > past + i { f32::MIN } else { 0.0 });
-            inputs.push(("attention_bias".into(), Tensor::from_array(bias).map_err(ort_err(ctx))?.into()));
+        frame: &Frame,
+        question: &str,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Answer> {
+        let mut sampler = Sampler::new(&opts.sampling)?;
+        if opts.max_new_tokens == 0 {
+            return Err(Error::InvalidArgument { name: "max_new_tokens", reason: "must be at least 1".into() });
         }
-        for (i, (k, v)) in cache.iter().enumerate() {
-            inputs.push((format!("past_key.{i}"), Tensor::from_array(k.clone()).map_err(ort_err(ctx))?.into()));
-            inputs.push((format!("past_value.{i}"), Tensor::from_array(v.clone()).map_err(ort_err(ctx))?.into()));
-        }
-        let out = self.model.decoder.run(inputs).map_err(ort_err(ctx))?;
-        let shape_err = |e: ndarray::ShapeError| Error::Ort { context: ctx.into(), reason: e.to_string() };
-        for (i, slot) in cache.iter_mut().enumerate() {
-            let k = out[format!("present_key.{i}")].try_extract_array::<f32>().map_err(ort_err(ctx))?;
-            let v = out[format!("present_value.{i}")].try_extract_array::<f32>().map_err(ort_err(ctx))?;
-            *slot = (
-                k.to_owned().into_dimensionality().map_err(shape_err)?,
-                v.to_owned().into_dimensionality().map_err(shape_err)?,
-            );
-        }
-        let logits = out["logits"].try_extract_array::<f32>().map_err(ort_err(ctx))?;
-        let last = logits.index_axis(Axis(0), 0);
-        let last = last.index_axis(Axis(0), last.shape()[0].saturating_sub(1));
-        last.to_owned().into_dimensionality().map_err(shape_err)
-    }
-
-    /// Answer `question` about `frame` greedily, up to `max_new_tokens`, stopping at an
-    /// end-of-sequence id of the generation config or `<|im_end|>`.
-    pub fn generate(&mut self, frame: &Frame, question: &str, max_new_tokens: usize) -> Result<Generation> {
         let (w, h) = frame.image.original_size;
-        let text = self.prompt.template.render(
-            &[crate::prompt::Message::user(vec![
-                crate::prompt::Content::Image,
-                crate::prompt::Content::Text(spatialthinker_text(w, h, question)?),
-            ])],
-            true,
-        )?;
+        let text = self.prompt.spatialthinker_prompt(w, h, question)?;
         let merge = self.preprocessor.geometry.merge_size;
         let ids = self.prompt.encode(&text, &[frame.image.num_image_tokens(merge)])?;
         let limit = self.model.manifest.config.text.max_position_embeddings;
-        if ids.len() + max_new_tokens > limit {
+        if ids.len() + opts.max_new_tokens > limit {
             return Err(Error::InvalidArgument {
                 name: "max_new_tokens",
-                reason: format!("{} prompt tokens + {max_new_tokens} new exceed the context of {limit}", ids.len()),
+                reason: format!(
+                    "{} prompt tokens + {} new exceed the model's context of {limit}",
+                    ids.len(),
+                    opts.max_new_tokens
+                ),
             });
         }
         let special = self.prompt.tokenizer.special;
         let pos = crate::rope::mrope_positions(&ids, special.image_pad, &[frame.image.grid_thw], merge)?;
-        let mut embeds = self.embed(&ids)?;
-        let mut row = 0;
-        for (i, &id) in ids.iter().enumerate() {
-            if id == special.image_pad {
-                let src = frame.embeds.row(row);
-                embeds.slice_mut(s![0, i, ..]).assign(&src);
-                row += 1;
-            }
-        }
-        let t = &self.model.manifest.config.text;
-        let empty = Array4::<f32>::zeros((1, t.num_key_value_heads, 0, t.head_dim));
-        let mut cache: Cache = vec![(empty.clone(), empty); t.num_hidden_layers];
+
+        // Reuse the frame's prefix KV as far as it matches; at least one token is prefilled.
+        let reuse = if opts.reuse_prefix { common_prefix(&frame.prefix_ids, &ids).min(ids.len() - 1) } else { 0 };
+        let valid = match self.resident.take() {
+            Some((id, n)) if id == frame.id => n.min(reuse),
+            _ => 0,
+        };
+        self.state.restore(&self.model, &frame.prefix_kv, valid, reuse)?;
+        self.state.reserve(&self.model, ids.len() + opts.max_new_tokens)?;
+
+        let t = Instant::now();
+        let embeds = self.prompt_embeds(&ids, reuse, &frame.embeds)?;
+        let logits = self.state.forward(&self.model, embeds, pos.ids.slice(s![.., reuse..]).to_owned(), 1)?;
+        self.resident = Some((frame.id, reuse));
+        let prefill_ms = ms(t);
+
         let mut stops = self.model.manifest.generation.eos_token_ids.clone();
         stops.push(special.im_end);
-        let mut logits = self.step(embeds, pos.ids.clone(), 0, &mut cache)?;
-        let mut out = Vec::new();
-        while out.len() < max_new_tokens {
-            let next =
-                logits.iter().enumerate().fold((0usize, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
-                    as u32;
+        let mut history = ids.clone();
+        let mut out: Vec<u32> = Vec::new();
+        let mut decode_ms = Vec::new();
+        let mut row = logits.row(0).to_vec();
+        let tokenizer = Arc::clone(&self.prompt.tokenizer.inner);
+        let mut stream = tokenizer.decode_stream(true);
+        let stop = loop {
+            let next = sampler.sample(&mut row, &history)?;
+            sampler.accept(next)?;
             out.push(next);
-            if stops.contains(&next) || out.len() == max_new_tokens {
-                break;
+            history.push(next);
+            let piece = stream
+                .step(next)
+                .map_err(|e| Error::Tokenizer { path: self.prompt.tokenizer.path.clone(), reason: e.to_string() })?;
+            let event = TokenEvent { index: out.len() - 1, id: next, text: piece.as_deref().unwrap_or("") };
+            if on_token(&event).is_break() {
+                break StopReason::Callback;
             }
-            let index = ids.len() + out.len() - 1;
-            let p = pos.position_after_prompt(index);
-            let e = self.embed(&[next])?;
-            logits = self.step(e, Array2::from_elem((3, 1), p), index, &mut cache)?;
-        }
-        let text = self.prompt.tokenizer.decode(&out, true)?;
-        Ok(Generation { token_ids: out, text, prompt_tokens: ids.len() })
+            if stops.contains(&next) {
+                break StopReason::EndOfTurn;
+            }
+            if out.len() == opts.max_new_tokens {
+                break StopReason::MaxNewTokens;
+            }
+            let t = Instant::now();
+            let logits = self.forward_tokens(&[next], pos.delta, 1)?;
+            row = logits.row(0).to_vec();
+            decode_ms.push(ms(t));
+        };
+        let raw = self.prompt.tokenizer.decode(&out, true)?;
+        let ft = &frame.timings;
+        let timings = Timings {
+            preprocess_ms: ft.preprocess_ms,
+            vision_ms: ft.vision_ms,
+            prefix_prefill_ms: ft.prefix_prefill_ms,
+            prefill_ms,
+            decode_ms,
+        };
+        Ok(Answer {
+            response: parse_response(&raw, &Rules::new((w, h), question)),
+            raw,
+            token_ids: out,
+            prompt_tokens: ids.len(),
+            reused_prompt_tokens: reuse,
+            stop,
+            timings,
+        })
     }
 }

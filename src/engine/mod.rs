@@ -1,14 +1,16 @@
-//! ONNX Runtime: locating and loading the shared library ([`ort_lib`]), an exported model's
-//! sessions ([`model`]) and the first engine ([`engine`]: frames, greedy generation). Execution
-//! providers other than CPU, IoBinding, the sampling chain and frame KV reuse arrive with the
-//! runtime issue.
+//! ONNX Runtime: locating and loading the shared library ([`ort_lib`]), the execution provider
+//! ([`device`]), an exported model's sessions ([`model`]), the decoder and its KV cache
+//! ([`decoder`]) and the engine that ties them to a frame and a question ([`engine`]).
 
+pub mod decoder;
+pub mod device;
 #[allow(clippy::module_inception)]
 pub mod engine;
 pub mod model;
 pub mod ort_lib;
 
-pub use engine::{Engine, Frame, Generation};
+pub use decoder::{DecoderState, KvSnapshot};
+pub use device::Device;
+pub use engine::{Answer, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent};
 pub use model::{ExportedModel, SessionOptions};
-
 pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

@@ -1,9 +1,13 @@
-//! An exported model directory opened for inference: its manifest and one ORT session per graph.
+//! An exported model directory opened for inference: its manifest and one ORT session per
+//! graph, on the chosen execution provider. Sessions sit behind mutexes so one loaded model can
+//! serve several [`crate::engine::Engine`]s (clones) across threads.
 
+use super::device::Device;
 use crate::error::{Error, Result};
 use ort::session::Session;
 use st_checkpoint::Manifest;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 /// Session settings.
 #[derive(Debug, Clone, Default)]
@@ -12,48 +16,95 @@ pub struct SessionOptions {
     pub ort_lib: Option<PathBuf>,
     /// Intra-op threads (ORT's default when `None`).
     pub threads: Option<usize>,
+    pub device: Device,
+    /// When the device's provider cannot be had, run on CPU (logged) instead of failing.
+    pub cpu_fallback: bool,
+}
+
+/// One graph's session.
+pub struct Graph {
+    pub name: &'static str,
+    session: Mutex<Session>,
+}
+
+impl Graph {
+    pub fn lock(&self) -> Result<MutexGuard<'_, Session>> {
+        self.session.lock().map_err(|_| Error::Ort {
+            context: format!("{} graph", self.name),
+            reason: "a thread panicked while running it; reload the model".into(),
+        })
+    }
 }
 
 pub struct ExportedModel {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    pub vision: Session,
-    pub embed: Session,
-    pub decoder: Session,
+    pub vision: Graph,
+    pub embed: Graph,
+    pub decoder: Graph,
     /// The decoder takes GroupQueryAttention inputs (`seqlens_k`) rather than a bias.
     pub decoder_uses_gqa: bool,
+    /// The device the sessions run on (CPU after a fallback).
+    pub device: Device,
+}
+
+fn open_graph(
+    dir: &Path,
+    manifest: &Manifest,
+    name: &'static str,
+    device: &Device,
+    opts: &SessionOptions,
+) -> Result<Graph> {
+    let env = &crate::engine::init_ort(opts.ort_lib.as_deref())?.environment;
+    let spec = manifest.graphs.get(name).ok_or_else(|| Error::Ort {
+        context: format!("{}", dir.join("manifest.json").display()),
+        reason: format!("no `{name}` graph listed"),
+    })?;
+    let path = dir.join(&spec.file);
+    if !path.is_file() {
+        return Err(Error::Checkpoint(st_checkpoint::Error::MissingFile { path }));
+    }
+    let ort_err = |e: String| Error::Ort { context: path.display().to_string(), reason: e };
+    let mut builder = Session::builder(env).map_err(|e| ort_err(e.to_string()))?;
+    if let Some(n) = opts.threads {
+        builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.to_string()))?;
+    }
+    device.register(&mut builder)?;
+    let session = builder.commit_from_file(&path).map_err(|e| match device {
+        Device::Cpu => ort_err(e.to_string()),
+        _ => Error::Provider {
+            device: device.to_string(),
+            reason: format!("{}: {e}", path.display()),
+            hint: super::device::GPU_HINT,
+        },
+    })?;
+    Ok(Graph { name, session: Mutex::new(session) })
 }
 
 impl ExportedModel {
-    /// Open `dir` (written by `st export`): check its manifest, then load each graph it lists.
+    /// Open `dir` (written by `st export`): check its manifest, then load each graph it lists on
+    /// `opts.device`, falling back to CPU only when `opts.cpu_fallback` allows it.
     pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Self> {
         let manifest = Manifest::from_dir(dir)?;
-        let env = &crate::engine::init_ort(opts.ort_lib.as_deref())?.environment;
-        let open = |name: &str| -> Result<Session> {
-            let spec = manifest.graphs.get(name).ok_or_else(|| Error::Ort {
-                context: format!("{}", dir.join("manifest.json").display()),
-                reason: format!("no `{name}` graph listed"),
-            })?;
-            let path = dir.join(&spec.file);
-            if !path.is_file() {
-                return Err(Error::Checkpoint(st_checkpoint::Error::MissingFile { path }));
+        let library = &crate::engine::init_ort(opts.ort_lib.as_deref())?.library;
+        let attempt = |device: &Device| -> Result<(Graph, Graph, Graph)> {
+            device.check_available(&library.path)?;
+            Ok((
+                open_graph(dir, &manifest, "vision", device, opts)?,
+                open_graph(dir, &manifest, "embed", device, opts)?,
+                open_graph(dir, &manifest, "decoder", device, opts)?,
+            ))
+        };
+        let (device, (vision, embed, decoder)) = match attempt(&opts.device) {
+            Ok(g) => (opts.device.clone(), g),
+            Err(e @ Error::Provider { .. }) if opts.cpu_fallback => {
+                tracing::warn!("{e}; running on CPU instead");
+                (Device::Cpu, attempt(&Device::Cpu)?)
             }
-            let ort_err = |e: String| Error::Ort { context: path.display().to_string(), reason: e };
-            let mut builder = Session::builder(env).map_err(|e| ort_err(e.to_string()))?;
-            if let Some(n) = opts.threads {
-                builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.to_string()))?;
-            }
-            builder.commit_from_file(&path).map_err(|e| ort_err(e.to_string()))
+            Err(e) => return Err(e),
         };
         let decoder_uses_gqa =
             manifest.graphs.get("decoder").is_some_and(|g| g.inputs.iter().any(|i| i.name == "seqlens_k"));
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            vision: open("vision")?,
-            embed: open("embed")?,
-            decoder: open("decoder")?,
-            decoder_uses_gqa,
-            manifest,
-        })
+        Ok(Self { dir: dir.to_path_buf(), vision, embed, decoder, decoder_uses_gqa, device, manifest })
     }
 }

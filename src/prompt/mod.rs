@@ -29,7 +29,11 @@ pub fn spatialthinker_text(width: u32, height: u32, question: &str) -> Result<St
             reason: format!("is {} bytes, above the limit of {MAX_QUESTION_BYTES}", q.len()),
         });
     }
-    Ok(format!("{INSTRUCTION}\n\nImage size: {width} x {height}\n\n{question}"))
+    Ok(user_text(width, height, question))
+}
+
+fn user_text(width: u32, height: u32, question: &str) -> String {
+    format!("{INSTRUCTION}\n\nImage size: {width} x {height}\n\n{question}")
 }
 
 /// Renders and tokenizes prompts for one checkpoint.
@@ -50,6 +54,20 @@ impl PromptBuilder {
         let text = spatialthinker_text(width, height, question)?;
         let messages = [Message::user(vec![Content::Image, Content::Text(text)])];
         self.template.render(&messages, true)
+    }
+
+    /// The question-independent start of every prompt about one image: the tokens up to the end
+    /// of the user's text before the question (rendered with an empty question and cut at the
+    /// user turn's end). Callers reuse it only as far as it matches a real prompt token for token.
+    pub fn frame_prefix(&self, width: u32, height: u32, image_tokens: usize) -> Result<Vec<u32>> {
+        let messages = [Message::user(vec![Content::Image, Content::Text(user_text(width, height, ""))])];
+        let mut ids = self.encode(&self.template.render(&messages, false)?, &[image_tokens])?;
+        let special = self.tokenizer.special;
+        let image_end = ids.iter().rposition(|&t| t == special.image_pad).unwrap_or(0);
+        if let Some(end) = ids[image_end..].iter().position(|&t| t == special.im_end) {
+            ids.truncate(image_end + end);
+        }
+        Ok(ids)
     }
 
     /// Token ids of `text` with the i-th `<|image_pad|>` repeated `image_tokens[i]` times.

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, FIXTURES, spatialthinker_messages  # noqa: E402
 import images  # noqa: E402
 import model_goldens  # noqa: E402
+import sampling_goldens  # noqa: E402
 import tiny_models  # noqa: E402
 
 
@@ -80,6 +81,7 @@ def main():
     tiny_models.rewrite_lm_names(FIXTURES / "models" / "tiny-b", FIXTURES / "models" / "tiny-b-lm-names")
     smart_resize_table(FIXTURES / "goldens" / "smart_resize.json")
     real_tokenizer_ids(img_dir, FIXTURES / "goldens" / "qwen-tokenizer")
+    sampling_goldens.write(FIXTURES / "goldens" / "sampling.json")
     print(json.dumps(summary, indent=1))
 
 
