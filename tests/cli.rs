@@ -119,3 +119,52 @@ fn doctor_finds_loads_and_reports_bad_libraries() {
     std::fs::write(&fake, b"not a shared library").unwrap();
     fails_cleanly(&["doctor", "--ort-lib", fake.to_str().unwrap()], fake.to_str().unwrap());
 }
+
+#[test]
+fn run_draws_streams_and_bench_reports() {
+    let cache = tempfile::tempdir().unwrap();
+    let tiny = model("tiny");
+    let chelsea = image("chelsea.png");
+    let drawn = cache.path().join("out.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .env("ST_CACHE_DIR", cache.path())
+        .args([chelsea.to_str().unwrap(), QUESTION, "--max-new-tokens", "5", "--stream", "--temperature", "0.8"])
+        .args(["--seed", "3", "--top-k", "40", "--draw", drawn.to_str().unwrap(), "--model", tiny.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("observe:") && stdout.contains("answer:") && stdout.contains("valid: no"), "{stdout}");
+    assert_eq!(image::image_dimensions(&drawn).unwrap(), (451, 300));
+    // Unavailable device without fallback: a clear error naming the provider library.
+    let args = [chelsea.to_str().unwrap(), QUESTION, "--device", "cuda", "--model", tiny.to_str().unwrap()];
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run")).env("ST_CACHE_DIR", cache.path()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("libonnxruntime_providers_cuda.so"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = st()
+        .env("ST_CACHE_DIR", cache.path())
+        .args(["bench", "--runs", "2", "--tokens", "4", "--json", "--max-pixels", "37632", "--model"])
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "preprocess_ms",
+        "vision_ms",
+        "prefix_prefill_ms",
+        "question_prefill_ms",
+        "ttft_new_frame_ms",
+        "ttft_same_frame_ms",
+        "decode_tokens_per_s",
+    ] {
+        let s = &v["results"][key];
+        let (lo, mid, hi) = (s["min"].as_f64().unwrap(), s["median"].as_f64().unwrap(), s["max"].as_f64().unwrap());
+        assert!(lo <= mid && mid <= hi && lo >= 0.0, "{key}: {s}");
+    }
+    assert_eq!(v["workload"]["decode_tokens"], 4);
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0 && v["host"]["device"] == "cpu");
+}

@@ -10,5 +10,6 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    st::cli::init_logging();
     st::cli::run::run(Args::parse().run)
 }

@@ -1,6 +1,7 @@
 //! Command-line front doors: clap arguments and one file per subcommand. The binaries' `main` is one
 //! `match` over [`Command`].
 
+pub mod bench;
 pub mod doctor;
 pub mod export;
 pub mod inspect;
@@ -24,6 +25,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Export a Hugging Face checkpoint to ONNX graphs and a manifest.
     Export(export::ExportArgs),
+    /// Time the whole path (TTFT split, decode tokens/s, peak RSS) on this device.
+    Bench(bench::BenchArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
 }
@@ -96,4 +99,11 @@ impl ModelArgs {
         b.max_pixels = pixels.max_pixels.unwrap_or(b.max_pixels);
         Ok(engine)
     }
+}
+
+/// Log warnings (e.g. a CPU fallback) to stderr; `RUST_LOG` overrides the level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -66,12 +66,15 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Reuse the frame's prefix KV (off: prefill the whole prompt, for comparison).
     pub reuse_prefix: bool,
+    /// Keep generating through end-of-turn tokens up to `max_new_tokens` (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
     /// SpatialThinker's evaluation settings: greedy, up to 2048 new tokens.
     fn default() -> Self {
-        Self { max_new_tokens: 2048, sampling: SamplingParams::default(), reuse_prefix: true }
+        Self { max_new_tokens: 2048, sampling: SamplingParams::default(), reuse_prefix: true, ignore_eos: false }
     }
 }
 
@@ -362,7 +365,7 @@ impl Engine {
             if on_token(&event).is_break() {
                 break StopReason::Callback;
             }
-            if stops.contains(&next) {
+            if stops.contains(&next) && !opts.ignore_eos {
                 break StopReason::EndOfTurn;
             }
             if out.len() == opts.max_new_tokens {
