@@ -9,6 +9,8 @@ QWEN_TOKENIZER := .cache/qwen2.5-vl-tokenizer/tokenizer.json
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.installed
 CARGO ?= cargo
+# HF checkpoints given as --model are exported once into this cache (tests and demo included).
+export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
@@ -31,7 +33,7 @@ qwen-tokenizer: $(QWEN_TOKENIZER)
 
 demo: venv
 	$(CARGO) build --release --bins
-	ST_CACHE_DIR=target/st-cache ./target/release/st-run $(DEMO_IMAGE) "$(DEMO_QUESTION)" --max-new-tokens 48
+	./target/release/st-run $(DEMO_IMAGE) "$(DEMO_QUESTION)" --max-new-tokens 48
 	@echo
 	@echo "The bundled tiny model has random weights, so its answer is noise by design; point --model (or ST_MODEL)"
 	@echo "at SpatialThinker-7B for real answers. The model inputs, for comparison with Python:"
@@ -50,8 +52,9 @@ test: venv qwen-tokenizer
 		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b \
 		target/pytest-export/tiny-std tests/fixtures/goldens/tiny target/pytest-export/tiny-b-std tests/fixtures/goldens/tiny-b
 
-bench:
+bench: venv
 	$(CARGO) bench --bench preprocess
+	$(CARGO) bench --bench decode_step
 
 $(REF_STAMP): tests/reference/requirements.txt
 	$(PYTHON) -m venv $(REF_VENV)

@@ -10,6 +10,9 @@ pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] st_checkpoint::Error),
 
+    #[error(transparent)]
+    Export(#[from] st_export::Error),
+
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 

@@ -3,9 +3,31 @@
 //! The pipeline reads top to bottom in the module list: a Hugging Face checkpoint
 //! ([`st_checkpoint`]) → [`preprocess`] (image → `pixel_values`) → [`prompt`] (template,
 //! tokens) → [`rope`] (M-RoPE positions) → [`vision`] (index tensors of the vision graph) →
-//! [`engine`] (ONNX Runtime sessions over an `st export` directory: frames, generation).
+//! [`engine`] (ONNX Runtime sessions over an `st export` directory: frames, generation through
+//! the [`decode`] sampling chain) → [`scene`] (the typed answer: sections, scene graph, choice).
 //!
-//! ```no_run
+//! Load once, encode a camera frame once, ask it several questions (the second pays only for
+//! its own tokens), read the boxes:
+//!
+//! ```
+//! # fn main() -> Result<(), st::Error> {
+//! use st::engine::{Engine, GenerateOptions, SessionOptions};
+//! let mut engine = Engine::open("tests/fixtures/models/tiny".as_ref(), &SessionOptions::default())?;
+//! let frame = engine.encode_image("tests/fixtures/images/chelsea.png".as_ref())?;
+//! let opts = GenerateOptions { max_new_tokens: 32, ..Default::default() };
+//! for question in ["Is the cat left of the table? (A) yes (B) no", "Where is the cat? (A) left (B) right"] {
+//!     let answer = engine.ask(&frame, question, &opts)?;
+//!     for object in answer.response.scene.iter().flat_map(|scene| &scene.objects) {
+//!         println!("{} at {:?}", object.id, object.bbox);
+//!     }
+//!     println!("{:?} (valid: {}, {:.1} tok/s)", answer.response.answer, answer.response.valid, answer.timings.decode_tokens_per_s());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces underneath, for tools that need them (the prompt and positions without a model):
+//!
+//! ```
 //! # fn main() -> Result<(), st::Error> {
 //! use std::path::Path;
 //! let dir = Path::new("tests/fixtures/models/tiny");

@@ -82,7 +82,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Load the engine (exporting an HF checkpoint once into the cache) with `pixels` applied.
     pub fn engine(&self, pixels: &PixelArgs) -> anyhow::Result<crate::engine::Engine> {
-        let dir = run::exported_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
+        let dir = crate::engine::cache::exported_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
         let mut device = self.device.clone();
         if let crate::engine::Device::TensorRt { cache_dir, .. } = &mut device {
             cache_dir.clone_from(&self.trt_cache);
@@ -101,9 +101,9 @@ impl ModelArgs {
     }
 }
 
-/// Log warnings (e.g. a CPU fallback) to stderr; `RUST_LOG` overrides the level.
+/// Log st's notices and everyone's warnings (e.g. a CPU fallback) to stderr; `RUST_LOG` overrides the level.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("st=info,warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

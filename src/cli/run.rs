@@ -8,6 +8,8 @@ use crate::engine::{Answer, Engine, GenerateOptions};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+
+pub use crate::engine::cache::exported_model;
 use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
@@ -59,39 +61,6 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
         }
-    }
-}
-
-/// Where exported copies of checkpoints are kept: $ST_CACHE_DIR, else ~/.cache/st.
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ST_CACHE_DIR") {
-        return d.into();
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => Path::new(&h).join(".cache/st"),
-        None => std::env::temp_dir().join("st-cache"),
-    }
-}
-
-/// An exported model directory for `model`: itself when it has a manifest, else an fp32 export
-/// of the checkpoint, made once and reused while the checkpoint is unchanged.
-pub fn exported_model(model: &Path) -> anyhow::Result<PathBuf> {
-    if model.join(st_checkpoint::manifest::MANIFEST_FILE).is_file() {
-        return Ok(model.to_path_buf());
-    }
-    let ckpt = st_checkpoint::Checkpoint::open(model)?;
-    let key = ckpt.fingerprint()?.replace(':', "-");
-    let out = cache_dir().join(key);
-    if out.join(st_checkpoint::manifest::MANIFEST_FILE).is_file() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(cache_dir())?;
-    eprintln!("exporting {} to {} (once)", model.display(), out.display());
-    match st_export::export(model, &out, &st_export::ExportOptions::default()) {
-        Ok(_) => Ok(out),
-        // Another process finished the same export first.
-        Err(st_export::Error::OutputExists { .. }) if out.join("manifest.json").is_file() => Ok(out),
-        Err(e) => Err(e.into()),
     }
 }
 

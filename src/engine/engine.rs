@@ -171,6 +171,12 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 impl Engine {
+    /// Open `model`: an `st export` directory, or a Hugging Face checkpoint, exported (fp32)
+    /// once into [`cache::cache_dir`](super::cache::cache_dir) and reused.
+    pub fn open(model: &Path, opts: &SessionOptions) -> Result<Self> {
+        Self::load(&super::cache::exported_model(model)?, opts)
+    }
+
     /// Load an exported model directory.
     pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Self> {
         let model = ExportedModel::load(dir, opts)?;
@@ -292,6 +298,19 @@ impl Engine {
         let positions = Array2::from_shape_fn((3, tokens.len()), |(_, j)| start + j as i64);
         let embeds = self.embed_tokens(tokens)?;
         self.state.forward(&self.model, embeds, positions, keep)
+    }
+
+    /// Positions the decoder cache holds.
+    pub fn cached_tokens(&self) -> usize {
+        self.state.len
+    }
+
+    /// Drop cached positions from `len` on (e.g. to retry a step, or reject speculated tokens).
+    pub fn rewind(&mut self, len: usize) {
+        self.state.truncate(len);
+        if let Some((_, valid)) = &mut self.resident {
+            *valid = (*valid).min(len);
+        }
     }
 
     /// Answer `question` about `frame`.

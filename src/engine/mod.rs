@@ -2,6 +2,7 @@
 //! ([`device`]), an exported model's sessions ([`model`]), the decoder and its KV cache
 //! ([`decoder`]) and the engine that ties them to a frame and a question ([`engine`]).
 
+pub mod cache;
 pub mod decoder;
 pub mod device;
 #[allow(clippy::module_inception)]
