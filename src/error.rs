@@ -39,6 +39,9 @@ pub enum Error {
     #[error("{path}: special token {token:?} is not in the tokenizer")]
     MissingSpecialToken { path: PathBuf, token: String },
 
+    #[error("constrained decoding: {reason}")]
+    Grammar { reason: String },
+
     #[error("prompt: {reason}")]
     Prompt { reason: String },
 

@@ -85,6 +85,7 @@ fn st_run_json_reproduces_the_golden_tokens() {
                 "37632",
                 "--max-new-tokens",
                 "32",
+                "--no-grammar",
             ])
             .arg("--model")
             .arg(model(name))

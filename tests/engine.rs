@@ -19,8 +19,9 @@ fn engine(name: &str, attention: st_export::Attention, out: &std::path::Path) ->
     e
 }
 
+/// Greedy and unconstrained, as transformers' `generate` (the grammar has its own tests).
 fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: n, ..Default::default() }
+    GenerateOptions { max_new_tokens: n, grammar: false, ..Default::default() }
 }
 
 const ATTENTION: [st_export::Attention; 2] = [st_export::Attention::GroupQuery, st_export::Attention::Standard];
@@ -129,9 +130,8 @@ fn streaming_sampling_and_threads() {
     assert!(a.raw.starts_with(&pieces) && a.raw.len() - pieces.len() <= 4, "{pieces:?} vs {:?}", a.raw);
     // Seeded sampling: reproducible, and different from greedy.
     let sample = |seed| GenerateOptions {
-        max_new_tokens: 16,
         sampling: st::decode::SamplingParams { temperature: Some(1.5), seed, ..Default::default() },
-        ..Default::default()
+        ..greedy(16)
     };
     let s1 = e.ask(&frame, QUESTION, &sample(1)).unwrap().token_ids;
     assert_eq!(s1, e.ask(&frame, QUESTION, &sample(1)).unwrap().token_ids);

@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Tokens decoded per run (end-of-turn ignored so every run decodes the same count).
     #[arg(long, default_value_t = 32)]
     pub tokens: usize,
+    /// Decode without the output grammar.
+    #[arg(long)]
+    pub no_grammar: bool,
     #[command(flatten)]
     pub pixels: super::PixelArgs,
     /// Print one JSON object instead of a table.
@@ -105,7 +108,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .image
         .clone()
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/chelsea.png"));
-    let opts = GenerateOptions { max_new_tokens: args.tokens.max(2), ignore_eos: true, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: args.tokens.max(2),
+        ignore_eos: true,
+        grammar: !args.no_grammar,
+        ..Default::default()
+    };
     let mut cols: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
     let mut workload = serde_json::Value::Null;
     for run in 0..=args.runs {
@@ -117,7 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "image": image, "original_size": frame.image.original_size, "resized_size": frame.image.resized_size,
                 "prompt_tokens": first.prompt_tokens, "frame_prefix_tokens": frame.timings.prefix_tokens,
                 "question_tokens": first.prompt_tokens - first.reused_prompt_tokens,
-                "decode_tokens": first.token_ids.len(), "runs": args.runs,
+                "decode_tokens": first.token_ids.len(), "runs": args.runs, "grammar": !args.no_grammar,
             });
             continue; // warm-up
         }
@@ -129,8 +137,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         push("question_prefill_ms", t.prefill_ms);
         push("ttft_new_frame_ms", t.preprocess_ms + t.vision_ms + t.prefix_prefill_ms + t.prefill_ms);
         push("ttft_same_frame_ms", second.timings.prefill_ms);
-        let decode: Vec<f64> = t.decode_ms.iter().chain(&second.timings.decode_ms).copied().collect();
-        let per_token = decode.iter().sum::<f64>() / decode.len().max(1) as f64;
+        let passes: f64 = t.decode_ms.iter().chain(&second.timings.decode_ms).sum();
+        let tokens = t.decode_tokens + second.timings.decode_tokens;
+        let per_token = passes / tokens.max(1) as f64;
         push("decode_ms_per_token", per_token);
         push("decode_tokens_per_s", 1e3 / per_token);
     }

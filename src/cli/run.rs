@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Write the image with the scene graph's boxes and labels drawn (PNG/JPEG by extension).
     #[arg(long, value_name = "OUT")]
     pub draw: Option<PathBuf>,
+    /// Generate without the output grammar (for comparison; the grammar makes every answer valid).
+    #[arg(long)]
+    pub no_grammar: bool,
     /// Print tokens to stderr as they are generated.
     #[arg(long)]
     pub stream: bool,
@@ -116,8 +119,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut engine = args.model.engine(&args.pixels)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let frame = engine.encode_image(&args.image)?;
-    let opts =
-        GenerateOptions { max_new_tokens: args.max_new_tokens, sampling: args.sampling.params(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: args.sampling.params(),
+        grammar: !args.no_grammar,
+        ..Default::default()
+    };
     let answer = engine.ask_streaming(&frame, &args.question, &opts, |t| {
         if args.stream {
             eprint!("{}", t.text);

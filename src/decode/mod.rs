@@ -1,7 +1,9 @@
 //! Choosing the next token: a chain of small sampling stages (llama.cpp's sampler chain, in
 //! Hugging Face's order: repetition penalty → temperature → top-k → top-p), then a greedy or a
-//! seeded random pick. A grammar stage joins the same chain (`Sampler::push_front`).
+//! seeded random pick. The [`grammar`] stage joins the same chain first (`Sampler::push_front`)
+//! and may force tokens, which the engine appends without sampling, several per decoder pass.
 
+pub mod grammar;
 mod sampler;
 
 pub use sampler::{Pick, RepetitionPenalty, Sampler, SamplingParams, Stage, Temperature, TopK, TopP};

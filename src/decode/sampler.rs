@@ -12,9 +12,13 @@ pub trait Stage: Send {
     fn name(&self) -> &'static str;
     /// Transform `logits` given every token so far (prompt then generated).
     fn apply(&mut self, logits: &mut [f32], history: &[u32]) -> Result<()>;
-    /// The token chosen after this stage ran.
+    /// The token chosen after this stage ran (or forced).
     fn accept(&mut self, _token: u32) -> Result<()> {
         Ok(())
+    }
+    /// Tokens this stage forces next (appended without sampling, in one decoder pass).
+    fn forced(&mut self) -> Result<Vec<u32>> {
+        Ok(Vec::new())
     }
 }
 
@@ -236,6 +240,17 @@ impl Sampler {
             }
         };
         Ok(id as u32)
+    }
+
+    /// Tokens a stage forces next (the first stage that forces any).
+    pub fn forced(&mut self) -> Result<Vec<u32>> {
+        for s in &mut self.stages {
+            let f = s.forced()?;
+            if !f.is_empty() {
+                return Ok(f);
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Tell every stage which token was chosen (or forced).

@@ -8,6 +8,7 @@
 
 use super::decoder::{DecoderState, KvSnapshot};
 use super::model::{ExportedModel, SessionOptions};
+use crate::decode::grammar::{Bounds, GrammarFactory, OutputSpec};
 use crate::decode::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::preprocess::{ImageNorm, PatchGeometry, PixelBounds, PreprocessOptions, PreprocessedImage, Preprocessor};
@@ -19,8 +20,8 @@ use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
@@ -69,12 +70,23 @@ pub struct GenerateOptions {
     /// Keep generating through end-of-turn tokens up to `max_new_tokens` (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Constrain the output to a valid response (SPEC §4) by construction (`--no-grammar` off).
+    pub grammar: bool,
+    /// Token budgets of the free-text sections and sizes of the scene under the grammar.
+    pub bounds: Bounds,
 }
 
 impl Default for GenerateOptions {
     /// SpatialThinker's evaluation settings: greedy, up to 2048 new tokens.
     fn default() -> Self {
-        Self { max_new_tokens: 2048, sampling: SamplingParams::default(), reuse_prefix: true, ignore_eos: false }
+        Self {
+            max_new_tokens: 2048,
+            sampling: SamplingParams::default(),
+            reuse_prefix: true,
+            ignore_eos: false,
+            grammar: true,
+            bounds: Bounds::default(),
+        }
     }
 }
 
@@ -97,15 +109,17 @@ pub struct Timings {
     pub prefix_prefill_ms: f64,
     /// Prefill of this question's tokens after the reused prefix.
     pub prefill_ms: f64,
-    /// Each decode step after the first token.
+    /// Each decoder pass after the first token (a pass may take several forced tokens).
     pub decode_ms: Vec<f64>,
+    /// Tokens those passes produced.
+    pub decode_tokens: usize,
 }
 
 impl Timings {
-    /// Decode tokens per second (steps after the first token).
+    /// Tokens per second of the decoder passes after the first token.
     pub fn decode_tokens_per_s(&self) -> f64 {
         let total: f64 = self.decode_ms.iter().sum();
-        if total > 0.0 { self.decode_ms.len() as f64 * 1e3 / total } else { 0.0 }
+        if total > 0.0 { self.decode_tokens as f64 * 1e3 / total } else { 0.0 }
     }
 }
 
@@ -141,6 +155,8 @@ pub struct Engine {
     state: DecoderState,
     /// The frame whose prefix fills the cache's first positions, and how many are still valid.
     resident: Option<(u64, usize)>,
+    /// The token trie for constrained decoding, built at first use and shared by clones.
+    grammar: Arc<OnceLock<GrammarFactory>>,
 }
 
 impl Clone for Engine {
@@ -153,6 +169,7 @@ impl Clone for Engine {
             prompt: self.prompt.clone(),
             state: DecoderState::new(&self.model),
             resident: None,
+            grammar: Arc::clone(&self.grammar),
         }
     }
 }
@@ -193,6 +210,7 @@ impl Engine {
             prompt,
             state,
             resident: None,
+            grammar: Arc::default(),
             model: model.into(),
         })
     }
@@ -300,6 +318,26 @@ impl Engine {
         self.state.forward(&self.model, embeds, positions, keep)
     }
 
+    /// Ids that end a turn: the generation config's end-of-sequence ids and `<|im_end|>`.
+    pub fn end_of_turn(&self) -> Vec<u32> {
+        let mut stops = self.model.manifest.generation.eos_token_ids.clone();
+        stops.push(self.prompt.tokenizer.special.im_end);
+        stops.sort_unstable();
+        stops.dedup();
+        stops
+    }
+
+    /// The token trie of the model's tokenizer (built once, shared by clones).
+    pub fn grammar_factory(&self) -> Result<&GrammarFactory> {
+        if let Some(g) = self.grammar.get() {
+            return Ok(g);
+        }
+        let path = self.model.dir.join("tokenizer.json");
+        let vocab = self.model.manifest.config.text.vocab_size;
+        let g = GrammarFactory::from_tokenizer_file(&path, vocab, self.end_of_turn())?;
+        Ok(self.grammar.get_or_init(|| g))
+    }
+
     /// Positions the decoder cache holds.
     pub fn cached_tokens(&self) -> usize {
         self.state.len
@@ -348,6 +386,10 @@ impl Engine {
         }
         let special = self.prompt.tokenizer.special;
         let pos = crate::rope::mrope_positions(&ids, special.image_pad, &[frame.image.grid_thw], merge)?;
+        if opts.grammar {
+            let spec = OutputSpec::new((w, h), question, opts.bounds.clone());
+            sampler.push_front(Box::new(self.grammar_factory()?.matcher(spec)));
+        }
 
         // Reuse the frame's prefix KV as far as it matches; at least one token is prefilled.
         let reuse = if opts.reuse_prefix { common_prefix(&frame.prefix_ids, &ids).min(ids.len() - 1) } else { 0 };
@@ -364,34 +406,48 @@ impl Engine {
         self.resident = Some((frame.id, reuse));
         let prefill_ms = ms(t);
 
-        let mut stops = self.model.manifest.generation.eos_token_ids.clone();
-        stops.push(special.im_end);
+        let stops = self.end_of_turn();
         let mut history = ids.clone();
         let mut out: Vec<u32> = Vec::new();
         let mut decode_ms = Vec::new();
         let mut row = logits.row(0).to_vec();
         let tokenizer = Arc::clone(&self.prompt.tokenizer.inner);
         let mut stream = tokenizer.decode_stream(true);
-        let stop = loop {
+        let tok_path = self.prompt.tokenizer.path.clone();
+        // Append one token (sampled or forced): stream it, and say whether generation ends.
+        let mut push = |t: u32, out: &mut Vec<u32>, history: &mut Vec<u32>| -> Result<Option<StopReason>> {
+            out.push(t);
+            history.push(t);
+            let piece =
+                stream.step(t).map_err(|e| Error::Tokenizer { path: tok_path.clone(), reason: e.to_string() })?;
+            let event = TokenEvent { index: out.len() - 1, id: t, text: piece.as_deref().unwrap_or("") };
+            Ok(if on_token(&event).is_break() {
+                Some(StopReason::Callback)
+            } else if stops.contains(&t) && !opts.ignore_eos {
+                Some(StopReason::EndOfTurn)
+            } else if out.len() == opts.max_new_tokens {
+                Some(StopReason::MaxNewTokens)
+            } else {
+                None
+            })
+        };
+        let stop = 'generate: loop {
             let next = sampler.sample(&mut row, &history)?;
             sampler.accept(next)?;
-            out.push(next);
-            history.push(next);
-            let piece = stream
-                .step(next)
-                .map_err(|e| Error::Tokenizer { path: self.prompt.tokenizer.path.clone(), reason: e.to_string() })?;
-            let event = TokenEvent { index: out.len() - 1, id: next, text: piece.as_deref().unwrap_or("") };
-            if on_token(&event).is_break() {
-                break StopReason::Callback;
+            let mut step = vec![next];
+            if let Some(stop) = push(next, &mut out, &mut history)? {
+                break stop;
             }
-            if stops.contains(&next) && !opts.ignore_eos {
-                break StopReason::EndOfTurn;
-            }
-            if out.len() == opts.max_new_tokens {
-                break StopReason::MaxNewTokens;
+            // Tokens the grammar forces go into the same decoder pass.
+            for f in sampler.forced()? {
+                sampler.accept(f)?;
+                step.push(f);
+                if let Some(stop) = push(f, &mut out, &mut history)? {
+                    break 'generate stop;
+                }
             }
             let t = Instant::now();
-            let logits = self.forward_tokens(&[next], pos.delta, 1)?;
+            let logits = self.forward_tokens(&step, pos.delta, 1)?;
             row = logits.row(0).to_vec();
             decode_ms.push(ms(t));
         };
@@ -402,6 +458,7 @@ impl Engine {
             vision_ms: ft.vision_ms,
             prefix_prefill_ms: ft.prefix_prefill_ms,
             prefill_ms,
+            decode_tokens: out.len().saturating_sub(1),
             decode_ms,
         };
         Ok(Answer {

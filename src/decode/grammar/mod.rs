@@ -1,0 +1,214 @@
+//! Grammar-constrained decoding: every answer is a valid scene graph, syntactically and
+//! semantically (SPEC §4), by construction.
+//!
+//! Following llguidance's loop: one [`GrammarFactory`] per tokenizer (toktrie's token trie over
+//! the model's `tokenizer.json`, padded to the logits' vocabulary), one [`SceneMatcher`] per
+//! request; `compute_mask → sample → commit`. The rules are a byte-level recognizer
+//! ([`recognizer`]) walked over the token trie, because a context-free grammar cannot say
+//! "x2 > x1" or "an id declared above" (docs/GRAMMAR.md explains the choice). Errors are sticky:
+//! after one, every call reports it.
+
+pub mod recognizer;
+pub mod spec;
+
+pub use recognizer::{SceneRecognizer, SceneRules, Section, State};
+pub use spec::{Bounds, OutputSpec};
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::sync::Arc;
+use toktrie::{SimpleVob, TokEnv};
+
+/// The token trie of one tokenizer, shared by every request.
+#[derive(Clone)]
+pub struct GrammarFactory {
+    env: TokEnv,
+    /// Tokens that end the turn (allowed once the answer is complete).
+    end_of_turn: Vec<u32>,
+}
+
+impl std::fmt::Debug for GrammarFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammarFactory").field("vocab", &self.env.tok_trie().vocab_size()).finish()
+    }
+}
+
+impl GrammarFactory {
+    /// Build the trie of `tokenizer.json`, padded to `vocab_size` logits; `end_of_turn` are the
+    /// ids that may close a complete answer.
+    pub fn from_tokenizer_file(path: &Path, vocab_size: usize, end_of_turn: Vec<u32>) -> Result<Self> {
+        let err = |e: anyhow::Error| Error::Tokenizer { path: path.to_path_buf(), reason: format!("token trie: {e}") };
+        let tok = toktrie_hf_tokenizers::ByteTokenizer::from_file(path).map_err(err)?;
+        let env = tok.into_tok_env(Some(vocab_size)).map_err(err)?;
+        if let Some(&bad) = end_of_turn.iter().find(|&&t| t as usize >= env.tok_trie().vocab_size()) {
+            return Err(Error::Tokenizer {
+                path: path.to_path_buf(),
+                reason: format!("end-of-turn id {bad} is outside the vocabulary"),
+            });
+        }
+        Ok(Self { env, end_of_turn })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.env.tok_trie().vocab_size()
+    }
+
+    /// A matcher for one request.
+    pub fn matcher(&self, spec: OutputSpec) -> SceneMatcher {
+        let rules = Arc::new(SceneRules::new(spec));
+        SceneMatcher { state: rules.initial(), rules, factory: self.clone(), error: None }
+    }
+}
+
+/// The grammar state of one generation.
+pub struct SceneMatcher {
+    factory: GrammarFactory,
+    rules: Arc<SceneRules>,
+    state: State,
+    error: Option<String>,
+}
+
+impl SceneMatcher {
+    fn check(&self) -> Result<()> {
+        match &self.error {
+            Some(e) => Err(Error::Grammar { reason: e.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, reason: String) -> Error {
+        self.error.get_or_insert(reason.clone());
+        Error::Grammar { reason }
+    }
+
+    /// True once the answer is complete (only end-of-turn tokens remain).
+    pub fn is_done(&self) -> bool {
+        self.state.is_done()
+    }
+
+    /// The tokens allowed next.
+    pub fn compute_mask(&mut self) -> Result<SimpleVob> {
+        self.check()?;
+        let trie = self.factory.env.tok_trie();
+        let mut set = trie.alloc_token_set();
+        if self.state.is_done() {
+            self.factory.end_of_turn.iter().for_each(|&t| set.allow_token(t));
+        } else {
+            let mut rec = SceneRecognizer { rules: &self.rules, stack: vec![self.state.clone()] };
+            trie.add_bias(&mut rec, &mut set, &[]);
+        }
+        if set.num_set() == 0 {
+            return Err(
+                self.fail("no token can continue the output (the vocabulary lacks the bytes the rules need)".into())
+            );
+        }
+        Ok(set)
+    }
+
+    /// Advance by `token` (sampled or forced).
+    pub fn commit(&mut self, token: u32) -> Result<()> {
+        self.check()?;
+        if self.state.is_done() {
+            return if self.factory.end_of_turn.contains(&token) {
+                Ok(())
+            } else {
+                Err(self.fail(format!("token {token} after the complete answer")))
+            };
+        }
+        let bytes = self.factory.env.tok_trie().token(token).to_vec();
+        let section = self.state.text_section();
+        let mut s = self.state.clone();
+        for &b in &bytes {
+            s = match self.rules.step(&s, b) {
+                Some(n) => n,
+                None => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    return Err(self.fail(format!("token {token} ({text:?}) breaks the output rules")));
+                }
+            };
+        }
+        // A token that starts in a free-text section counts against its budget.
+        if let (Some(sec), Some(now)) = (section, s.text_section())
+            && sec == now
+        {
+            s.section_tokens += 1;
+            let b = &self.rules.spec.bounds;
+            let limit = match sec {
+                Section::Observe => b.observe_tokens,
+                Section::Think => b.think_tokens,
+                Section::Answer => b.answer_tokens,
+            };
+            s.force_close = s.section_tokens >= limit;
+        }
+        self.state = s;
+        Ok(())
+    }
+
+    /// Bytes the rules force next (each the only byte allowed), up to `max`.
+    pub fn forced_bytes(&self, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut s = self.state.clone();
+        while out.len() < max {
+            let mut next = None;
+            for b in 0..=255u8 {
+                if let Some(n) = self.rules.step(&s, b) {
+                    if next.is_some() {
+                        return out;
+                    }
+                    next = Some((b, n));
+                }
+            }
+            let Some((b, n)) = next else { return out };
+            out.push(b);
+            s = n;
+        }
+        out
+    }
+
+    /// Tokens to append without sampling: the canonical tokenization of the forced bytes,
+    /// minus its last token (which the model may extend), or the single allowed token.
+    pub fn forced_tokens(&mut self) -> Result<Vec<u32>> {
+        self.check()?;
+        let bytes = self.forced_bytes(256);
+        let mut tokens = if bytes.is_empty() { Vec::new() } else { self.factory.env.tokenize_bytes(&bytes) };
+        tokens.pop();
+        if tokens.is_empty() {
+            let mask = self.compute_mask()?;
+            if mask.num_set() == 1 {
+                tokens.extend(mask.first_bit_set().map(|t| t as u32));
+            }
+        }
+        Ok(tokens)
+    }
+}
+
+impl crate::decode::Stage for SceneMatcher {
+    fn name(&self) -> &'static str {
+        "scene_grammar"
+    }
+
+    fn apply(&mut self, logits: &mut [f32], _history: &[u32]) -> Result<()> {
+        let mask = self.compute_mask()?;
+        if logits.len() != self.factory.vocab_size() {
+            return Err(self.fail(format!(
+                "the logits have {} entries, the token trie {}",
+                logits.len(),
+                self.factory.vocab_size()
+            )));
+        }
+        for (i, l) in logits.iter_mut().enumerate() {
+            if !mask.is_allowed(i as u32) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, token: u32) -> Result<()> {
+        self.commit(token)
+    }
+
+    fn forced(&mut self) -> Result<Vec<u32>> {
+        self.forced_tokens()
+    }
+}

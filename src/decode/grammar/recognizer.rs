@@ -1,0 +1,440 @@
+//! The SpatialThinker output as a byte-level recognizer (toktrie's [`Recognizer`]): every byte
+//! the model may write next is decided here, so the semantic rules of SPEC §4 hold by
+//! construction, not by checking afterwards:
+//!
+//! ```text
+//! <observe>TEXT</observe>\n<scene>\n{"objects": [OBJ, …], "relationships": [REL, …]}\n</scene>\n
+//! <think>TEXT</think>\n<answer> (X) option </answer>            (or <answer>TEXT</answer>)
+//! OBJ = {"id": "label.N", "bbox": [x1, y1, x2, y2]}    REL = {"subject": "ID", "predicate": "…", "object": "ID"}
+//! ```
+//!
+//! - boxes: integers without leading zeros, 0 ≤ x1 < x2 ≤ W and 0 ≤ y1 < y2 ≤ H — each digit is
+//!   allowed only if the number can still be completed inside its range (x2's range starts at x1 + 1);
+//! - ids: `[A-Za-z_]+\.[0-9]+`, the closing quote refused for an id already declared;
+//! - relationship ends: only prefixes of declared ids (a byte trie over them), none when no
+//!   object was declared;
+//! - the answer: one of the options' exact strings when the question offers options;
+//! - free text: any bytes but `<`, which starts the closing tag; once a section has used its
+//!   token budget, only its closing tag.
+//!
+//! The JSON layout is Python's `json.dumps` default (`", "` and `": "`), the layout of
+//! SpatialThinker's training scenes; the fixed parts are therefore forced bytes.
+
+use super::spec::OutputSpec;
+use arrayvec::ArrayVec;
+use std::sync::Arc;
+use toktrie::Recognizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Observe,
+    Think,
+    Answer,
+}
+
+impl Section {
+    fn close(self) -> &'static [u8] {
+        match self {
+            Section::Observe => b"</observe>",
+            Section::Think => b"</think>",
+            Section::Answer => b"</answer>",
+        }
+    }
+}
+
+/// Fixed byte strings and what follows each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lit {
+    Open,
+    SceneHead,
+    IdKey,
+    BboxKey,
+    ObjClose,
+    NextObj,
+    RelHead,
+    SubjKey,
+    PredKey,
+    ObjKey,
+    RelClose,
+    NextRel,
+    SceneTail,
+    AnswerHead,
+}
+
+impl Lit {
+    fn text(self) -> &'static [u8] {
+        match self {
+            Lit::Open => b"<observe>",
+            Lit::SceneHead => b"\n<scene>\n{\"objects\": [",
+            Lit::IdKey => b"\"id\": \"",
+            Lit::BboxKey => b", \"bbox\": [",
+            Lit::ObjClose => b"}",
+            Lit::NextObj => b" {\"id\": \"",
+            Lit::RelHead => b", \"relationships\": [",
+            Lit::SubjKey => b"\"subject\": \"",
+            Lit::PredKey => b", \"predicate\": \"",
+            Lit::ObjKey => b", \"object\": \"",
+            Lit::RelClose => b"}",
+            Lit::NextRel => b" {\"subject\": \"",
+            Lit::SceneTail => b"}\n</scene>\n<think>",
+            Lit::AnswerHead => b"\n<answer>",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Lit {
+        lit: Lit,
+        pos: u8,
+    },
+    /// Free text; `close` bytes of the closing tag matched so far.
+    Text {
+        section: Section,
+        close: u8,
+    },
+    /// An object's id; `dot` once the `.` is written (the id so far is in `buf`).
+    Id {
+        dot: bool,
+    },
+    /// Coordinate `coord` (0..4 = x1, y1, x2, y2) so far.
+    Num {
+        coord: u8,
+        value: u32,
+        digits: u8,
+    },
+    /// The space after a coordinate's comma.
+    Sep {
+        next: u8,
+    },
+    ObjectsStart,
+    AfterObject,
+    RelStart,
+    AfterRel,
+    /// A relationship end (prefix in `buf`).
+    Ref {
+        object: bool,
+    },
+    Predicate {
+        len: u8,
+    },
+    /// The answer after `<answer>`: a prefix (in `buf`) of one of the allowed tails.
+    Choice,
+    Done,
+}
+
+/// The state after some bytes. Cheap to clone: declared ids are shared until one is added.
+#[derive(Debug, Clone)]
+pub struct State {
+    phase: Phase,
+    buf: ArrayVec<u8, 96>,
+    x1: u32,
+    y1: u32,
+    objects: u32,
+    relationships: u32,
+    declared: Arc<Vec<Box<[u8]>>>,
+    /// Tokens committed in the current free-text section, and whether it must close now.
+    pub(super) section_tokens: u32,
+    pub(super) force_close: bool,
+}
+
+impl State {
+    fn initial() -> Self {
+        Self {
+            phase: Phase::Lit { lit: Lit::Open, pos: 0 },
+            buf: ArrayVec::new(),
+            x1: 0,
+            y1: 0,
+            objects: 0,
+            relationships: 0,
+            declared: Arc::new(Vec::new()),
+            section_tokens: 0,
+            force_close: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The free-text section a token starting here belongs to, if any.
+    pub fn text_section(&self) -> Option<Section> {
+        match self.phase {
+            Phase::Text { section, close: 0 } => Some(section),
+            _ => None,
+        }
+    }
+}
+
+/// The grammar of one request: the rules (`spec`) and the allowed answer tails.
+#[derive(Debug, Clone)]
+pub struct SceneRules {
+    pub spec: OutputSpec,
+    /// ` (A) text </answer>` for each option.
+    tails: Vec<Vec<u8>>,
+}
+
+/// Can a number starting with the digits of `prefix` still end inside `lo..=hi`?
+fn completable(prefix: u32, lo: u32, hi: u32) -> bool {
+    let (mut min, mut max) = (u64::from(prefix), u64::from(prefix));
+    for _ in 0..10 {
+        if min > u64::from(hi) {
+            return false;
+        }
+        if max >= u64::from(lo) {
+            return true;
+        }
+        (min, max) = (min * 10, max * 10 + 9);
+    }
+    false
+}
+
+impl SceneRules {
+    pub fn new(spec: OutputSpec) -> Self {
+        let tails = spec.options.answers().into_iter().map(|a| format!(" {a} </answer>").into_bytes()).collect();
+        Self { spec, tails }
+    }
+
+    pub fn initial(&self) -> State {
+        State::initial()
+    }
+
+    fn range(&self, s: &State, coord: u8) -> (u32, u32) {
+        let (w, h) = self.spec.image_size;
+        match coord {
+            0 => (0, w.saturating_sub(1)),
+            1 => (0, h.saturating_sub(1)),
+            2 => (s.x1 + 1, w),
+            _ => (s.y1 + 1, h),
+        }
+    }
+
+    fn enter_text(s: &mut State, section: Section) {
+        s.phase = Phase::Text { section, close: 0 };
+        s.section_tokens = 0;
+        s.force_close = false;
+    }
+
+    /// The phase after literal `lit` is complete.
+    fn after_lit(&self, s: &mut State, lit: Lit) {
+        s.buf.clear();
+        s.phase = match lit {
+            Lit::Open => return Self::enter_text(s, Section::Observe),
+            Lit::SceneHead => Phase::ObjectsStart,
+            Lit::IdKey | Lit::NextObj => Phase::Id { dot: false },
+            Lit::BboxKey => Phase::Num { coord: 0, value: 0, digits: 0 },
+            Lit::ObjClose => Phase::AfterObject,
+            Lit::RelHead => Phase::RelStart,
+            Lit::SubjKey | Lit::NextRel => Phase::Ref { object: false },
+            Lit::PredKey => Phase::Predicate { len: 0 },
+            Lit::ObjKey => Phase::Ref { object: true },
+            Lit::RelClose => Phase::AfterRel,
+            Lit::SceneTail => return Self::enter_text(s, Section::Think),
+            Lit::AnswerHead => {
+                if self.tails.is_empty() {
+                    return Self::enter_text(s, Section::Answer);
+                }
+                Phase::Choice
+            }
+        };
+    }
+
+    fn lit(s: &mut State, lit: Lit) {
+        s.phase = Phase::Lit { lit, pos: 0 };
+    }
+
+    /// `s` extended by byte `b`, or `None` when the rules forbid it.
+    pub fn step(&self, s: &State, b: u8) -> Option<State> {
+        let mut n = s.clone();
+        let bounds = &self.spec.bounds;
+        match s.phase {
+            Phase::Lit { lit, pos } => {
+                let text = lit.text();
+                if text[pos as usize] != b {
+                    return None;
+                }
+                if pos as usize + 1 == text.len() {
+                    self.after_lit(&mut n, lit);
+                } else {
+                    n.phase = Phase::Lit { lit, pos: pos + 1 };
+                }
+            }
+            Phase::Text { section, close } => {
+                let tag = section.close();
+                if close == 0 {
+                    if b == 0xff {
+                        return None; // toktrie's special-token marker, never in UTF-8 text
+                    }
+                    if b != b'<' {
+                        return (!s.force_close).then_some(n);
+                    }
+                    n.phase = Phase::Text { section, close: 1 };
+                } else {
+                    if tag[close as usize] != b {
+                        return None;
+                    }
+                    if close as usize + 1 < tag.len() {
+                        n.phase = Phase::Text { section, close: close + 1 };
+                    } else {
+                        n.section_tokens = 0;
+                        n.force_close = false;
+                        match section {
+                            Section::Observe => Self::lit(&mut n, Lit::SceneHead),
+                            Section::Think => Self::lit(&mut n, Lit::AnswerHead),
+                            Section::Answer => n.phase = Phase::Done,
+                        }
+                    }
+                }
+            }
+            Phase::ObjectsStart | Phase::AfterObject => {
+                let first = s.phase == Phase::ObjectsStart;
+                match b {
+                    b'{' if first && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::IdKey),
+                    b',' if !first && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::NextObj),
+                    b']' => Self::lit(&mut n, Lit::RelHead),
+                    _ => return None,
+                }
+            }
+            Phase::Id { dot } => {
+                let digits = if dot { s.buf.iter().rev().take_while(|c| c.is_ascii_digit()).count() } else { 0 };
+                match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'_' if !dot && s.buf.len() < bounds.max_label_bytes as usize => {}
+                    b'.' if !dot && !s.buf.is_empty() => n.phase = Phase::Id { dot: true },
+                    b'0'..=b'9' if dot && digits < bounds.max_id_digits as usize => {
+                        // At the last digit allowed, an id already declared would be a dead end.
+                        if digits + 1 == bounds.max_id_digits as usize {
+                            let mut id = s.buf.clone();
+                            id.try_push(b).ok()?;
+                            if s.declared.iter().any(|d| **d == id[..]) {
+                                return None;
+                            }
+                        }
+                    }
+                    b'"' if dot && digits > 0 => {
+                        if s.declared.iter().any(|d| **d == s.buf[..]) {
+                            return None;
+                        }
+                        Arc::make_mut(&mut n.declared).push(s.buf.to_vec().into_boxed_slice());
+                        n.objects += 1;
+                        Self::lit(&mut n, Lit::BboxKey);
+                        return Some(n);
+                    }
+                    _ => return None,
+                }
+                n.buf.try_push(b).ok()?;
+            }
+            Phase::Num { coord, value, digits } => {
+                let (lo, hi) = self.range(s, coord);
+                match b {
+                    b'0'..=b'9' => {
+                        if digits > 0 && value == 0 {
+                            return None; // no leading zeros
+                        }
+                        let v = value.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+                        if !completable(v, lo, hi) {
+                            return None;
+                        }
+                        n.phase = Phase::Num { coord, value: v, digits: digits + 1 };
+                    }
+                    b',' if coord < 3 && digits > 0 && (lo..=hi).contains(&value) => {
+                        match coord {
+                            0 => n.x1 = value,
+                            1 => n.y1 = value,
+                            _ => {}
+                        }
+                        n.phase = Phase::Sep { next: coord + 1 };
+                    }
+                    b']' if coord == 3 && digits > 0 && (lo..=hi).contains(&value) => Self::lit(&mut n, Lit::ObjClose),
+                    _ => return None,
+                }
+            }
+            Phase::Sep { next } => {
+                if b != b' ' {
+                    return None;
+                }
+                n.phase = Phase::Num { coord: next, value: 0, digits: 0 };
+            }
+            Phase::RelStart | Phase::AfterRel => {
+                let first = s.phase == Phase::RelStart;
+                let more = s.relationships < bounds.max_relationships && !s.declared.is_empty();
+                match b {
+                    b'{' if first && more => Self::lit(&mut n, Lit::SubjKey),
+                    b',' if !first && more => Self::lit(&mut n, Lit::NextRel),
+                    b']' => Self::lit(&mut n, Lit::SceneTail),
+                    _ => return None,
+                }
+            }
+            Phase::Ref { object } => {
+                if b == b'"' {
+                    if !s.declared.iter().any(|d| **d == s.buf[..]) {
+                        return None;
+                    }
+                    if object {
+                        n.relationships += 1;
+                        Self::lit(&mut n, Lit::RelClose);
+                    } else {
+                        Self::lit(&mut n, Lit::PredKey);
+                    }
+                    return Some(n);
+                }
+                n.buf.try_push(b).ok()?;
+                if !s.declared.iter().any(|d| d.starts_with(&n.buf)) {
+                    return None;
+                }
+            }
+            Phase::Predicate { len } => match b {
+                b'"' if len > 0 => Self::lit(&mut n, Lit::ObjKey),
+                b'"' | b'\\' | 0..0x20 | 0x7f | 0xff => return None,
+                _ if len < bounds.max_predicate_bytes => n.phase = Phase::Predicate { len: len + 1 },
+                _ => return None,
+            },
+            Phase::Choice => {
+                n.buf.try_push(b).ok()?;
+                if !self.tails.iter().any(|t| t.starts_with(&n.buf)) {
+                    return None;
+                }
+                if self.tails.iter().any(|t| **t == n.buf[..]) {
+                    n.phase = Phase::Done;
+                }
+            }
+            Phase::Done => return None,
+        }
+        Some(n)
+    }
+}
+
+/// [`SceneRules`] as toktrie's stack-based [`Recognizer`], for the trie walk of mask
+/// computation: the stack holds the state after each byte of the token being tried.
+pub struct SceneRecognizer<'a> {
+    pub rules: &'a SceneRules,
+    pub stack: Vec<State>,
+}
+
+impl Recognizer for SceneRecognizer<'_> {
+    fn pop_bytes(&mut self, num: usize) {
+        let keep = self.stack.len().saturating_sub(num).max(1);
+        self.stack.truncate(keep);
+    }
+
+    fn collapse(&mut self) {
+        if let Some(top) = self.stack.pop() {
+            self.stack.clear();
+            self.stack.push(top);
+        }
+    }
+
+    fn trie_finished(&mut self) {
+        self.stack.truncate(1);
+    }
+
+    fn try_push_byte(&mut self, byte: u8) -> bool {
+        let Some(top) = self.stack.last() else { return false };
+        match self.rules.step(top, byte) {
+            Some(next) => {
+                self.stack.push(next);
+                true
+            }
+            None => false,
+        }
+    }
+}
