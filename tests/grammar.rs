@@ -1,0 +1,209 @@
+//! The output rules byte by byte (SPEC §4), in the style of llguidance's own tests: tables of
+//! prefixes that must be accepted and that must be rejected, then the matcher over a real
+//! tokenizer's trie (token budgets, forced tokens, sticky errors).
+
+mod common;
+
+use st::decode::grammar::{Bounds, GrammarFactory, OutputSpec, SceneRules};
+
+fn rules(w: u32, h: u32, question: &str) -> SceneRules {
+    SceneRules::new(OutputSpec::new((w, h), question, Bounds::default()))
+}
+
+/// How many bytes of `text` the rules accept from the start.
+fn accepted(r: &SceneRules, text: &str) -> usize {
+    let mut s = r.initial();
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        match r.step(&s, b) {
+            Some(n) => s = n,
+            None => return i,
+        }
+    }
+    text.len()
+}
+
+const Q2: &str = "Where is the man? (A) behind the bike (B) in front of the bike";
+const HEAD: &str = "<observe> a man </observe>\n<scene>\n{\"objects\": [";
+const OBJ: &str = "{\"id\": \"bike.1\", \"bbox\": [0, 272, 310, 551]}";
+const OBJ2: &str = "{\"id\": \"man.1\", \"bbox\": [0, 165, 38, 278]}";
+
+fn full(objects: &str, rels: &str, answer: &str) -> String {
+    format!(
+        "{HEAD}{objects}], \"relationships\": [{rels}]}}\n</scene>\n<think> he is behind </think>\n<answer>{answer}</answer>"
+    )
+}
+
+#[test]
+fn whole_outputs_are_accepted_and_end_done() {
+    let r = rules(640, 600, Q2);
+    let rel = "{\"subject\": \"man.1\", \"predicate\": \"behind\", \"object\": \"bike.1\"}";
+    for text in [
+        full(&format!("{OBJ}, {OBJ2}"), rel, " (A) behind the bike "),
+        full(OBJ, "", " (B) in front of the bike "),
+        full("", "", " (A) behind the bike "),
+        full(&format!("{OBJ}, {OBJ2}"), &format!("{rel}, {rel}"), " (B) in front of the bike "),
+    ] {
+        assert_eq!(accepted(&r, &text), text.len(), "{text}");
+        let mut s = r.initial();
+        for &b in text.as_bytes() {
+            s = r.step(&s, b).unwrap();
+        }
+        assert!(s.is_done());
+        // Nothing after the answer.
+        assert!(r.step(&s, b'\n').is_none());
+        // What the grammar accepts, the validator calls valid.
+        let parsed = st::scene::parse_response(&text, &st::scene::Rules::new((640, 600), Q2));
+        assert!(parsed.valid, "{:?}", parsed.reasons);
+    }
+    // Free-text answers when the question offers no options.
+    let free = rules(640, 600, "What is behind the bike?");
+    let text = full(OBJ, "", " a man ");
+    assert_eq!(accepted(&free, &text), text.len());
+}
+
+#[test]
+fn each_rule_rejects_at_the_first_bad_byte() {
+    let r = rules(640, 600, Q2);
+    // (text, the prefix that is still accepted)
+    let cases: Vec<(String, String)> = vec![
+        // Sections in order, closing tags exact, no '<' inside free text.
+        ("<scene>".into(), "<".into()),
+        ("<observe> a <b> </observe>".into(), "<observe> a <".into()),
+        ("<observe> x </observe><scene>".into(), "<observe> x </observe>".into()),
+        // Object keys exact; ids label.N; unique.
+        (format!("{HEAD}{{\"name\": "), format!("{HEAD}{{\"")),
+        (format!("{HEAD}{{\"id\": \"cup\", "), format!("{HEAD}{{\"id\": \"cup")),
+        (format!("{HEAD}{{\"id\": \"1cup.1\""), format!("{HEAD}{{\"id\": \"")),
+        (format!("{HEAD}{{\"id\": \"cup.\""), format!("{HEAD}{{\"id\": \"cup.")),
+        (format!("{HEAD}{OBJ}, {{\"id\": \"bike.1\", "), format!("{HEAD}{OBJ}, {{\"id\": \"bike.1")),
+        // Boxes: integers, no leading zeros, inside 640x600, x1 < x2, y1 < y2.
+        (format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [640, "), format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [64")),
+        (format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [01, "), format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [0")),
+        (format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [-1, "), format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [")),
+        (format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1.5, "), format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1")),
+        (
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 10, "),
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 10"),
+        ),
+        (
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 9, "),
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 9"),
+        ),
+        (
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 11, 5]"),
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 11, 5"),
+        ),
+        (
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 641"),
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [10, 5, 64"),
+        ),
+        (
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1, 2, 3, 601]"),
+            format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1, 2, 3, 60"),
+        ),
+        (format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1,2"), format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [1,")),
+        // Relationships: none without objects; ends among the declared ids.
+        (format!("{HEAD}], \"relationships\": [{{"), format!("{HEAD}], \"relationships\": [")),
+        (
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \"man.1\""),
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \""),
+        ),
+        (
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \"bike.12\""),
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \"bike.1"),
+        ),
+        (
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \"bike.1\", \"predicate\": \"\""),
+            format!("{HEAD}{OBJ}], \"relationships\": [{{\"subject\": \"bike.1\", \"predicate\": \""),
+        ),
+        // The answer is one of the options, exactly.
+        (
+            full("", "", " (C) x "),
+            format!("{HEAD}], \"relationships\": []}}\n</scene>\n<think> he is behind </think>\n<answer> ("),
+        ),
+        (
+            full("", "", " (A) in front of the bike "),
+            format!("{HEAD}], \"relationships\": []}}\n</scene>\n<think> he is behind </think>\n<answer> (A) "),
+        ),
+        (
+            full("", "", " (A) behind the bike"),
+            format!(
+                "{HEAD}], \"relationships\": []}}\n</scene>\n<think> he is behind </think>\n<answer> (A) behind the bike"
+            ),
+        ),
+    ];
+    for (text, ok) in cases {
+        assert!(text.starts_with(&ok), "bad case: {ok:?} is not a prefix of {text:?}");
+        assert_eq!(&text[..accepted(&r, &text)], ok, "{text:?}");
+    }
+}
+
+#[test]
+fn tiny_images_and_bounds() {
+    // A 1×1 image allows exactly one box: [0, 0, 1, 1].
+    let r = rules(1, 1, Q2);
+    let obj = |b: &str| format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [{b}]}}");
+    assert_eq!(accepted(&r, &obj("0, 0, 1, 1")), obj("0, 0, 1, 1").len());
+    for bad in ["1, 0, 1, 1", "0, 0, 2, 1", "0, 0, 0, 1"] {
+        assert!(accepted(&r, &obj(bad)) < obj(bad).len(), "{bad}");
+    }
+    // Object and relationship counts, label and predicate lengths are bounded.
+    let bounds = Bounds {
+        max_objects: 1,
+        max_relationships: 1,
+        max_label_bytes: 3,
+        max_predicate_bytes: 4,
+        ..Default::default()
+    };
+    let r = SceneRules::new(OutputSpec::new((640, 600), Q2, bounds));
+    let one = format!("{HEAD}{{\"id\": \"abc.1\", \"bbox\": [0, 0, 5, 5]}}");
+    assert_eq!(accepted(&r, &format!("{one}, ")), one.len());
+    assert_eq!(accepted(&r, &format!("{HEAD}{{\"id\": \"abcd")), HEAD.len() + 11);
+    let rel = format!(
+        "{one}], \"relationships\": [{{\"subject\": \"abc.1\", \"predicate\": \"near\", \"object\": \"abc.1\"}}"
+    );
+    assert_eq!(accepted(&r, &rel), rel.len());
+    assert_eq!(accepted(&r, &format!("{rel}, ")), rel.len());
+    let long = format!("{one}], \"relationships\": [{{\"subject\": \"abc.1\", \"predicate\": \"nears");
+    assert_eq!(accepted(&r, &long), long.len() - 1);
+}
+
+#[test]
+fn the_matcher_counts_tokens_forces_bytes_and_keeps_errors() {
+    let tok = common::model("tiny").join("tokenizer.json");
+    let vocab = st::st_checkpoint::Checkpoint::open(&common::model("tiny")).unwrap().config.text.vocab_size;
+    let tokenizer = st::prompt::TextTokenizer::from_file(&tok).unwrap();
+    let im_end = tokenizer.special.im_end;
+    let f = GrammarFactory::from_tokenizer_file(&tok, vocab, vec![im_end]).unwrap();
+    let bounds = Bounds { observe_tokens: 3, ..Default::default() };
+    let mut m = f.matcher(OutputSpec::new((64, 48), Q2, bounds));
+    // At the start everything up to the free text is forced.
+    assert_eq!(m.forced_bytes(64), b"<observe>");
+    let open = tokenizer.encode("<observe>").unwrap();
+    let forced = m.forced_tokens().unwrap();
+    assert!(!forced.is_empty() && open.starts_with(&forced), "{forced:?} vs {open:?}");
+    for &t in &open {
+        m.commit(t).unwrap();
+    }
+    let mask = m.compute_mask().unwrap();
+    assert!(!mask.is_allowed(im_end), "no end of turn inside the output");
+    // Three free-text tokens (without '<'), then only the closing tag.
+    let words = tokenizer.encode(" the cat sat").unwrap();
+    assert!(words.len() >= 3);
+    let mut s = String::from_utf8(m.forced_bytes(64)).unwrap();
+    for &t in &words[..3] {
+        m.commit(t).unwrap();
+    }
+    s.clear();
+    s.push_str(std::str::from_utf8(&m.forced_bytes(64)).unwrap());
+    assert!(s.starts_with("</observe>\n<scene>\n{\"objects\": ["), "{s:?}");
+    // A token the rules refuse is an error, and errors are sticky.
+    let bad = tokenizer.encode("x").unwrap()[0];
+    let err = m.commit(bad).unwrap_err().to_string();
+    assert!(err.contains("breaks the output rules"), "{err}");
+    assert!(m.compute_mask().is_err() && m.commit(im_end).is_err());
+    // The vocabulary size is checked against the logits.
+    let mut m = f.matcher(OutputSpec::new((64, 48), Q2, Bounds::default()));
+    let mut logits = vec![0.0f32; vocab + 1];
+    assert!(st::decode::Stage::apply(&mut m, &mut logits, &[]).is_err());
+}
