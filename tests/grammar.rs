@@ -144,7 +144,7 @@ fn tiny_images_and_bounds() {
     let r = rules(1, 1, Q2);
     let obj = |b: &str| format!("{HEAD}{{\"id\": \"a.1\", \"bbox\": [{b}]}}");
     assert_eq!(accepted(&r, &obj("0, 0, 1, 1")), obj("0, 0, 1, 1").len());
-    for bad in ["1, 0, 1, 1", "0, 0, 2, 1", "0, 0, 0, 1"] {
+    for bad in ["1, 0, 1, 1", "0, 0, 2, 1", "0, 0, 0, 1", "0, 0, 1, 0"] {
         assert!(accepted(&r, &obj(bad)) < obj(bad).len(), "{bad}");
     }
     // Object and relationship counts, label and predicate lengths are bounded.

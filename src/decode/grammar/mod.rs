@@ -98,9 +98,8 @@ impl SceneMatcher {
             trie.add_bias(&mut rec, &mut set, &[]);
         }
         if set.num_set() == 0 {
-            return Err(
-                self.fail("no token can continue the output (the vocabulary lacks the bytes the rules need)".into())
-            );
+            let at = format!("{:?}", self.state.phase());
+            return Err(self.fail(format!("no token can continue the output at {at}")));
         }
         Ok(set)
     }

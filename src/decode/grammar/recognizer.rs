@@ -157,6 +157,11 @@ impl State {
         self.phase == Phase::Done
     }
 
+    /// Where the output is, for error messages.
+    pub fn phase(&self) -> impl std::fmt::Debug + '_ {
+        (&self.phase, String::from_utf8_lossy(&self.buf))
+    }
+
     /// The free-text section a token starting here belongs to, if any.
     pub fn text_section(&self) -> Option<Section> {
         match self.phase {
@@ -331,7 +336,9 @@ impl SceneRules {
                             return None; // no leading zeros
                         }
                         let v = value.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
-                        if !completable(v, lo, hi) {
+                        // A leading 0 is the whole number.
+                        let ok = if digits == 0 && v == 0 { lo == 0 } else { completable(v, lo, hi) };
+                        if !ok {
                             return None;
                         }
                         n.phase = Phase::Num { coord, value: v, digits: digits + 1 };
