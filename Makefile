@@ -52,9 +52,10 @@ test: venv qwen-tokenizer
 		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b \
 		target/pytest-export/tiny-std tests/fixtures/goldens/tiny target/pytest-export/tiny-b-std tests/fixtures/goldens/tiny-b
 
-bench: venv
+bench: venv qwen-tokenizer
 	$(CARGO) bench --bench preprocess
 	$(CARGO) bench --bench decode_step
+	$(CARGO) bench --bench grammar_mask
 
 $(REF_STAMP): tests/reference/requirements.txt
 	$(PYTHON) -m venv $(REF_VENV)

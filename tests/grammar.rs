@@ -197,6 +197,15 @@ fn the_matcher_counts_tokens_forces_bytes_and_keeps_errors() {
     s.clear();
     s.push_str(std::str::from_utf8(&m.forced_bytes(64)).unwrap());
     assert!(s.starts_with("</observe>\n<scene>\n{\"objects\": ["), "{s:?}");
+    // The free-text fast path allows exactly what the general trie walk allows.
+    let mut f2 = f.matcher(OutputSpec::new((64, 48), Q2, Bounds::default()));
+    for t in tokenizer.encode("<observe> the cat</").unwrap() {
+        f2.commit(t).unwrap();
+        if f2.is_done() {
+            break;
+        }
+        assert_eq!(f2.compute_mask().unwrap().to_list(), f2.walk_mask().to_list());
+    }
     // A token the rules refuse is an error, and errors are sticky.
     let bad = tokenizer.encode("x").unwrap()[0];
     let err = m.commit(bad).unwrap_err().to_string();

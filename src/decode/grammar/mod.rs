@@ -23,6 +23,10 @@ use toktrie::{SimpleVob, TokEnv};
 #[derive(Clone)]
 pub struct GrammarFactory {
     env: TokEnv,
+    /// Tokens free text takes in any state before its closing tag (no `<`, not special).
+    plain_text: Arc<SimpleVob>,
+    /// Tokens containing `<` (checked byte by byte in free text).
+    with_lt: Arc<Vec<u32>>,
     /// Tokens that end the turn (allowed once the answer is complete).
     end_of_turn: Vec<u32>,
 }
@@ -46,7 +50,21 @@ impl GrammarFactory {
                 reason: format!("end-of-turn id {bad} is outside the vocabulary"),
             });
         }
-        Ok(Self { env, end_of_turn })
+        let trie = env.tok_trie();
+        let mut plain_text = trie.alloc_token_set();
+        let mut with_lt = Vec::new();
+        for t in 0..trie.vocab_size() as u32 {
+            let bytes = trie.token(t);
+            if bytes.is_empty() || bytes.contains(&0xff) {
+                continue; // special tokens carry toktrie's 0xff marker
+            }
+            if bytes.contains(&b'<') {
+                with_lt.push(t);
+            } else {
+                plain_text.allow_token(t);
+            }
+        }
+        Ok(Self { env, end_of_turn, plain_text: Arc::new(plain_text), with_lt: Arc::new(with_lt) })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -93,15 +111,44 @@ impl SceneMatcher {
         let mut set = trie.alloc_token_set();
         if self.state.is_done() {
             self.factory.end_of_turn.iter().for_each(|&t| set.allow_token(t));
+        } else if self.state.text_section().is_some() && !self.state.force_close {
+            // Free text: every token without '<' keeps the state; only the few with '<' need
+            // walking (the general trie walk would visit nearly the whole vocabulary).
+            set = (*self.factory.plain_text).clone();
+            for &t in self.factory.with_lt.iter() {
+                if self.accepts(trie.token(t)) {
+                    set.allow_token(t);
+                }
+            }
         } else {
-            let mut rec = SceneRecognizer { rules: &self.rules, stack: vec![self.state.clone()] };
-            trie.add_bias(&mut rec, &mut set, &[]);
+            set = self.walk_mask();
         }
         if set.num_set() == 0 {
             let at = format!("{:?}", self.state.phase());
             return Err(self.fail(format!("no token can continue the output at {at}")));
         }
         Ok(set)
+    }
+
+    /// The allowed tokens by the general trie walk (what the free-text fast path must equal).
+    pub fn walk_mask(&self) -> SimpleVob {
+        let trie = self.factory.env.tok_trie();
+        let mut set = trie.alloc_token_set();
+        let mut rec = SceneRecognizer { rules: &self.rules, stack: vec![self.state.clone()] };
+        trie.add_bias(&mut rec, &mut set, &[]);
+        set
+    }
+
+    /// Whether `bytes` can follow the current state.
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        let mut s = self.state.clone();
+        for &b in bytes {
+            match self.rules.step(&s, b) {
+                Some(n) => s = n,
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Advance by `token` (sampled or forced).
