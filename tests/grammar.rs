@@ -206,6 +206,17 @@ fn the_matcher_counts_tokens_forces_bytes_and_keeps_errors() {
         }
         assert_eq!(f2.compute_mask().unwrap().to_list(), f2.walk_mask().to_list());
     }
+    let mut f3 = f.matcher(OutputSpec::new((64, 48), Q2, Bounds { max_predicate_bytes: 6, ..Default::default() }));
+    let head = "<observe> x </observe>\n<scene>\n{\"objects\": [{\"id\": \"a.1\", \"bbox\": [0, 0, 5, 5]}], \"relationships\": [{\"subject\": \"a.1\", \"predicate\": \"";
+    for t in tokenizer.encode(head).unwrap() {
+        f3.commit(t).unwrap();
+    }
+    for t in tokenizer.encode("near by").unwrap() {
+        assert_eq!(f3.compute_mask().unwrap().to_list(), f3.walk_mask().to_list());
+        if f3.commit(t).is_err() {
+            break; // past the 6-byte budget
+        }
+    }
     // A token the rules refuse is an error, and errors are sticky.
     let bad = tokenizer.encode("x").unwrap()[0];
     let err = m.commit(bad).unwrap_err().to_string();

@@ -27,6 +27,10 @@ pub struct GrammarFactory {
     plain_text: Arc<SimpleVob>,
     /// Tokens containing `<` (checked byte by byte in free text).
     with_lt: Arc<Vec<u32>>,
+    /// Tokens made only of bytes a predicate may hold, with their lengths.
+    predicate_plain: Arc<Vec<(u32, usize)>>,
+    /// The other tokens (with a quote, backslash or control byte), checked byte by byte.
+    predicate_other: Arc<Vec<u32>>,
     /// Tokens that end the turn (allowed once the answer is complete).
     end_of_turn: Vec<u32>,
 }
@@ -53,10 +57,16 @@ impl GrammarFactory {
         let trie = env.tok_trie();
         let mut plain_text = trie.alloc_token_set();
         let mut with_lt = Vec::new();
+        let (mut predicate_plain, mut predicate_other) = (Vec::new(), Vec::new());
         for t in 0..trie.vocab_size() as u32 {
             let bytes = trie.token(t);
             if bytes.is_empty() || bytes.contains(&0xff) {
                 continue; // special tokens carry toktrie's 0xff marker
+            }
+            if bytes.iter().all(|&b| recognizer::is_predicate_byte(b)) {
+                predicate_plain.push((t, bytes.len()));
+            } else {
+                predicate_other.push(t);
             }
             if bytes.contains(&b'<') {
                 with_lt.push(t);
@@ -64,7 +74,14 @@ impl GrammarFactory {
                 plain_text.allow_token(t);
             }
         }
-        Ok(Self { env, end_of_turn, plain_text: Arc::new(plain_text), with_lt: Arc::new(with_lt) })
+        Ok(Self {
+            env,
+            end_of_turn,
+            plain_text: Arc::new(plain_text),
+            with_lt: Arc::new(with_lt),
+            predicate_plain: Arc::new(predicate_plain),
+            predicate_other: Arc::new(predicate_other),
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -116,6 +133,18 @@ impl SceneMatcher {
             // walking (the general trie walk would visit nearly the whole vocabulary).
             set = (*self.factory.plain_text).clone();
             for &t in self.factory.with_lt.iter() {
+                if self.accepts(trie.token(t)) {
+                    set.allow_token(t);
+                }
+            }
+        } else if let Some(room) = self.state.predicate_room(&self.rules.spec.bounds) {
+            // Inside a predicate: tokens of predicate bytes that fit, plus the others walked.
+            for &(t, n) in self.factory.predicate_plain.iter() {
+                if n <= room {
+                    set.allow_token(t);
+                }
+            }
+            for &t in self.factory.predicate_other.iter() {
                 if self.accepts(trie.token(t)) {
                     set.allow_token(t);
                 }

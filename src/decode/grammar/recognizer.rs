@@ -157,6 +157,14 @@ impl State {
         self.phase == Phase::Done
     }
 
+    /// Inside a predicate: how many more bytes it may take.
+    pub fn predicate_room(&self, bounds: &super::spec::Bounds) -> Option<usize> {
+        match self.phase {
+            Phase::Predicate { len } => Some(usize::from(bounds.max_predicate_bytes.saturating_sub(len))),
+            _ => None,
+        }
+    }
+
     /// Where the output is, for error messages.
     pub fn phase(&self) -> impl std::fmt::Debug + '_ {
         (&self.phase, String::from_utf8_lossy(&self.buf))
@@ -177,6 +185,11 @@ pub struct SceneRules {
     pub spec: OutputSpec,
     /// ` (A) text </answer>` for each option.
     tails: Vec<Vec<u8>>,
+}
+
+/// A byte a relationship's predicate may hold (a JSON string byte needing no escape).
+pub fn is_predicate_byte(b: u8) -> bool {
+    !matches!(b, b'"' | b'\\' | 0..0x20 | 0x7f | 0xff)
 }
 
 /// Can a number starting with the digits of `prefix` still end inside `lo..=hi`?
@@ -391,8 +404,9 @@ impl SceneRules {
             }
             Phase::Predicate { len } => match b {
                 b'"' if len > 0 => Self::lit(&mut n, Lit::ObjKey),
-                b'"' | b'\\' | 0..0x20 | 0x7f | 0xff => return None,
-                _ if len < bounds.max_predicate_bytes => n.phase = Phase::Predicate { len: len + 1 },
+                _ if is_predicate_byte(b) && len < bounds.max_predicate_bytes => {
+                    n.phase = Phase::Predicate { len: len + 1 }
+                }
                 _ => return None,
             },
             Phase::Choice => {
