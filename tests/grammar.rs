@@ -171,7 +171,7 @@ fn tiny_images_and_bounds() {
 #[test]
 fn the_matcher_counts_tokens_forces_bytes_and_keeps_errors() {
     let tok = common::model("tiny").join("tokenizer.json");
-    let vocab = st::st_checkpoint::Checkpoint::open(&common::model("tiny")).unwrap().config.text.vocab_size;
+    let vocab = st::st_checkpoint::Checkpoint::open(common::model("tiny")).unwrap().config.text.vocab_size;
     let tokenizer = st::prompt::TextTokenizer::from_file(&tok).unwrap();
     let im_end = tokenizer.special.im_end;
     let f = GrammarFactory::from_tokenizer_file(&tok, vocab, vec![im_end]).unwrap();

@@ -118,7 +118,7 @@ pub enum Pick {
     /// The largest logit (the first on ties, like `torch.argmax`).
     Greedy,
     /// A draw from the softmax, reproducible for a seed.
-    Random(ChaCha8Rng),
+    Random(Box<ChaCha8Rng>),
 }
 
 /// Generation settings of the sampling chain.
@@ -188,7 +188,7 @@ impl Sampler {
             if params.top_p < 1.0 {
                 stages.push(Box::new(TopP(params.top_p)));
             }
-            Pick::Random(ChaCha8Rng::seed_from_u64(params.seed))
+            Pick::Random(Box::new(ChaCha8Rng::seed_from_u64(params.seed)))
         };
         Ok(Self { stages, pick })
     }

@@ -28,7 +28,7 @@ impl KvSnapshot {
 }
 
 enum Cache {
-    Shared { binding: Option<IoBinding>, layers: Vec<(Tensor<f32>, Tensor<f32>)>, capacity: usize },
+    Shared { binding: Option<Box<IoBinding>>, layers: Vec<(Tensor<f32>, Tensor<f32>)>, capacity: usize },
     Growing { layers: Vec<(Array4<f32>, Array4<f32>)> },
 }
 
@@ -117,7 +117,7 @@ impl DecoderState {
             b.bind_output(format!("present_value.{i}"), v).map_err(ort_err)?;
         }
         *layers = fresh;
-        *binding = Some(b);
+        *binding = Some(Box::new(b));
         *capacity = cap;
         Ok(())
     }

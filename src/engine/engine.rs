@@ -299,11 +299,10 @@ impl Engine {
     fn prompt_embeds(&self, ids: &[u32], from: usize, image: &Array2<f32>) -> Result<Array3<f32>> {
         let pad = self.prompt.tokenizer.special.image_pad;
         let mut embeds = self.embed_tokens(&ids[from..])?;
-        let mut row = ids[..from].iter().filter(|&&t| t == pad).count();
-        for (i, _) in ids.iter().enumerate().skip(from).filter(|(_, t)| **t == pad) {
-            let src = image.row(row);
-            embeds.slice_mut(s![0, i - from, ..]).assign(&src);
-            row += 1;
+        let first = ids[..from].iter().filter(|&&t| t == pad).count();
+        let pads = ids.iter().enumerate().skip(from).filter(|(_, t)| **t == pad).map(|(i, _)| i);
+        for (row, i) in (first..).zip(pads) {
+            embeds.slice_mut(s![0, i - from, ..]).assign(&image.row(row));
         }
         Ok(embeds)
     }
