@@ -33,9 +33,10 @@ qwen-tokenizer: $(QWEN_TOKENIZER)
 
 demo: venv
 	$(CARGO) build --release --bins
-	./target/release/st-run $(DEMO_IMAGE) "$(DEMO_QUESTION)" --max-new-tokens 48
+	./target/release/st-run $(DEMO_IMAGE) "$(DEMO_QUESTION)" --observe-tokens 16 --think-tokens 16 --max-new-tokens 400 --draw target/demo.png
 	@echo
-	@echo "The bundled tiny model has random weights, so its answer is noise by design; point --model (or ST_MODEL)"
+	@echo "The bundled tiny model has random weights, so its words are noise by design, but the grammar makes the"
+	@echo "output a valid scene graph (boxes drawn in target/demo.png); point --model (or ST_MODEL)"
 	@echo "at SpatialThinker-7B for real answers. The model inputs, for comparison with Python:"
 	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
 

@@ -138,6 +138,21 @@ fn run_draws_streams_and_bench_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("observe:") && stdout.contains("answer:") && stdout.contains("valid: no"), "{stdout}");
     assert_eq!(image::image_dimensions(&drawn).unwrap(), (451, 300));
+    // A constrained run (the default) is valid, and its JSON carries the parsed scene.
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .env("ST_CACHE_DIR", cache.path())
+        .args([chelsea.to_str().unwrap(), QUESTION, "--json", "--observe-tokens", "8", "--think-tokens", "8"])
+        .args(["--max-new-tokens", "600", "--temperature", "1.0", "--seed", "5", "--model", tiny.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["valid"] == true && v["stop"] == "end_of_turn", "{v}");
+    assert!(v["scene"]["objects"].is_array() && v["scene"]["relationships"].is_array(), "{v}");
+    assert!(["A", "B"].contains(&v["answer"]["letter"].as_str().unwrap()), "{v}");
+    for o in v["scene"]["objects"].as_array().unwrap() {
+        assert!(o["bbox"].as_array().unwrap().iter().all(|x| x.is_u64()), "{o}");
+    }
     // Unavailable device without fallback: a clear error naming the provider library.
     let args = [chelsea.to_str().unwrap(), QUESTION, "--device", "cuda", "--model", tiny.to_str().unwrap()];
     let out = Command::new(env!("CARGO_BIN_EXE_st-run")).env("ST_CACHE_DIR", cache.path()).args(args).output().unwrap();

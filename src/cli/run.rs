@@ -4,6 +4,7 @@
 //! checkpoint, which is exported once (fp32) into a cache keyed by its fingerprint.
 
 use crate::decode::SamplingParams;
+use crate::decode::grammar::Bounds;
 use crate::engine::{Answer, Engine, GenerateOptions};
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -29,6 +30,12 @@ pub struct RunArgs {
     /// Generate without the output grammar (for comparison; the grammar makes every answer valid).
     #[arg(long)]
     pub no_grammar: bool,
+    /// Token budget of the <observe> text under the grammar.
+    #[arg(long, default_value_t = Bounds::default().observe_tokens)]
+    pub observe_tokens: u32,
+    /// Token budget of the <think> text under the grammar.
+    #[arg(long, default_value_t = Bounds::default().think_tokens)]
+    pub think_tokens: u32,
     /// Print tokens to stderr as they are generated.
     #[arg(long)]
     pub stream: bool,
@@ -76,7 +83,7 @@ fn print_text(a: &Answer) {
         Some(g) => {
             println!("scene:");
             for o in &g.objects {
-                println!("  {:<16} {:?}", o.id, o.bbox);
+                println!("  {:<16} {}", o.id, serde_json::json!(o)["bbox"]);
             }
             for rel in &g.relationships {
                 println!("  {} —{}→ {}", rel.subject, rel.predicate, rel.object);
@@ -123,6 +130,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         sampling: args.sampling.params(),
         grammar: !args.no_grammar,
+        bounds: Bounds { observe_tokens: args.observe_tokens, think_tokens: args.think_tokens, ..Default::default() },
         ..Default::default()
     };
     let answer = engine.ask_streaming(&frame, &args.question, &opts, |t| {

@@ -11,7 +11,22 @@ pub struct SceneObject {
     pub id: String,
     /// The part of `id` before the first `.`.
     pub label: String,
+    #[serde(serialize_with = "integral_as_int")]
     pub bbox: BBox,
+}
+
+/// Whole-number coordinates are written as JSON integers (`[0, 272, 310, 551]`).
+fn integral_as_int<S: serde::Serializer>(b: &BBox, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeTuple;
+    let mut t = s.serialize_tuple(4)?;
+    for v in b {
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            t.serialize_element(&(*v as i64))?;
+        } else {
+            t.serialize_element(v)?;
+        }
+    }
+    t.end()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
