@@ -50,6 +50,7 @@ pub mod error;
 pub mod inspect;
 pub mod preprocess;
 pub mod prompt;
+pub mod reward;
 pub mod rope;
 pub mod scene;
 pub mod vision;
