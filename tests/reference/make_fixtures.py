@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, FIXTURES, spatialthinker_messages  # noqa: E402
 import images  # noqa: E402
 import model_goldens  # noqa: E402
+import reward_reference  # noqa: E402
 import sampling_goldens  # noqa: E402
 import tiny_models  # noqa: E402
 
@@ -82,6 +83,7 @@ def main():
     smart_resize_table(FIXTURES / "goldens" / "smart_resize.json")
     real_tokenizer_ids(img_dir, FIXTURES / "goldens" / "qwen-tokenizer")
     sampling_goldens.write(FIXTURES / "goldens" / "sampling.json")
+    reward_reference.write(FIXTURES / "goldens" / "reward_cases.jsonl")
     print(json.dumps(summary, indent=1))
 
 
