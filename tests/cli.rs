@@ -184,3 +184,43 @@ fn run_draws_streams_and_bench_reports() {
     assert_eq!(v["workload"]["decode_tokens"], 4);
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0 && v["host"]["device"] == "cpu");
 }
+
+#[test]
+fn reward_scores_lines_in_order_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = std::fs::read_to_string(golden("reward_cases.jsonl")).unwrap();
+    let mut lines: Vec<String> = cases.lines().take(40).map(str::to_string).collect();
+    lines.insert(3, "{not json".into());
+    lines.insert(7, r#"{"completion": "x", "ground_truth": "y", "problem": "no size"}"#.into());
+    lines.push(
+        r#"{"completion": "<answer>(A) x</answer>", "ground_truth": "<answer>(a) X</answer>", "image_size": [10, 10]}"#
+            .into(),
+    );
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = st()
+        .args(["reward", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scored.len(), lines.len());
+    assert!(scored[3]["error"].as_str().unwrap().contains("not a reward line"));
+    assert!(scored[7]["error"].as_str().unwrap().contains("image size"));
+    for (line, got) in lines.iter().zip(&scored).filter(|(_, g)| g.get("error").is_none()).take(40) {
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(e) = want.get("expected") {
+            let d = (e["overall"].as_f64().unwrap() - got["overall"].as_f64().unwrap()).abs();
+            assert!(d < 1e-9, "{line}");
+        }
+    }
+    // Broken format (no tags): 0 overall even though the answers agree.
+    assert_eq!(scored.last().unwrap()["overall"], 0.0);
+    let out = st().args(["reward", "--input", input.to_str().unwrap(), "--sparse"]).output().unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["overall"], 1.0);
+    fails_cleanly(&["reward", "--input", "/no/such.jsonl"], "/no/such.jsonl");
+}

@@ -51,7 +51,10 @@ fn format_count_accuracy_and_gating() {
         completion(r#"{"objects": [{"id": "cup", "bbox": [0, 0, 1, 1]}]}"#, "(A) yes"),
         completion(r#"{"objects": [{"id": "cup.1", "bbox": [0, 0, 1, 1], "x": 1}]}"#, "(A) yes"),
         completion(r#"{"objects": [{"id": "cup.1", "bbox": [0, 0, 1]}]}"#, "(A) yes"),
-        completion(r#"{"objects": [{"id": "cup.1", "bbox": [0, 0, 1, 1]}, {"id": "cup.1", "bbox": [0, 0, 1, 1]}]}"#, "(A) yes"),
+        completion(
+            r#"{"objects": [{"id": "cup.1", "bbox": [0, 0, 1, 1]}, {"id": "cup.1", "bbox": [0, 0, 1, 1]}]}"#,
+            "(A) yes",
+        ),
         completion("not json", "(A) yes"),
     ] {
         assert_eq!(r(&bad, &g), st::reward::Reward::default(), "{bad}");
@@ -65,10 +68,16 @@ fn format_count_accuracy_and_gating() {
     assert!((r(&completion(one, "(B) no"), &g).count - 0.5).abs() < 1e-12);
     let rel = r#"{"subject": "cup.1", "predicate": "left of", "object": "plate.1"}"#;
     let g_rel = truth(&s2.replace(r#""relationships": []"#, &format!(r#""relationships": [{rel}, {rel}]"#)), "(A) yes");
-    let p = r(&completion(&s2.replace(r#""relationships": []"#, &format!(r#""relationships": [{rel}]"#)), "(B) no"), &g_rel);
+    let p = r(
+        &completion(&s2.replace(r#""relationships": []"#, &format!(r#""relationships": [{rel}]"#)), "(B) no"),
+        &g_rel,
+    );
     assert!((p.count - (0.7 * 1.0 + 0.3 * 0.5)).abs() < 1e-12);
     // Too many predictions: max(0, 1 − |5 − 2| / 2) = 0.
-    let five = format!(r#"{{"objects": [{}]}}"#, (1..=5).map(|i| format!(r#"{{"id": "a.{i}", "bbox": [0, 0, 1, 1]}}"#)).collect::<Vec<_>>().join(", "));
+    let five = format!(
+        r#"{{"objects": [{}]}}"#,
+        (1..=5).map(|i| format!(r#"{{"id": "a.{i}", "bbox": [0, 0, 1, 1]}}"#)).collect::<Vec<_>>().join(", ")
+    );
     assert_eq!(r(&completion(&five, "(B) no"), &g).count, 0.0);
 }
 

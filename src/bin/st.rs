@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => st::cli::run::run(args),
         Command::Export(args) => st::cli::export::run(args),
         Command::Bench(args) => st::cli::bench::run(args),
+        Command::Reward(args) => st::cli::reward::run(args),
         Command::Doctor(args) => st::cli::doctor::run(args),
     }
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod doctor;
 pub mod export;
 pub mod inspect;
+pub mod reward;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Time the whole path (TTFT split, decode tokens/s, peak RSS) on this device.
     Bench(bench::BenchArgs),
+    /// Score completions with the dense spatial reward (SPEC §5), JSON lines in and out.
+    Reward(reward::RewardArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
 }

@@ -16,7 +16,8 @@ pub fn ciou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let cw = a[2].max(b[2]) - a[0].min(b[0]);
     let ch = a[3].max(b[3]) - a[1].min(b[1]);
     let c2 = cw * cw + ch * ch + 1e-7;
-    let v = 4.0 / (std::f64::consts::PI * std::f64::consts::PI) * ((wb / (hb + 1e-7)).atan() - (wa / (ha + 1e-7)).atan()).powi(2);
+    let v = 4.0 / (std::f64::consts::PI * std::f64::consts::PI)
+        * ((wb / (hb + 1e-7)).atan() - (wa / (ha + 1e-7)).atan()).powi(2);
     let denom = (1.0 - iou) + v;
     let alpha = if denom == 0.0 { 0.0 } else { v / denom };
     iou - (rho2 / c2 + alpha * v)

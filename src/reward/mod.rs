@@ -63,7 +63,8 @@ fn first_section<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
 /// syntactic rules. Returns the scene when F = 1.
 pub fn format_check(completion: &str) -> Option<SceneGraph> {
     for tag in TAGS {
-        if completion.matches(&format!("<{tag}>")).count() != 1 || completion.matches(&format!("</{tag}>")).count() != 1 {
+        if completion.matches(&format!("<{tag}>")).count() != 1 || completion.matches(&format!("</{tag}>")).count() != 1
+        {
             return None;
         }
     }
@@ -132,7 +133,8 @@ pub fn reward(
 ) -> Reward {
     let Some(pred) = format_check(completion) else { return Reward::default() };
     let mut gt_reasons = Vec::new();
-    let gt = first_section(ground_truth, "scene").and_then(|b| SceneGraph::parse(b, &mut gt_reasons)).unwrap_or_default();
+    let gt =
+        first_section(ground_truth, "scene").and_then(|b| SceneGraph::parse(b, &mut gt_reasons)).unwrap_or_default();
     let answer = |t: &str| first_section(t, "answer").map(|a| a.trim().to_lowercase());
     let accuracy = match (answer(completion), answer(ground_truth)) {
         (Some(a), Some(b)) if a == b => 1.0,
