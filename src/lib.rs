@@ -44,6 +44,7 @@
 //! ```
 
 pub mod cli;
+pub mod data;
 pub mod decode;
 pub mod engine;
 pub mod error;

@@ -59,6 +59,11 @@ fn whole_outputs_are_accepted_and_end_done() {
     let free = rules(640, 600, "What is behind the bike?");
     let text = full(OBJ, "", " a man ");
     assert_eq!(accepted(&free, &text), text.len());
+    // ... but not an empty or blank one.
+    for blank in ["", "  "] {
+        let text = full(OBJ, "", blank);
+        assert_eq!(accepted(&free, &text), text.len() - "</answer>".len(), "{blank:?}");
+    }
 }
 
 #[test]

@@ -93,3 +93,22 @@ fn every_constrained_output_is_valid() {
     assert!(objects > 0, "the runs should declare some objects");
     println!("constrained: {valid}/{RUNS} valid, {objects} objects; unconstrained: {free_valid}/{free_runs} valid");
 }
+
+#[test]
+fn short_token_limits_still_end_in_a_valid_answer() {
+    // Default bounds, small max_new_tokens: the matcher switches to the shortest completion
+    // when the tokens left come down to its reserve.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny", &tmp.path().join("tiny"));
+    let frame = e.encode_image(&common::image("chelsea.png")).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for run in 0..60 {
+        let q = questions()[run % 4];
+        let max_new_tokens = [120, 250, 400, 700][run % 4];
+        let sampling =
+            SamplingParams { temperature: Some(rng.random_range(0.7..=2.0)), seed: rng.random(), ..Default::default() };
+        let a = e.ask(&frame, q, &GenerateOptions { max_new_tokens, sampling, ..Default::default() }).unwrap();
+        assert!(a.response.valid, "run {run} (limit {max_new_tokens}): {:?}\n{}", a.response.reasons, a.raw);
+        assert!(a.token_ids.len() <= max_new_tokens);
+    }
+}

@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => st::cli::export::run(args),
         Command::Bench(args) => st::cli::bench::run(args),
         Command::Reward(args) => st::cli::reward::run(args),
+        Command::Eval(args) => st::cli::eval::run(args),
+        Command::Data(args) => st::cli::data::run(args),
         Command::Doctor(args) => st::cli::doctor::run(args),
     }
 }

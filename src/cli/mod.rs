@@ -2,7 +2,9 @@
 //! `match` over [`Command`].
 
 pub mod bench;
+pub mod data;
 pub mod doctor;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod reward;
@@ -30,6 +32,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Score completions with the dense spatial reward (SPEC §5), JSON lines in and out.
     Reward(reward::RewardArgs),
+    /// Evaluate the model on STVQA-format rows: accuracy per category, reward, validity, timings.
+    Eval(eval::EvalArgs),
+    /// Datasets: `st data synth` renders a synthetic spatial dataset.
+    Data(data::DataArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
 }

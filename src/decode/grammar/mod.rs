@@ -91,7 +91,9 @@ impl GrammarFactory {
     /// A matcher for one request.
     pub fn matcher(&self, spec: OutputSpec) -> SceneMatcher {
         let rules = Arc::new(SceneRules::new(spec));
-        SceneMatcher { state: rules.initial(), rules, factory: self.clone(), error: None }
+        let mut state = rules.initial();
+        state.finishing = rules.spec.max_tokens.is_some_and(|m| m <= rules.finish_reserve());
+        SceneMatcher { state, rules, factory: self.clone(), error: None, committed: 0 }
     }
 }
 
@@ -101,6 +103,8 @@ pub struct SceneMatcher {
     rules: Arc<SceneRules>,
     state: State,
     error: Option<String>,
+    /// Tokens committed so far.
+    committed: u32,
 }
 
 impl SceneMatcher {
@@ -128,7 +132,7 @@ impl SceneMatcher {
         let mut set = trie.alloc_token_set();
         if self.state.is_done() {
             self.factory.end_of_turn.iter().for_each(|&t| set.allow_token(t));
-        } else if self.state.text_section().is_some() && !self.state.force_close {
+        } else if self.state.text_section().is_some() && !self.state.force_close && !self.state.finishing {
             // Free text: every token without '<' keeps the state; only the few with '<' need
             // walking (the general trie walk would visit nearly the whole vocabulary).
             set = (*self.factory.plain_text).clone();
@@ -214,6 +218,10 @@ impl SceneMatcher {
                 Section::Answer => b.answer_tokens,
             };
             s.force_close = s.section_tokens >= limit;
+        }
+        self.committed += 1;
+        if let Some(max) = self.rules.spec.max_tokens {
+            s.finishing |= max.saturating_sub(self.committed) <= self.rules.finish_reserve();
         }
         self.state = s;
         Ok(())

@@ -15,7 +15,8 @@
 //!   object was declared;
 //! - the answer: one of the options' exact strings when the question offers options;
 //! - free text: any bytes but `<`, which starts the closing tag; once a section has used its
-//!   token budget, only its closing tag.
+//!   token budget, only its closing tag (a free-text answer first needs one visible byte);
+//! - near the generation's token limit, only the shortest way to a complete answer.
 //!
 //! The JSON layout is Python's `json.dumps` default (`", "` and `": "`), the layout of
 //! SpatialThinker's training scenes; the fixed parts are therefore forced bytes.
@@ -136,6 +137,10 @@ pub struct State {
     /// Tokens committed in the current free-text section, and whether it must close now.
     pub(super) section_tokens: u32,
     pub(super) force_close: bool,
+    /// Few tokens are left: only the shortest way to a complete answer is allowed.
+    pub(super) finishing: bool,
+    /// The current free-text section holds only whitespace so far.
+    blank: bool,
 }
 
 impl State {
@@ -150,6 +155,8 @@ impl State {
             declared: Arc::new(Vec::new()),
             section_tokens: 0,
             force_close: false,
+            finishing: false,
+            blank: true,
         }
     }
 
@@ -160,7 +167,10 @@ impl State {
     /// Inside a predicate: how many more bytes it may take.
     pub fn predicate_room(&self, bounds: &super::spec::Bounds) -> Option<usize> {
         match self.phase {
-            Phase::Predicate { len } => Some(usize::from(bounds.max_predicate_bytes.saturating_sub(len))),
+            Phase::Predicate { len } => {
+                let room = usize::from(bounds.max_predicate_bytes.saturating_sub(len));
+                Some(if self.finishing { room.min(usize::from(len == 0)) } else { room })
+            }
             _ => None,
         }
     }
@@ -217,6 +227,18 @@ impl SceneRules {
         State::initial()
     }
 
+    /// Tokens kept in reserve for closing the output: an upper bound on the bytes (hence
+    /// tokens) the shortest completion takes from any state in finishing mode — the rest of an
+    /// object (≤ 80 bytes with the longest label), of a relationship (≤ 2 ids + 1 byte), the
+    /// fixed tail (≤ 40) and the longest answer.
+    pub fn finish_reserve(&self) -> u32 {
+        let b = &self.spec.bounds;
+        let id = u32::from(b.max_label_bytes) + u32::from(b.max_id_digits) + 1;
+        let longest_tail = self.tails.iter().map(Vec::len).max().unwrap_or(0) as u32;
+        let text_close = 12;
+        80 + id + 2 * id + 60 + 40 + text_close + longest_tail.max(16)
+    }
+
     fn range(&self, s: &State, coord: u8) -> (u32, u32) {
         let (w, h) = self.spec.image_size;
         match coord {
@@ -229,6 +251,7 @@ impl SceneRules {
 
     fn enter_text(s: &mut State, section: Section) {
         s.phase = Phase::Text { section, close: 0 };
+        s.blank = true;
         s.section_tokens = 0;
         s.force_close = false;
     }
@@ -283,8 +306,19 @@ impl SceneRules {
                     if b == 0xff {
                         return None; // toktrie's special-token marker, never in UTF-8 text
                     }
+                    // A free-text answer needs one visible byte before it may close.
+                    let needs_text = section == Section::Answer && s.blank;
                     if b != b'<' {
-                        return (!s.force_close).then_some(n);
+                        // Closing: only a free answer's first visible byte is still allowed.
+                        let visible_first = needs_text && !b.is_ascii_whitespace();
+                        if (s.force_close || s.finishing) && !visible_first {
+                            return None;
+                        }
+                        n.blank &= b.is_ascii_whitespace();
+                        return Some(n);
+                    }
+                    if needs_text {
+                        return None;
                     }
                     n.phase = Phase::Text { section, close: 1 };
                 } else {
@@ -307,8 +341,8 @@ impl SceneRules {
             Phase::ObjectsStart | Phase::AfterObject => {
                 let first = s.phase == Phase::ObjectsStart;
                 match b {
-                    b'{' if first && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::IdKey),
-                    b',' if !first && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::NextObj),
+                    b'{' if first && !s.finishing && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::IdKey),
+                    b',' if !first && !s.finishing && s.objects < bounds.max_objects => Self::lit(&mut n, Lit::NextObj),
                     b']' => Self::lit(&mut n, Lit::RelHead),
                     _ => return None,
                 }
@@ -316,7 +350,10 @@ impl SceneRules {
             Phase::Id { dot } => {
                 let digits = if dot { s.buf.iter().rev().take_while(|c| c.is_ascii_digit()).count() } else { 0 };
                 match b {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'_' if !dot && s.buf.len() < bounds.max_label_bytes as usize => {}
+                    b'a'..=b'z' | b'A'..=b'Z' | b'_'
+                        if !dot
+                            && s.buf.len() < bounds.max_label_bytes as usize
+                            && (s.buf.is_empty() || !s.finishing) => {}
                     b'.' if !dot && !s.buf.is_empty() => n.phase = Phase::Id { dot: true },
                     b'0'..=b'9' if dot && digits < bounds.max_id_digits as usize => {
                         // At the last digit allowed, an id already declared would be a dead end.
@@ -376,7 +413,7 @@ impl SceneRules {
             }
             Phase::RelStart | Phase::AfterRel => {
                 let first = s.phase == Phase::RelStart;
-                let more = s.relationships < bounds.max_relationships && !s.declared.is_empty();
+                let more = !s.finishing && s.relationships < bounds.max_relationships && !s.declared.is_empty();
                 match b {
                     b'{' if first && more => Self::lit(&mut n, Lit::SubjKey),
                     b',' if !first && more => Self::lit(&mut n, Lit::NextRel),
@@ -404,7 +441,7 @@ impl SceneRules {
             }
             Phase::Predicate { len } => match b {
                 b'"' if len > 0 => Self::lit(&mut n, Lit::ObjKey),
-                _ if is_predicate_byte(b) && len < bounds.max_predicate_bytes => {
+                _ if is_predicate_byte(b) && len < bounds.max_predicate_bytes && (len == 0 || !s.finishing) => {
                     n.phase = Phase::Predicate { len: len + 1 }
                 }
                 _ => return None,

@@ -44,10 +44,18 @@ pub struct OutputSpec {
     /// The answers allowed (`(A) text`, …); empty: free text.
     pub options: OptionSet,
     pub bounds: Bounds,
+    /// The generation's token limit: when the tokens left come down to what closing the output
+    /// can take, the rules allow only the shortest way to a complete answer.
+    pub max_tokens: Option<u32>,
 }
 
 impl OutputSpec {
     pub fn new(image_size: (u32, u32), question: &str, bounds: Bounds) -> Self {
-        Self { image_size, options: OptionSet::from_question(question), bounds }
+        Self { image_size, options: OptionSet::from_question(question), bounds, max_tokens: None }
+    }
+
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
     }
 }
