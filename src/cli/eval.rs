@@ -79,7 +79,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             Err(e) => Record::failed(index, format!("line {}: {e}", index + 1)),
         };
         if let Some(e) = &record.error {
-            bar.println(format!("row {index} skipped: {e}"));
+            bar.suspend(|| eprintln!("row {index} skipped: {e}"));
         }
         if let Some(f) = &mut out {
             writeln!(f, "{}", serde_json::to_string(&record)?)?;
