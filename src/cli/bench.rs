@@ -140,9 +140,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         push("ttft_same_frame_ms", second.timings.prefill_ms);
         let passes: f64 = t.decode_ms.iter().chain(&second.timings.decode_ms).sum();
         let tokens = t.decode_tokens + second.timings.decode_tokens;
-        let per_token = passes / tokens.max(1) as f64;
-        push("decode_ms_per_token", per_token);
-        push("decode_tokens_per_s", 1e3 / per_token);
+        // Under the grammar a short run may be all forced tokens: no decode figure then.
+        if tokens > 0 && passes > 0.0 {
+            let per_token = passes / tokens as f64;
+            push("decode_ms_per_token", per_token);
+            push("decode_tokens_per_s", 1e3 / per_token);
+        }
     }
     let (host, model) = describe(&engine, &args);
     let report = BenchReport {
