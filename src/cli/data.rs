@@ -33,8 +33,7 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     if a.out.exists() {
         anyhow::bail!("--out {}: already exists; choose a new folder", a.out.display());
     }
-    let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "synth".into());
-    let tmp = a.out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let tmp = super::partial_path(&a.out);
     let write = || -> anyhow::Result<usize> {
         std::fs::create_dir_all(tmp.join("images"))?;
         let mut lines = String::new();

@@ -116,3 +116,17 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("st=info,warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// A hidden sibling of `path` for writing before the final rename (`.NAME.partial-PID`), so an
+/// interrupted command never leaves a half-written output under the real name.
+pub fn partial_path(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Write `bytes` to `path` through [`partial_path`] and a rename; errors name `what` and the file.
+pub fn write_then_rename(path: &std::path::Path, bytes: &[u8], what: &str) -> anyhow::Result<()> {
+    let tmp = partial_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| anyhow::anyhow!("{what} {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))
+}

@@ -65,12 +65,7 @@ pub fn run(args: RewardArgs) -> anyhow::Result<()> {
         out.push('\n');
     }
     match &args.output {
-        Some(path) => {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-            std::fs::write(&tmp, &out).map_err(|e| anyhow::anyhow!("--output {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("--output {}: {e}", path.display()))?;
-        }
+        Some(path) => super::write_then_rename(path, out.as_bytes(), "--output")?,
         None => std::io::stdout().write_all(out.as_bytes())?,
     }
     eprintln!("{n} lines scored, {bad} with errors");

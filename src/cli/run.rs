@@ -112,13 +112,11 @@ fn draw(engine: &Engine, image: &Path, a: &Answer, out: &Path) -> anyhow::Result
     if let Some(scene) = &a.response.scene {
         crate::scene::draw_scene(&mut rgb, scene);
     }
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let format = image::ImageFormat::from_path(out)
         .map_err(|e| anyhow::anyhow!("--draw {}: unknown image format ({e})", out.display()))?;
-    rgb.save_with_format(&tmp, format).map_err(|e| anyhow::anyhow!("--draw {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("--draw {}: {e}", out.display()))?;
-    Ok(())
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    rgb.write_to(&mut bytes, format).map_err(|e| anyhow::anyhow!("--draw {}: {e}", out.display()))?;
+    super::write_then_rename(out, bytes.get_ref(), "--draw")
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -135,18 +135,15 @@ pub fn reward(
     let mut gt_reasons = Vec::new();
     let gt =
         first_section(ground_truth, "scene").and_then(|b| SceneGraph::parse(b, &mut gt_reasons)).unwrap_or_default();
-    let answer = |t: &str| first_section(t, "answer").map(|a| a.trim().to_lowercase());
-    let accuracy = match (answer(completion), answer(ground_truth)) {
-        (Some(a), Some(b)) if a == b => 1.0,
-        _ => 0.0,
-    };
+    let accuracy = sparse_reward(completion, ground_truth);
     let count = count_term(&pred, &gt);
     let spatial = if accuracy == 1.0 { spatial_term(&pred, &gt, image_size, sim) } else { 0.0 };
     let overall = weights.format + weights.count * count + weights.accuracy * accuracy + weights.spatial * spatial;
     Reward { overall, format: 1.0, count, accuracy, spatial }
 }
 
-/// The sparse variant for ablations: R = A (no format gating, as SPEC §5 states it).
+/// Accuracy A, which is also the sparse variant for ablations (R = A, no format gating, as
+/// SPEC §5 states it): the first `<answer>` bodies, stripped and lowercased, equal.
 pub fn sparse_reward(completion: &str, ground_truth: &str) -> f64 {
     let answer = |t: &str| first_section(t, "answer").map(|a| a.trim().to_lowercase());
     match (answer(completion), answer(ground_truth)) {
