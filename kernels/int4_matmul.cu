@@ -1,0 +1,149 @@
+// int4 weight-only matmul in ORT's MatMulNBits layout (bits = 4):
+//   B      [N][k_blocks][block / 2] bytes, k_blocks = ceil(K / block); byte i of a block holds element 2i in
+//          its low nibble and element 2i + 1 in its high nibble (rows padded to whole blocks)
+//   scales [N][k_blocks] in the activation type
+//   zero_points (optional) [N][ceil(k_blocks / 2)] bytes, block 2j in the low nibble; absent means 8
+//   W[n][k] = (q - zero_point) * scale,   Y[m][n] = sum_k A[m][k] * W[n][k]
+// block is 32, 64 or 128 (any multiple of 32 works), so every 16-byte load holds 32 weights of one block.
+//
+// Two paths, picked by the launcher from M:
+//   st_int4_gemv_*: decode, M <= 8. One warp per weight row; each lane streams 16-byte chunks (4 in flight),
+//                   dequantizes in registers and keeps M fp32 partial sums; a warp-shuffle reduction ends it.
+//   st_int4_gemm_*: prefill. 64 x 64 tiles through mma.sync (common.cuh); the W tile is dequantized to the
+//                   activation type in shared memory.
+#include "common.cuh"
+
+// (q - z) as a float without an int->float conversion: 0x4B000000 | q is the float 2^23 + q.
+__device__ __forceinline__ float st_nib(st_u32 word, int shift, float z_biased) {
+    return st_bits_to_float(0x4B000000u | ((word >> shift) & 0xFu)) - z_biased;
+}
+
+__device__ __forceinline__ float st_int4_zero(const st_u8* __restrict__ zrow, int blk) {
+    const float z = zrow ? (float)((zrow[blk >> 1] >> ((blk & 1) * 4)) & 0xF) : 8.0f;
+    return 8388608.0f + z;
+}
+
+#define ST_GEMV_UNROLL 4
+
+template <typename T, int M>
+__device__ __forceinline__ void st_int4_gemv(const T* __restrict__ a, const st_u8* __restrict__ b,
+                                             const T* __restrict__ scales, const st_u8* __restrict__ zp,
+                                             T* __restrict__ y, int m, int n, int k, int block) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * ST_WARPS + (threadIdx.x >> 5);
+    if (row >= n) return;  // whole warps leave together; this kernel has no block-wide barrier
+    const int k_blocks = (k + block - 1) / block;
+    const int chunks = k_blocks * block / 32;
+    const uint4* __restrict__ wrow = reinterpret_cast<const uint4*>(b + (size_t)row * k_blocks * (block / 2));
+    const T* __restrict__ srow = scales + (size_t)row * k_blocks;
+    const st_u8* __restrict__ zrow = zp ? zp + (size_t)row * ((k_blocks + 1) / 2) : nullptr;
+    const bool aligned = (k % 8) == 0;
+
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+
+    for (int c0 = lane; c0 < chunks; c0 += 32 * ST_GEMV_UNROLL) {
+        uint4 w[ST_GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < ST_GEMV_UNROLL; ++u) {
+            const int c = c0 + 32 * u;
+            if (c < chunks) w[u] = wrow[c];
+        }
+#pragma unroll
+        for (int u = 0; u < ST_GEMV_UNROLL; ++u) {
+            const int c = c0 + 32 * u;
+            if (c >= chunks) break;
+            const int k0 = c * 32;
+            const int blk = k0 / block;
+            const float s = Act<T>::to_f(srow[blk]);
+            const float zb = st_int4_zero(zrow, blk);
+            const st_u32 words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
+            float q[32];
+#pragma unroll
+            for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) q[8 * wi + j] = st_nib(words[wi], 4 * j, zb);
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                if (i < m) {
+                    const T* arow = a + (size_t)i * k;
+                    float part = 0.0f;
+#pragma unroll
+                    for (int g = 0; g < 4; ++g) {
+                        float av[8];
+                        st_load8<T>(arow, k0 + 8 * g, k, aligned, av);
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[8 * g + j], part);
+                    }
+                    acc[i] = fmaf(s, part, acc[i]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        const float v = st_warp_sum(acc[i]);
+        if (lane == 0 && i < m) y[(size_t)i * n + row] = Act<T>::from_f(v);
+    }
+}
+
+// Fills 16 dequantized weights of row `row`, columns k0 + 16 * half ..., into the shared W tile.
+template <typename T>
+struct StInt4Loader {
+    const st_u8* __restrict__ b;
+    const T* __restrict__ scales;
+    const st_u8* __restrict__ zp;
+    int n, k, block;
+
+    __device__ __forceinline__ void load(int row, int k0, int half, T* dst) const {
+        const int kc = k0 + 16 * half;
+        if (row >= n || kc >= k) {
+#pragma unroll
+            for (int j = 0; j < 16; ++j) dst[j] = Act<T>::from_f(0.0f);
+            return;
+        }
+        const int k_blocks = (k + block - 1) / block;
+        const int blk = kc / block;
+        const uint2 v = *reinterpret_cast<const uint2*>(b + (size_t)row * k_blocks * (block / 2) + kc / 2);
+        const float s = Act<T>::to_f(scales[(size_t)row * k_blocks + blk]);
+        const float zb = st_int4_zero(zp ? zp + (size_t)row * ((k_blocks + 1) / 2) : nullptr, blk);
+        const st_u32 words[2] = {v.x, v.y};
+#pragma unroll
+        for (int wi = 0; wi < 2; ++wi)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) dst[8 * wi + j] = Act<T>::from_f(st_nib(words[wi], 4 * j, zb) * s);
+    }
+};
+
+template <typename T>
+__device__ __forceinline__ void st_int4_gemm(const T* __restrict__ a, const st_u8* __restrict__ b,
+                                             const T* __restrict__ scales, const st_u8* __restrict__ zp,
+                                             T* __restrict__ y, int m, int n, int k, int block) {
+    StInt4Loader<T> loader{b, scales, zp, n, k, block};
+    st_gemm_tiles<T, StInt4Loader<T>>(a, loader, y, m, n, k);
+}
+
+// Exported entry points (extern "C": NVRTC and the host emulation find them by name).
+#define ST_INT4_ARGS(T)                                                                                       \
+    const T *__restrict__ a, const st_u8 *__restrict__ b, const T *__restrict__ scales,                     \
+        const st_u8 *__restrict__ zp, T *__restrict__ y, int m, int n, int k, int block
+#define ST_INT4_GEMV(NAME, T, M)                                                                             \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_INT4_ARGS(T)) {                         \
+        st_int4_gemv<T, M>(a, b, scales, zp, y, m, n, k, block);                                             \
+    }
+#define ST_INT4_GEMM(NAME, T)                                                                                \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_INT4_ARGS(T)) {                         \
+        st_int4_gemm<T>(a, b, scales, zp, y, m, n, k, block);                                                \
+    }
+
+ST_INT4_GEMV(st_int4_gemv_f16_m1, __half, 1)
+ST_INT4_GEMV(st_int4_gemv_f16_m2, __half, 2)
+ST_INT4_GEMV(st_int4_gemv_f16_m4, __half, 4)
+ST_INT4_GEMV(st_int4_gemv_f16_m8, __half, 8)
+ST_INT4_GEMV(st_int4_gemv_bf16_m1, __nv_bfloat16, 1)
+ST_INT4_GEMV(st_int4_gemv_bf16_m2, __nv_bfloat16, 2)
+ST_INT4_GEMV(st_int4_gemv_bf16_m4, __nv_bfloat16, 4)
+ST_INT4_GEMV(st_int4_gemv_bf16_m8, __nv_bfloat16, 8)
+ST_INT4_GEMM(st_int4_gemm_f16, __half)
+ST_INT4_GEMM(st_int4_gemm_bf16, __nv_bfloat16)

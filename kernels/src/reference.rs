@@ -1,0 +1,79 @@
+//! A float64 reference of both ops: dequantize every weight exactly, multiply in f64. The oracle of the
+//! kernel tests and of `gpu-check`.
+
+use crate::layout::{Fp8Scales, Fp8Weights, Int4Weights, fp8_to_f32};
+
+/// A scale element type read as f64.
+pub trait Scale: Copy {
+    fn to_f64(self) -> f64;
+}
+impl Scale for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+impl Scale for half::f16 {
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+impl Scale for half::bf16 {
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+
+/// Weight `[n][k]` of int4 weights, dequantized in f64.
+pub fn int4_weight<S: Scale>(w: &Int4Weights<'_, S>, n: usize, k: usize) -> f64 {
+    let l = w.layout;
+    let kb = l.k_blocks();
+    let blk = k / l.block;
+    let byte = w.b[n * kb * l.block / 2 + k / 2];
+    let q = if k % 2 == 0 { byte & 0xF } else { byte >> 4 };
+    let z = match w.zero_points {
+        Some(zp) => {
+            let zb = zp[n * kb.div_ceil(2) + blk / 2];
+            if blk % 2 == 0 { zb & 0xF } else { zb >> 4 }
+        }
+        None => 8,
+    };
+    (q as f64 - z as f64) * w.scales[n * kb + blk].to_f64()
+}
+
+/// Weight `[n][k]` of fp8 weights, dequantized in f64.
+pub fn fp8_weight<S: Scale>(w: &Fp8Weights<'_, S>, n: usize, k: usize) -> f64 {
+    let l = w.layout;
+    let s = match l.scales {
+        Fp8Scales::PerChannel => w.scales[n],
+        Fp8Scales::PerBlock(b) => w.scales[n * l.k.div_ceil(b) + k / b],
+    };
+    fp8_to_f32(w.w[n * l.k + k]) as f64 * s.to_f64()
+}
+
+/// `y[m, n] = Σ_k a[m, k] · weight(n, k)` in f64.
+pub fn matmul(a: &[f64], m: usize, n: usize, k: usize, weight: impl Fn(usize, usize) -> f64) -> Vec<f64> {
+    let mut y = vec![0.0; m * n];
+    for j in 0..n {
+        let row: Vec<f64> = (0..k).map(|kk| weight(j, kk)).collect();
+        for i in 0..m {
+            y[i * n + j] = a[i * k..(i + 1) * k].iter().zip(&row).map(|(x, w)| x * w).sum();
+        }
+    }
+    y
+}
+
+/// Normalised mean squared error Σ(got − want)² / Σ want² (llama.cpp's test-backend-ops measure). NaN in
+/// `got` gives NaN, which fails every `<=` bound.
+pub fn nmse(got: impl IntoIterator<Item = f64>, want: &[f64]) -> f64 {
+    let (mut err, mut norm) = (0.0, 0.0);
+    let mut count = 0;
+    for (g, w) in got.into_iter().zip(want) {
+        err += (g - w) * (g - w);
+        norm += w * w;
+        count += 1;
+    }
+    if count != want.len() {
+        return f64::NAN;
+    }
+    err / norm.max(f64::MIN_POSITIVE)
+}
