@@ -25,6 +25,9 @@ typedef uint32_t st_u32;
 // Threads per block of every kernel (4 warps); the Rust launcher uses the same constant.
 #define ST_THREADS 128
 #define ST_WARPS (ST_THREADS / 32)
+// __launch_bounds__ minimum blocks per SM. With only a thread limit ptxas aims at full occupancy and spills
+// the 8-row GEMV's accumulators; 4 blocks (512 threads, <= 128 registers) keep everything in registers.
+#define ST_MIN_BLOCKS 4
 
 // GEMM tile: 64 x 64 outputs per block, K consumed 32 at a time, 2 x 2 warps of 32 x 32 outputs each.
 #define ST_BM 64

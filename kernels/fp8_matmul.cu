@@ -60,7 +60,7 @@ __device__ __forceinline__ void st_fp8_gemv(const T* __restrict__ a, const st_u8
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
             const int c = c0 + 32 * u;
-            if (c >= chunks) break;
+            if (c < chunks) {
             const int k0 = 16 * c;
             const float s = st_fp8_scale<T>(scales, row, k0, k, block);
 #pragma unroll
@@ -77,6 +77,7 @@ __device__ __forceinline__ void st_fp8_gemv(const T* __restrict__ a, const st_u8
                     }
                     acc[i] = fmaf(s, part, acc[i]);
                 }
+            }
             }
         }
     }
@@ -120,11 +121,11 @@ __device__ __forceinline__ void st_fp8_gemm(const T* __restrict__ a, const st_u8
     const T *__restrict__ a, const st_u8 *__restrict__ w, const T *__restrict__ scales, T *__restrict__ y,   \
         int m, int n, int k, int block
 #define ST_FP8_GEMV(NAME, T, M)                                                                              \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_FP8_ARGS(T)) {                          \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS, ST_MIN_BLOCKS) NAME(ST_FP8_ARGS(T)) {                          \
         st_fp8_gemv<T, M>(a, w, scales, y, m, n, k, block);                                                  \
     }
 #define ST_FP8_GEMM(NAME, T)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_FP8_ARGS(T)) {                          \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS, ST_MIN_BLOCKS) NAME(ST_FP8_ARGS(T)) {                          \
         st_fp8_gemm<T>(a, w, scales, y, m, n, k, block);                                                     \
     }
 

@@ -23,7 +23,8 @@ __device__ __forceinline__ float st_int4_zero(const st_u8* __restrict__ zrow, in
     return 8388608.0f + z;
 }
 
-#define ST_GEMV_UNROLL 4
+// 16-byte loads in flight per lane: 4, or 2 for the 8-row tile (its accumulators need the registers).
+#define ST_GEMV_UNROLL(M) ((M) >= 8 ? 2 : 4)
 
 template <typename T, int M>
 __device__ __forceinline__ void st_int4_gemv(const T* __restrict__ a, const st_u8* __restrict__ b,
@@ -43,41 +44,40 @@ __device__ __forceinline__ void st_int4_gemv(const T* __restrict__ a, const st_u
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[i] = 0.0f;
 
-    for (int c0 = lane; c0 < chunks; c0 += 32 * ST_GEMV_UNROLL) {
-        uint4 w[ST_GEMV_UNROLL];
+    for (int c0 = lane; c0 < chunks; c0 += 32 * ST_GEMV_UNROLL(M)) {
+        uint4 w[ST_GEMV_UNROLL(M)];
 #pragma unroll
-        for (int u = 0; u < ST_GEMV_UNROLL; ++u) {
+        for (int u = 0; u < ST_GEMV_UNROLL(M); ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) w[u] = wrow[c];
         }
 #pragma unroll
-        for (int u = 0; u < ST_GEMV_UNROLL; ++u) {
+        for (int u = 0; u < ST_GEMV_UNROLL(M); ++u) {
             const int c = c0 + 32 * u;
-            if (c >= chunks) break;
+            if (c < chunks) {
             const int k0 = c * 32;
             const int blk = k0 / block;
             const float s = Act<T>::to_f(srow[blk]);
             const float zb = st_int4_zero(zrow, blk);
             const st_u32 words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-            float q[32];
+            // One 32-bit word (8 weights) at a time keeps register pressure at 8 decoded values.
 #pragma unroll
-            for (int wi = 0; wi < 4; ++wi)
+            for (int wi = 0; wi < 4; ++wi) {
+                float q[8];
 #pragma unroll
-                for (int j = 0; j < 8; ++j) q[8 * wi + j] = st_nib(words[wi], 4 * j, zb);
+                for (int j = 0; j < 8; ++j) q[j] = st_nib(words[wi], 4 * j, zb);
 #pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if (i < m) {
-                    const T* arow = a + (size_t)i * k;
-                    float part = 0.0f;
-#pragma unroll
-                    for (int g = 0; g < 4; ++g) {
+                for (int i = 0; i < M; ++i) {
+                    if (i < m) {
                         float av[8];
-                        st_load8<T>(arow, k0 + 8 * g, k, aligned, av);
+                        st_load8<T>(a + (size_t)i * k, k0 + 8 * wi, k, aligned, av);
+                        float part = 0.0f;
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[8 * g + j], part);
+                        for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[j], part);
+                        acc[i] = fmaf(s, part, acc[i]);
                     }
-                    acc[i] = fmaf(s, part, acc[i]);
                 }
+            }
             }
         }
     }
@@ -129,11 +129,11 @@ __device__ __forceinline__ void st_int4_gemm(const T* __restrict__ a, const st_u
     const T *__restrict__ a, const st_u8 *__restrict__ b, const T *__restrict__ scales,                     \
         const st_u8 *__restrict__ zp, T *__restrict__ y, int m, int n, int k, int block
 #define ST_INT4_GEMV(NAME, T, M)                                                                             \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_INT4_ARGS(T)) {                         \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS, ST_MIN_BLOCKS) NAME(ST_INT4_ARGS(T)) {                         \
         st_int4_gemv<T, M>(a, b, scales, zp, y, m, n, k, block);                                             \
     }
 #define ST_INT4_GEMM(NAME, T)                                                                                \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) NAME(ST_INT4_ARGS(T)) {                         \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS, ST_MIN_BLOCKS) NAME(ST_INT4_ARGS(T)) {                         \
         st_int4_gemm<T>(a, b, scales, zp, y, m, n, k, block);                                                \
     }
 
