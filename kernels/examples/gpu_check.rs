@@ -1,0 +1,229 @@
+//! On a real GPU (`kernels/gpu-check` runs it): the host-emulation checks again on the device (awkward
+//! shapes, NaN-poisoned outputs, float64 reference, same NMSE bounds), then every kernel timed at the 7B's
+//! shapes, with achieved DRAM bandwidth as a fraction of the device's.
+//!
+//! Usage: gpu_check [--peak-gbps 3350] [--iters 50]
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, sys};
+use half::f16;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use st_kernels::cuda::{Cuda, DeviceFp8, DeviceInt4};
+use st_kernels::reference::{self, nmse};
+use st_kernels::{Activation, Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn act<T: Activation>(rng: &mut ChaCha8Rng, len: usize) -> Vec<T> {
+    (0..len).map(|_| T::from_f32(rng.random_range(-1.0f32..1.0))).collect()
+}
+
+fn int4_host<T: Activation>(rng: &mut ChaCha8Rng, layout: Int4Layout) -> (Vec<u8>, Vec<T>, Option<Vec<u8>>) {
+    let b = (0..layout.b_len()).map(|_| rng.random()).collect();
+    let s = (0..layout.scales_len()).map(|_| T::from_f32(rng.random_range(0.01f32..0.1))).collect();
+    let z = layout.zero_points.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect());
+    (b, s, z)
+}
+
+fn fp8_host<T: Activation>(rng: &mut ChaCha8Rng, layout: Fp8Layout) -> (Vec<u8>, Vec<T>) {
+    let w = (0..layout.w_len())
+        .map(|_| loop {
+            let b: u8 = rng.random();
+            if b & 0x7f != 0x7f {
+                break b;
+            }
+        })
+        .collect();
+    let s = (0..layout.scales_len()).map(|_| T::from_f32(rng.random_range(1e-3f32..4e-3))).collect();
+    (w, s)
+}
+
+fn bound<T: Activation>() -> f64 {
+    match T::DTYPE {
+        st_kernels::Dtype::F16 => 6e-7,
+        st_kernels::Dtype::Bf16 => 4e-5,
+    }
+}
+
+fn to_f64<T: Activation>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f32() as f64).collect()
+}
+
+fn check_int4<T: Activation + reference::Scale + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    cuda: &Cuda,
+    stream: &Arc<CudaStream>,
+    seed: u64,
+    (m, n, k): (usize, usize, usize),
+    block: usize,
+    zp: bool,
+) -> Res<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let layout = Int4Layout { n, k, block, zero_points: zp };
+    let (b, s, z) = int4_host::<T>(&mut rng, layout);
+    let w = Int4Weights { layout, b: &b, scales: &s, zero_points: z.as_deref() };
+    let a = act::<T>(&mut rng, m * k);
+    let dw = DeviceInt4::upload(stream, &w)?;
+    let da = stream.clone_htod(&a)?;
+    let mut dy = stream.clone_htod(&vec![T::nan(); m * n])?;
+    cuda.int4_matmul(stream, &da, m, &dw, &mut dy)?;
+    let y = stream.clone_dtoh(&dy)?;
+    let want = reference::matmul(&to_f64(&a), m, n, k, |j, kk| reference::int4_weight(&w, j, kk));
+    Ok(nmse(to_f64(&y), &want))
+}
+
+fn check_fp8<T: Activation + reference::Scale + cudarc::driver::DeviceRepr>(
+    cuda: &Cuda,
+    stream: &Arc<CudaStream>,
+    seed: u64,
+    (m, n, k): (usize, usize, usize),
+    scales: Fp8Scales,
+) -> Res<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let layout = Fp8Layout { n, k, scales };
+    let (wq, s) = fp8_host::<T>(&mut rng, layout);
+    let w = Fp8Weights { layout, w: &wq, scales: &s };
+    let a = act::<T>(&mut rng, m * k);
+    let dw = DeviceFp8::upload(stream, &w)?;
+    let da = stream.clone_htod(&a)?;
+    let mut dy = stream.clone_htod(&vec![T::nan(); m * n])?;
+    cuda.fp8_matmul(stream, &da, m, &dw, &mut dy)?;
+    let y = stream.clone_dtoh(&dy)?;
+    let want = reference::matmul(&to_f64(&a), m, n, k, |j, kk| reference::fp8_weight(&w, j, kk));
+    Ok(nmse(to_f64(&y), &want))
+}
+
+fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
+    // The host tests' awkward shapes plus 7B-sized ones (k = 3584 and 18944, both paths).
+    let shapes = [
+        (1, 67, 200),
+        (3, 33, 203),
+        (8, 5, 130),
+        (9, 67, 200),
+        (70, 130, 96),
+        (17, 5, 203),
+        (1, 512, 3584),
+        (8, 512, 18944),
+        (64, 256, 3584),
+        (200, 130, 18944),
+    ];
+    let mut failures = 0;
+    for (i, &shape) in shapes.iter().enumerate() {
+        for (j, block) in [32, 64, 128].into_iter().enumerate() {
+            let zp = (i + j) % 2 == 0;
+            for (name, e, b) in [
+                ("f16", check_int4::<f16>(cuda, stream, (i * 10 + j) as u64, shape, block, zp)?, bound::<f16>()),
+                ("bf16", check_int4::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 7, shape, block, zp)?, bound::<half::bf16>()),
+            ] {
+                let ok = e <= b;
+                failures += usize::from(!ok);
+                println!("int4 {name} {shape:?} block {block} zp {zp}: NMSE {e:.2e} (bound {b:.0e}) {}", if ok { "ok" } else { "FAIL" });
+            }
+        }
+        for (j, scales) in [Fp8Scales::PerChannel, Fp8Scales::PerBlock(128)].into_iter().enumerate() {
+            for (name, e, b) in [
+                ("f16", check_fp8::<f16>(cuda, stream, (i * 10 + j) as u64 + 3, shape, scales)?, bound::<f16>()),
+                ("bf16", check_fp8::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 5, shape, scales)?, bound::<half::bf16>()),
+            ] {
+                let ok = e <= b;
+                failures += usize::from(!ok);
+                println!("fp8 {name} {shape:?} {scales:?}: NMSE {e:.2e} (bound {b:.0e}) {}", if ok { "ok" } else { "FAIL" });
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// The 7B's linears as (name, n, k) with n outputs.
+const MATRICES: [(&str, usize, usize); 5] = [
+    ("q_proj/o_proj", 3584, 3584),
+    ("k_proj/v_proj", 512, 3584),
+    ("gate_proj/up_proj", 18944, 3584),
+    ("down_proj", 3584, 18944),
+    ("lm_head", 152064, 3584),
+];
+
+fn time_ms(cuda: &Cuda, stream: &Arc<CudaStream>, iters: usize, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
+    for i in 0..3 {
+        f(i)?;
+    }
+    let start = cuda.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = cuda.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+    start.record(stream)?;
+    for i in 0..iters {
+        f(i)?;
+    }
+    end.record(stream)?;
+    Ok(start.elapsed_ms(&end)? as f64 / iters as f64)
+}
+
+fn timing(cuda: &Cuda, stream: &Arc<CudaStream>, peak_gbps: f64, iters: usize) -> Res<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    println!("\n| matrix | n x k | M | kernel | weights (MB) | time (us) | GB/s | of peak | TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, n, k) in MATRICES.iter().copied() {
+        let l4 = Int4Layout { n, k, block: 32, zero_points: false };
+        let l8 = Fp8Layout { n, k, scales: Fp8Scales::PerChannel };
+        let bytes4 = l4.bytes(2);
+        let bytes8 = l8.bytes(2);
+        // Enough copies of the weights to exceed the L2 cache (50 MB on H100), cycled through, so every
+        // call streams its weights from DRAM as a decode step does.
+        let copies4 = (256usize << 20).div_ceil(bytes4).clamp(1, 64);
+        let copies8 = (256usize << 20).div_ceil(bytes8).clamp(1, 64);
+        let (b, s, _) = int4_host::<f16>(&mut rng, l4);
+        let w4: Vec<DeviceInt4<f16>> = (0..copies4)
+            .map(|_| DeviceInt4::upload(stream, &Int4Weights { layout: l4, b: &b, scales: &s, zero_points: None }))
+            .collect::<Result<_, _>>()?;
+        let (wq, s8) = fp8_host::<f16>(&mut rng, l8);
+        let w8: Vec<DeviceFp8<f16>> = (0..copies8)
+            .map(|_| DeviceFp8::upload(stream, &Fp8Weights { layout: l8, w: &wq, scales: &s8 }))
+            .collect::<Result<_, _>>()?;
+        for m in [1usize, 4, 8, 512] {
+            let a: CudaSlice<f16> = stream.clone_htod(&act::<f16>(&mut rng, m * k))?;
+            let mut y: CudaSlice<f16> = stream.alloc_zeros(m * n)?;
+            let io = (m * k + m * n) * 2;
+            let t4 = time_ms(cuda, stream, iters, |i| Ok(cuda.int4_matmul(stream, &a, m, &w4[i % copies4], &mut y)?))?;
+            let t8 = time_ms(cuda, stream, iters, |i| Ok(cuda.fp8_matmul(stream, &a, m, &w8[i % copies8], &mut y)?))?;
+            for (kernel, t, bytes) in [("int4 b32", t4, bytes4), ("fp8 per-channel", t8, bytes8)] {
+                let gbps = (bytes + io) as f64 / (t * 1e-3) / 1e9;
+                let tflops = 2.0 * (m * n * k) as f64 / (t * 1e-3) / 1e12;
+                println!(
+                    "| {name} | {n} x {k} | {m} | {kernel} | {:.1} | {:.1} | {gbps:.0} | {:.0} % | {tflops:.1} |",
+                    bytes as f64 / 1e6,
+                    t * 1e3,
+                    100.0 * gbps / peak_gbps
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let mut peak_gbps = 3350.0;
+    let mut iters = 50;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--peak-gbps" => peak_gbps = args.next().ok_or("--peak-gbps needs a value")?.parse()?,
+            "--iters" => iters = args.next().ok_or("--iters needs a value")?.parse()?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let cache = std::env::temp_dir().join("st-kernels-cache");
+    let t0 = std::time::Instant::now();
+    let cuda = Cuda::new(0, Some(&cache))?;
+    println!("device arch {}, NVRTC {}, compile + load {:.2} s", cuda.arch(), st_kernels::cuda::nvrtc_version()?, t0.elapsed().as_secs_f64());
+    let t1 = std::time::Instant::now();
+    drop(Cuda::new(0, Some(&cache))?);
+    println!("second load (PTX from the disk cache): {:.3} s", t1.elapsed().as_secs_f64());
+    let stream = cuda.context().default_stream();
+    let failures = correctness(&cuda, &stream)?;
+    println!("correctness: {failures} failures");
+    timing(&cuda, &stream, peak_gbps, iters)?;
+    if failures > 0 {
+        return Err(format!("{failures} correctness failures").into());
+    }
+    Ok(())
+}
