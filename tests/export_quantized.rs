@@ -11,16 +11,19 @@ mod common;
 use common::pipeline::{export, prefill, rel_err};
 use common::{golden, read_npy};
 use ndarray::Array2;
-use st_export::{ExportOptions, NBitsScheme, Precision};
+use st_export::{ExportOptions, NBitsScheme, Precision, Target};
 
 fn check(name: &str, block: usize, symmetric: bool) {
     let scheme = format!("int4-b{block}-{}", if symmetric { "sym" } else { "asym" });
     let want: Array2<f32> = read_npy(&golden(&format!("{name}/{scheme}/logits.npy")));
     let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
-    for (accuracy_level, bound) in [(0, 1e-4), (4, 3e-2)] {
+    // Target::Cuda writes st's fused ai.st.MatMulInt4 (here on ORT's CPU provider, f32 compute): the
+    // fp32 bound, like MatMulNBits at accuracy_level 0.
+    for (target, accuracy_level, bound) in [(Target::Cpu, 0, 1e-4), (Target::Cpu, 4, 3e-2), (Target::Cuda, 0, 1e-4)] {
         let tmp = tempfile::tempdir().unwrap();
         // lm_head f32 here: the golden quantizes only the decoder's linears.
         let mut opts = ExportOptions::new(Precision::Int4);
+        opts.target = target;
         opts.linear.int4 = NBitsScheme { bits: 4, block, symmetric };
         opts.linear.accuracy_level = accuracy_level;
         opts.linear.lm_head = Precision::Fp32;
@@ -28,10 +31,13 @@ fn check(name: &str, block: usize, symmetric: bool) {
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
         let err = rel_err(&logits, &want);
         eprintln!(
-            "{name} {scheme} accuracy_level {accuracy_level}: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
+            "{name} {scheme} target {target} accuracy_level {accuracy_level}: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
             rel_err(&logits, &unquantized)
         );
-        assert!(err <= bound, "{name} {scheme} level {accuracy_level}: {err} > {bound}");
+        assert!(err <= bound, "{name} {scheme} {target} level {accuracy_level}: {err} > {bound}");
+        let decoder = std::fs::read(tmp.path().join(name).join("decoder.onnx")).unwrap();
+        let fused = decoder.windows(10).any(|w| w == b"MatMulInt4");
+        assert_eq!(fused, target == Target::Cuda, "{name} {target}: ai.st.MatMulInt4 present = {fused}");
     }
 }
 
@@ -47,20 +53,24 @@ fn int4_block128_asymmetric() {
     check("tiny-b", 128, false);
 }
 
-/// fp8: ORT dequantizes to f32 exactly, so the graph bound is the fp32 one.
+/// fp8: ORT dequantizes to f32 exactly, so the graph bound is the fp32 one; st's fused
+/// ai.st.MatMulFp8 (`--target cuda`, run here on the CPU provider) dequantizes exactly too.
 #[test]
 fn fp8_per_channel() {
-    for name in ["tiny", "tiny-b"] {
+    for (name, target) in
+        [("tiny", Target::Cpu), ("tiny-b", Target::Cpu), ("tiny", Target::Cuda), ("tiny-b", Target::Cuda)]
+    {
         let want: Array2<f32> = read_npy(&golden(&format!("{name}/fp8-channel/logits.npy")));
         let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
         let tmp = tempfile::tempdir().unwrap();
         let mut opts = ExportOptions::new(Precision::Fp8);
+        opts.target = target;
         opts.linear.lm_head = Precision::Fp32;
         let mut g = export(name, tmp.path(), &opts);
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
         let err = rel_err(&logits, &want);
         eprintln!(
-            "{name} fp8 per-channel: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
+            "{name} fp8 per-channel {target}: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
             rel_err(&logits, &unquantized)
         );
         assert!(err <= 1e-4, "{name} fp8: {err}");

@@ -14,6 +14,8 @@ pub const IR_VERSION: i64 = 10;
 pub const OPSET: i64 = 21;
 /// Microsoft contrib-op domain (MatMulNBits, GroupQueryAttention, …).
 pub const MS_DOMAIN: &str = "com.microsoft";
+/// st's own custom-op domain (MatMulInt4, MatMulFp8; implemented in the runtime, `st::engine::ops`).
+pub const ST_DOMAIN: &str = "ai.st";
 
 /// A tensor dimension: fixed, or named and chosen at run time.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +40,7 @@ pub struct Graph {
     initializers: Vec<TensorProto>,
     pub external: ExternalData,
     uses_ms_domain: bool,
+    uses_st_domain: bool,
 }
 
 fn value_info(name: &str, elem: DataType, dims: &[Dim<'_>]) -> ValueInfoProto {
@@ -74,6 +77,7 @@ impl Graph {
             initializers: vec![],
             external,
             uses_ms_domain: false,
+            uses_st_domain: false,
         }
     }
 
@@ -116,6 +120,9 @@ impl Graph {
             (0..n).map(|i| if i == 0 { format!("{name}/out") } else { format!("{name}/out{i}") }).collect();
         if domain == MS_DOMAIN {
             self.uses_ms_domain = true;
+        }
+        if domain == ST_DOMAIN {
+            self.uses_st_domain = true;
         }
         let attribute = attrs.iter().map(|(k, v)| attribute(k, v)).collect();
         self.nodes.push(NodeProto {
@@ -182,6 +189,9 @@ impl Graph {
         let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }];
         if self.uses_ms_domain {
             opset_import.push(OperatorSetIdProto { domain: Some(MS_DOMAIN.into()), version: Some(1) });
+        }
+        if self.uses_st_domain {
+            opset_import.push(OperatorSetIdProto { domain: Some(ST_DOMAIN.into()), version: Some(1) });
         }
         let graph = GraphProto {
             name: Some(self.name),

@@ -22,6 +22,9 @@ pub struct LinearOptions {
     pub int8: NBitsScheme,
     /// MatMulNBits `accuracy_level`: 0 = unset (fp32 compute on CPU), 4 = int8 activations.
     pub accuracy_level: i64,
+    /// Write st's fused ops (`ai.st.MatMulInt4` for 4-bit linears, `ai.st.MatMulFp8`) instead of
+    /// MatMulNBits / DequantizeLinear→Gemm (`--target cuda`).
+    pub fused_ops: bool,
 }
 
 impl Default for LinearOptions {
@@ -31,6 +34,7 @@ impl Default for LinearOptions {
             lm_head: Precision::Fp32,
             int8: NBitsScheme { bits: 8, block: 32, symmetric: true },
             accuracy_level: 4,
+            fused_ops: false,
         }
     }
 }
@@ -212,9 +216,26 @@ impl<'w> Builder<'w> {
                 let q = fp8::quantize_per_channel(&t.to_f32()?, n, k);
                 self.weights.release(weight);
                 self.progress.tensor_done(t.bytes.len());
-                let data = self.g.weight(&format!("{prefix}.weight_fp8"), DataType::Float8e4m3fn, &[n, k], &q.data)?;
                 let scale =
                     self.g.weight(&format!("{prefix}.weight_scale"), DataType::Float, &[n], &f32_bytes(&q.scales))?;
+                if self.linear.fused_ops {
+                    // The same bytes as uint8 for ai.st.MatMulFp8 (dequantized inside the matmul).
+                    let data = self.g.weight(&format!("{prefix}.weight_fp8"), DataType::Uint8, &[n, k], &q.data)?;
+                    let attrs = [("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(0))];
+                    let y = self
+                        .g
+                        .node_n(
+                            &format!("{prefix}/MatMulFp8"),
+                            "MatMulFp8",
+                            crate::graph::ST_DOMAIN,
+                            &[x, &data, &scale],
+                            &attrs,
+                            1,
+                        )
+                        .remove(0);
+                    return self.add_bias(y, prefix, bias);
+                }
+                let data = self.g.weight(&format!("{prefix}.weight_fp8"), DataType::Float8e4m3fn, &[n, k], &q.data)?;
                 let w = self.g.node(
                     &format!("{prefix}/DequantizeWeight"),
                     "DequantizeLinear",
@@ -224,6 +245,10 @@ impl<'w> Builder<'w> {
                 return self.gemm(x, &w, prefix, n, k, bias);
             }
         };
+        self.add_bias(y, prefix, bias)
+    }
+
+    fn add_bias(&mut self, y: String, prefix: &str, bias: bool) -> Result<String> {
         if !bias {
             return Ok(y);
         }
@@ -288,6 +313,15 @@ impl<'w> Builder<'w> {
             inputs.push(self.g.weight(&name, DataType::Uint8, &[zero_points.len()], &zero_points)?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        if self.linear.fused_ops && scheme.bits == 4 {
+            // ai.st.MatMulInt4 reads MatMulNBits' inputs as they are.
+            let attrs =
+                [("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(block as i64))];
+            return Ok(self
+                .g
+                .node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", crate::graph::ST_DOMAIN, &refs, &attrs, 1)
+                .remove(0));
+        }
         let attrs = [
             ("K", Attr::Int(k as i64)),
             ("N", Attr::Int(n as i64)),

@@ -13,9 +13,10 @@ use st_checkpoint::{Checkpoint, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The execution provider the graphs are written for. Today every target gets the same ops
-/// (MatMulNBits for int4/int8, DequantizeLinear→Gemm for fp8, which TensorRT fuses); the
-/// kernels issue adds the fused CUDA/CPU op that `cuda` and `cpu` will select for fp8.
+/// The execution provider the graphs are written for. `cpu` and `tensorrt` get MatMulNBits for
+/// int4/int8 and DequantizeLinear→Gemm for fp8 (the Q/DQ form TensorRT fuses); `cuda` gets st's
+/// fused ops `ai.st.MatMulInt4` / `ai.st.MatMulFp8` (kernels/), which the runtime registers and
+/// which also run on ORT's CPU provider (weights dequantized inside the matmul, never folded to f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Target {
     #[default]
@@ -225,7 +226,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
             g: Graph::new(name, external),
             weights: &ckpt.weights,
             precision,
-            linear: opts.linear,
+            linear: crate::layers::LinearOptions { fused_ops: opts.target == Target::Cuda, ..opts.linear },
             progress: &progress,
             overrides: &overrides,
             attention: opts.attention,

@@ -29,10 +29,12 @@ fn int4_host<T: Activation>(rng: &mut ChaCha8Rng, layout: Int4Layout) -> (Vec<u8
 
 fn fp8_host<T: Activation>(rng: &mut ChaCha8Rng, layout: Fp8Layout) -> (Vec<u8>, Vec<T>) {
     let w = (0..layout.w_len())
-        .map(|_| loop {
-            let b: u8 = rng.random();
-            if b & 0x7f != 0x7f {
-                break b;
+        .map(|_| {
+            loop {
+                let b: u8 = rng.random();
+                if b & 0x7f != 0x7f {
+                    break b;
+                }
             }
         })
         .collect();
@@ -114,21 +116,35 @@ fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
             let zp = (i + j) % 2 == 0;
             for (name, e, b) in [
                 ("f16", check_int4::<f16>(cuda, stream, (i * 10 + j) as u64, shape, block, zp)?, bound::<f16>()),
-                ("bf16", check_int4::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 7, shape, block, zp)?, bound::<half::bf16>()),
+                (
+                    "bf16",
+                    check_int4::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 7, shape, block, zp)?,
+                    bound::<half::bf16>(),
+                ),
             ] {
                 let ok = e <= b;
                 failures += usize::from(!ok);
-                println!("int4 {name} {shape:?} block {block} zp {zp}: NMSE {e:.2e} (bound {b:.0e}) {}", if ok { "ok" } else { "FAIL" });
+                println!(
+                    "int4 {name} {shape:?} block {block} zp {zp}: NMSE {e:.2e} (bound {b:.0e}) {}",
+                    if ok { "ok" } else { "FAIL" }
+                );
             }
         }
         for (j, scales) in [Fp8Scales::PerChannel, Fp8Scales::PerBlock(128)].into_iter().enumerate() {
             for (name, e, b) in [
                 ("f16", check_fp8::<f16>(cuda, stream, (i * 10 + j) as u64 + 3, shape, scales)?, bound::<f16>()),
-                ("bf16", check_fp8::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 5, shape, scales)?, bound::<half::bf16>()),
+                (
+                    "bf16",
+                    check_fp8::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 5, shape, scales)?,
+                    bound::<half::bf16>(),
+                ),
             ] {
                 let ok = e <= b;
                 failures += usize::from(!ok);
-                println!("fp8 {name} {shape:?} {scales:?}: NMSE {e:.2e} (bound {b:.0e}) {}", if ok { "ok" } else { "FAIL" });
+                println!(
+                    "fp8 {name} {shape:?} {scales:?}: NMSE {e:.2e} (bound {b:.0e}) {}",
+                    if ok { "ok" } else { "FAIL" }
+                );
             }
         }
     }
@@ -183,7 +199,8 @@ fn timing(cuda: &Cuda, stream: &Arc<CudaStream>, peak_gbps: f64, iters: usize) -
             let a: CudaSlice<f16> = stream.clone_htod(&act::<f16>(&mut rng, m * k))?;
             let mut y: CudaSlice<f16> = stream.alloc_zeros(m * n)?;
             let io = (m * k + m * n) * 2;
-            let t4 = time_ms(cuda, stream, iters, |i| Ok(cuda.int4_matmul(stream, &a, m, &w4[i % copies4], &mut y)?))?;
+            let t4 =
+                time_ms(cuda, stream, iters, |i| Ok(cuda.int4_matmul(stream, &a, m, &w4[i % copies4], &mut y)?))?;
             let t8 = time_ms(cuda, stream, iters, |i| Ok(cuda.fp8_matmul(stream, &a, m, &w8[i % copies8], &mut y)?))?;
             for (kernel, t, bytes) in [("int4 b32", t4, bytes4), ("fp8 per-channel", t8, bytes8)] {
                 let gbps = (bytes + io) as f64 / (t * 1e-3) / 1e9;
@@ -214,7 +231,12 @@ fn main() -> Res<()> {
     let cache = std::env::temp_dir().join("st-kernels-cache");
     let t0 = std::time::Instant::now();
     let cuda = Cuda::new(0, Some(&cache))?;
-    println!("device arch {}, NVRTC {}, compile + load {:.2} s", cuda.arch(), st_kernels::cuda::nvrtc_version()?, t0.elapsed().as_secs_f64());
+    println!(
+        "device arch {}, NVRTC {}, compile + load {:.2} s",
+        cuda.arch(),
+        st_kernels::cuda::nvrtc_version()?,
+        t0.elapsed().as_secs_f64()
+    );
     let t1 = std::time::Instant::now();
     drop(Cuda::new(0, Some(&cache))?);
     println!("second load (PTX from the disk cache): {:.3} s", t1.elapsed().as_secs_f64());

@@ -70,6 +70,9 @@ fn open_graph(
         builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.to_string()))?;
     }
     device.register(&mut builder)?;
+    builder = builder
+        .with_operators(super::ops::domain().map_err(|e| ort_err(e.to_string()))?)
+        .map_err(|e| ort_err(e.to_string()))?;
     let session = builder.commit_from_file(&path).map_err(|e| match device {
         Device::Cpu => ort_err(e.to_string()),
         _ => Error::Provider {

@@ -18,7 +18,15 @@ pub fn export(name: &str, out: &std::path::Path, opts: &st_export::ExportOptions
     let dir = out.join(name);
     let manifest = st_export::export(&model(name), &dir, opts).unwrap();
     assert_eq!(manifest, st::st_checkpoint::Manifest::from_dir(&dir).unwrap());
-    let open = |f: &str| Session::builder(env).unwrap().commit_from_file(dir.join(f)).unwrap();
+    // st's custom ops (ai.st.MatMulInt4 / MatMulFp8 in `--target cuda` graphs) registered as the runtime does.
+    let open = |f: &str| {
+        Session::builder(env)
+            .unwrap()
+            .with_operators(st::engine::ops::domain().unwrap())
+            .unwrap()
+            .commit_from_file(dir.join(f))
+            .unwrap()
+    };
     Graphs { vision: open("vision.onnx"), embed: open("embed.onnx"), decoder: open("decoder.onnx"), manifest }
 }
 
