@@ -37,17 +37,27 @@ typedef uint32_t st_u32;
 // make the fragment loads of the 8 row groups hit 8 different banks.
 #define ST_SK (ST_BK + 8)
 
-// Activation element types. to_f/from_f round to nearest even, as the hardware conversions do.
+// Activation element types: fp16, bf16, or f32 (the runtime's f32 graphs). to_f/from_f round to nearest
+// even, as the hardware conversions do. `Mma` is the tensor-core input type of the GEMM path: the type
+// itself for fp16/bf16; bf16 for f32 activations (f32's range, where fp16 would overflow above 65504).
 template <typename T> struct Act;
 template <> struct Act<__half> {
+    typedef __half Mma;
     static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
     static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
     static constexpr bool is_bf16 = false;
 };
 template <> struct Act<__nv_bfloat16> {
+    typedef __nv_bfloat16 Mma;
     static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
     static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
     static constexpr bool is_bf16 = true;
+};
+template <> struct Act<float> {
+    typedef __nv_bfloat16 Mma;
+    static __device__ __forceinline__ float to_f(float v) { return v; }
+    static __device__ __forceinline__ float from_f(float v) { return v; }
+    static constexpr bool is_bf16 = false;
 };
 
 // Bit casts without <cstring>: NVRTC has no standard library.
@@ -64,14 +74,18 @@ __device__ __forceinline__ float st_warp_sum(float v) {
 }
 
 // Eight activations starting at column k0 of row `row` as floats; columns at or past k read as zero.
-// The 16-byte load is used when the whole group is in range and aligned (k % 8 == 0).
+// 16-byte loads are used when the whole group is in range and aligned (k % 8 == 0).
 template <typename T>
 __device__ __forceinline__ void st_load8(const T* __restrict__ row, int k0, int k, bool aligned, float out[8]) {
     if (aligned && k0 + 8 <= k) {
-        uint4 v = *reinterpret_cast<const uint4*>(row + k0);
-        const T* h = reinterpret_cast<const T*>(&v);
+        constexpr int per = 16 / sizeof(T);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) out[j] = Act<T>::to_f(h[j]);
+        for (int v = 0; v < 8 / per; ++v) {
+            uint4 q = reinterpret_cast<const uint4*>(row + k0)[v];
+            const T* h = reinterpret_cast<const T*>(&q);
+#pragma unroll
+            for (int j = 0; j < per; ++j) out[v * per + j] = Act<T>::to_f(h[j]);
+        }
     } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) out[j] = (k0 + j < k) ? Act<T>::to_f(row[k0 + j]) : 0.0f;
@@ -106,12 +120,14 @@ __device__ __forceinline__ void st_mma_m16n8k16(float d[4], const st_u32 a[4], c
 //
 // Per block: a 64 x 32 tile of A and a 64 (N) x 32 (K) tile of dequantized W in shared memory, then each
 // warp runs 2 (M) x 4 (N) mma tiles per 16-wide K step. The weight format only decides how a thread fills
-// its half row of the W tile: `Loader::load(n_row, k0, half, dst16)` writes 16 dequantized values for
+// its half row of the W tile: `Loader::load(n_row, k0, half, dst16)` writes 16 dequantized values (in the
+// tensor-core type) for
 // columns k0 + 16 * half ... + 15 of weight row n_row (zeros for rows past N or columns past K).
 
-// Loads this thread's share of the A tile (row t / 2, sixteen columns starting at 16 * (t % 2)).
-template <typename T>
-__device__ __forceinline__ void st_load_a_tile(T (*as)[ST_SK], const T* __restrict__ a, int m, int k, int m0, int k0) {
+// Loads this thread's share of the A tile (row t / 2, sixteen columns starting at 16 * (t % 2)), converted
+// to the tensor-core type C.
+template <typename T, typename C>
+__device__ __forceinline__ void st_load_a_tile(C (*as)[ST_SK], const T* __restrict__ a, int m, int k, int m0, int k0) {
     const int t = threadIdx.x;
     const int r = t >> 1;
     const int c = (t & 1) * 16;
@@ -126,15 +142,16 @@ __device__ __forceinline__ void st_load_a_tile(T (*as)[ST_SK], const T* __restri
             for (int j = 0; j < 8; ++j) v[j] = 0.0f;
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) as[r][c + 8 * g + j] = Act<T>::from_f(v[j]);
+        for (int j = 0; j < 8; ++j) as[r][c + 8 * g + j] = Act<C>::from_f(v[j]);
     }
 }
 
 template <typename T, typename Loader>
 __device__ __forceinline__ void st_gemm_tiles(const T* __restrict__ a, const Loader& w, T* __restrict__ y, int m,
                                               int n, int k) {
-    __shared__ __align__(16) T as[ST_BM][ST_SK];
-    __shared__ __align__(16) T bs[ST_BN][ST_SK];
+    typedef typename Act<T>::Mma C;
+    __shared__ __align__(16) C as[ST_BM][ST_SK];
+    __shared__ __align__(16) C bs[ST_BN][ST_SK];
     const int t = threadIdx.x;
     const int lane = t & 31;
     const int warp = t >> 5;
@@ -154,7 +171,7 @@ __device__ __forceinline__ void st_gemm_tiles(const T* __restrict__ a, const Loa
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
     for (int k0 = 0; k0 < k; k0 += ST_BK) {
-        st_load_a_tile<T>(as, a, m, k, m0, k0);
+        st_load_a_tile<T, C>(as, a, m, k, m0, k0);
         w.load(n0 + (t >> 1), k0, t & 1, &bs[t >> 1][(t & 1) * 16]);
         __syncthreads();
 #pragma unroll
@@ -178,7 +195,7 @@ __device__ __forceinline__ void st_gemm_tiles(const T* __restrict__ a, const Loa
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) st_mma_m16n8k16<T>(acc[i][j], af[i], bf[j]);
+                for (int j = 0; j < 4; ++j) st_mma_m16n8k16<C>(acc[i][j], af[i], bf[j]);
         }
         __syncthreads();
     }

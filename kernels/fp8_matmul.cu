@@ -94,18 +94,19 @@ struct StFp8Loader {
     const T* __restrict__ scales;
     int n, k, block;
 
-    __device__ __forceinline__ void load(int row, int k0, int half, T* dst) const {
+    typedef typename Act<T>::Mma C;
+    __device__ __forceinline__ void load(int row, int k0, int half, C* dst) const {
         const int kc = k0 + 16 * half;
         if (row >= n || kc >= k) {
 #pragma unroll
-            for (int j = 0; j < 16; ++j) dst[j] = Act<T>::from_f(0.0f);
+            for (int j = 0; j < 16; ++j) dst[j] = Act<C>::from_f(0.0f);
             return;
         }
         float q[16];
         st_fp8_load16(w + (size_t)row * k, kc, k, (k % 16) == 0, q);
         const float s = st_fp8_scale<T>(scales, row, kc, k, block);
 #pragma unroll
-        for (int j = 0; j < 16; ++j) dst[j] = Act<T>::from_f(q[j] * s);
+        for (int j = 0; j < 16; ++j) dst[j] = Act<C>::from_f(q[j] * s);
     }
 };
 
@@ -139,3 +140,8 @@ ST_FP8_GEMV(st_fp8_gemv_bf16_m4, __nv_bfloat16, 4)
 ST_FP8_GEMV(st_fp8_gemv_bf16_m8, __nv_bfloat16, 8)
 ST_FP8_GEMM(st_fp8_gemm_f16, __half)
 ST_FP8_GEMM(st_fp8_gemm_bf16, __nv_bfloat16)
+ST_FP8_GEMV(st_fp8_gemv_f32_m1, float, 1)
+ST_FP8_GEMV(st_fp8_gemv_f32_m2, float, 2)
+ST_FP8_GEMV(st_fp8_gemv_f32_m4, float, 4)
+ST_FP8_GEMV(st_fp8_gemv_f32_m8, float, 8)
+ST_FP8_GEMM(st_fp8_gemm_f32, float)

@@ -96,11 +96,12 @@ struct StInt4Loader {
     const st_u8* __restrict__ zp;
     int n, k, block;
 
-    __device__ __forceinline__ void load(int row, int k0, int half, T* dst) const {
+    typedef typename Act<T>::Mma C;
+    __device__ __forceinline__ void load(int row, int k0, int half, C* dst) const {
         const int kc = k0 + 16 * half;
         if (row >= n || kc >= k) {
 #pragma unroll
-            for (int j = 0; j < 16; ++j) dst[j] = Act<T>::from_f(0.0f);
+            for (int j = 0; j < 16; ++j) dst[j] = Act<C>::from_f(0.0f);
             return;
         }
         const int k_blocks = (k + block - 1) / block;
@@ -112,7 +113,7 @@ struct StInt4Loader {
 #pragma unroll
         for (int wi = 0; wi < 2; ++wi)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) dst[8 * wi + j] = Act<T>::from_f(st_nib(words[wi], 4 * j, zb) * s);
+            for (int j = 0; j < 8; ++j) dst[8 * wi + j] = Act<C>::from_f(st_nib(words[wi], 4 * j, zb) * s);
     }
 };
 
@@ -147,3 +148,8 @@ ST_INT4_GEMV(st_int4_gemv_bf16_m4, __nv_bfloat16, 4)
 ST_INT4_GEMV(st_int4_gemv_bf16_m8, __nv_bfloat16, 8)
 ST_INT4_GEMM(st_int4_gemm_f16, __half)
 ST_INT4_GEMM(st_int4_gemm_bf16, __nv_bfloat16)
+ST_INT4_GEMV(st_int4_gemv_f32_m1, float, 1)
+ST_INT4_GEMV(st_int4_gemv_f32_m2, float, 2)
+ST_INT4_GEMV(st_int4_gemv_f32_m4, float, 4)
+ST_INT4_GEMV(st_int4_gemv_f32_m8, float, 8)
+ST_INT4_GEMM(st_int4_gemm_f32, float)

@@ -42,11 +42,8 @@ fn fp8_host<T: Activation>(rng: &mut ChaCha8Rng, layout: Fp8Layout) -> (Vec<u8>,
     (w, s)
 }
 
-fn bound<T: Activation>() -> f64 {
-    match T::DTYPE {
-        st_kernels::Dtype::F16 => 6e-7,
-        st_kernels::Dtype::Bf16 => 4e-5,
-    }
+fn bound<T: Activation>(m: usize) -> f64 {
+    reference::nmse_bound(T::DTYPE, m > st_kernels::launch::GEMV_MAX_M)
 }
 
 fn to_f64<T: Activation>(v: &[T]) -> Vec<f64> {
@@ -115,11 +112,16 @@ fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
         for (j, block) in [32, 64, 128].into_iter().enumerate() {
             let zp = (i + j) % 2 == 0;
             for (name, e, b) in [
-                ("f16", check_int4::<f16>(cuda, stream, (i * 10 + j) as u64, shape, block, zp)?, bound::<f16>()),
+                ("f16", check_int4::<f16>(cuda, stream, (i * 10 + j) as u64, shape, block, zp)?, bound::<f16>(shape.0)),
                 (
                     "bf16",
                     check_int4::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 7, shape, block, zp)?,
-                    bound::<half::bf16>(),
+                    bound::<half::bf16>(shape.0),
+                ),
+                (
+                    "f32",
+                    check_int4::<f32>(cuda, stream, (i * 10 + j) as u64 + 9, shape, block, zp)?,
+                    bound::<f32>(shape.0),
                 ),
             ] {
                 let ok = e <= b;
@@ -132,12 +134,13 @@ fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
         }
         for (j, scales) in [Fp8Scales::PerChannel, Fp8Scales::PerBlock(128)].into_iter().enumerate() {
             for (name, e, b) in [
-                ("f16", check_fp8::<f16>(cuda, stream, (i * 10 + j) as u64 + 3, shape, scales)?, bound::<f16>()),
+                ("f16", check_fp8::<f16>(cuda, stream, (i * 10 + j) as u64 + 3, shape, scales)?, bound::<f16>(shape.0)),
                 (
                     "bf16",
                     check_fp8::<half::bf16>(cuda, stream, (i * 10 + j) as u64 + 5, shape, scales)?,
-                    bound::<half::bf16>(),
+                    bound::<half::bf16>(shape.0),
                 ),
+                ("f32", check_fp8::<f32>(cuda, stream, (i * 10 + j) as u64 + 6, shape, scales)?, bound::<f32>(shape.0)),
             ] {
                 let ok = e <= b;
                 failures += usize::from(!ok);
@@ -174,31 +177,36 @@ fn time_ms(cuda: &Cuda, stream: &Arc<CudaStream>, iters: usize, mut f: impl FnMu
     Ok(start.elapsed_ms(&end)? as f64 / iters as f64)
 }
 
-fn timing(cuda: &Cuda, stream: &Arc<CudaStream>, peak_gbps: f64, iters: usize) -> Res<()> {
+fn timing<T: Activation + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    cuda: &Cuda,
+    stream: &Arc<CudaStream>,
+    peak_gbps: f64,
+    iters: usize,
+) -> Res<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    println!("\n| matrix | n x k | M | kernel | weights (MB) | time (us) | GB/s | of peak | TFLOP/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let elem = std::mem::size_of::<T>();
+    let dt = T::DTYPE.name();
     for (name, n, k) in MATRICES.iter().copied() {
         let l4 = Int4Layout { n, k, block: 32, zero_points: false };
         let l8 = Fp8Layout { n, k, scales: Fp8Scales::PerChannel };
-        let bytes4 = l4.bytes(2);
-        let bytes8 = l8.bytes(2);
+        let bytes4 = l4.bytes(elem);
+        let bytes8 = l8.bytes(elem);
         // Enough copies of the weights to exceed the L2 cache (50 MB on H100), cycled through, so every
         // call streams its weights from DRAM as a decode step does.
         let copies4 = (256usize << 20).div_ceil(bytes4).clamp(1, 64);
         let copies8 = (256usize << 20).div_ceil(bytes8).clamp(1, 64);
-        let (b, s, _) = int4_host::<f16>(&mut rng, l4);
-        let w4: Vec<DeviceInt4<f16>> = (0..copies4)
+        let (b, s, _) = int4_host::<T>(&mut rng, l4);
+        let w4: Vec<DeviceInt4<T>> = (0..copies4)
             .map(|_| DeviceInt4::upload(stream, &Int4Weights { layout: l4, b: &b, scales: &s, zero_points: None }))
             .collect::<Result<_, _>>()?;
-        let (wq, s8) = fp8_host::<f16>(&mut rng, l8);
-        let w8: Vec<DeviceFp8<f16>> = (0..copies8)
+        let (wq, s8) = fp8_host::<T>(&mut rng, l8);
+        let w8: Vec<DeviceFp8<T>> = (0..copies8)
             .map(|_| DeviceFp8::upload(stream, &Fp8Weights { layout: l8, w: &wq, scales: &s8 }))
             .collect::<Result<_, _>>()?;
         for m in [1usize, 4, 8, 512] {
-            let a: CudaSlice<f16> = stream.clone_htod(&act::<f16>(&mut rng, m * k))?;
-            let mut y: CudaSlice<f16> = stream.alloc_zeros(m * n)?;
-            let io = (m * k + m * n) * 2;
+            let a: CudaSlice<T> = stream.clone_htod(&act::<T>(&mut rng, m * k))?;
+            let mut y: CudaSlice<T> = stream.alloc_zeros(m * n)?;
+            let io = (m * k + m * n) * elem;
             let t4 =
                 time_ms(cuda, stream, iters, |i| Ok(cuda.int4_matmul(stream, &a, m, &w4[i % copies4], &mut y)?))?;
             let t8 = time_ms(cuda, stream, iters, |i| Ok(cuda.fp8_matmul(stream, &a, m, &w8[i % copies8], &mut y)?))?;
@@ -206,7 +214,7 @@ fn timing(cuda: &Cuda, stream: &Arc<CudaStream>, peak_gbps: f64, iters: usize) -
                 let gbps = (bytes + io) as f64 / (t * 1e-3) / 1e9;
                 let tflops = 2.0 * (m * n * k) as f64 / (t * 1e-3) / 1e12;
                 println!(
-                    "| {name} | {n} x {k} | {m} | {kernel} | {:.1} | {:.1} | {gbps:.0} | {:.0} % | {tflops:.1} |",
+                    "| {name} | {n} x {k} | {m} | {kernel} {dt} | {:.1} | {:.1} | {gbps:.0} | {:.0} % | {tflops:.1} |",
                     bytes as f64 / 1e6,
                     t * 1e3,
                     100.0 * gbps / peak_gbps
@@ -243,7 +251,10 @@ fn main() -> Res<()> {
     let stream = cuda.context().default_stream();
     let failures = correctness(&cuda, &stream)?;
     println!("correctness: {failures} failures");
-    timing(&cuda, &stream, peak_gbps, iters)?;
+    println!("\n| matrix | n x k | M | kernel | weights (MB) | time (us) | GB/s | of peak | TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    timing::<f16>(&cuda, &stream, peak_gbps, iters)?;
+    timing::<f32>(&cuda, &stream, peak_gbps, iters)?;
     if failures > 0 {
         return Err(format!("{failures} correctness failures").into());
     }

@@ -34,6 +34,9 @@ const Int4Entry INT4[] = {
     ST_ENTRY(st_int4_gemv_bf16_m1, int4_fn), ST_ENTRY(st_int4_gemv_bf16_m2, int4_fn),
     ST_ENTRY(st_int4_gemv_bf16_m4, int4_fn), ST_ENTRY(st_int4_gemv_bf16_m8, int4_fn),
     ST_ENTRY(st_int4_gemm_f16, int4_fn), ST_ENTRY(st_int4_gemm_bf16, int4_fn),
+    ST_ENTRY(st_int4_gemv_f32_m1, int4_fn), ST_ENTRY(st_int4_gemv_f32_m2, int4_fn),
+    ST_ENTRY(st_int4_gemv_f32_m4, int4_fn), ST_ENTRY(st_int4_gemv_f32_m8, int4_fn),
+    ST_ENTRY(st_int4_gemm_f32, int4_fn),
 };
 const Fp8Entry FP8[] = {
     ST_ENTRY(st_fp8_gemv_f16_m1, fp8_fn), ST_ENTRY(st_fp8_gemv_f16_m2, fp8_fn),
@@ -41,6 +44,9 @@ const Fp8Entry FP8[] = {
     ST_ENTRY(st_fp8_gemv_bf16_m1, fp8_fn), ST_ENTRY(st_fp8_gemv_bf16_m2, fp8_fn),
     ST_ENTRY(st_fp8_gemv_bf16_m4, fp8_fn), ST_ENTRY(st_fp8_gemv_bf16_m8, fp8_fn),
     ST_ENTRY(st_fp8_gemm_f16, fp8_fn), ST_ENTRY(st_fp8_gemm_bf16, fp8_fn),
+    ST_ENTRY(st_fp8_gemv_f32_m1, fp8_fn), ST_ENTRY(st_fp8_gemv_f32_m2, fp8_fn),
+    ST_ENTRY(st_fp8_gemv_f32_m4, fp8_fn), ST_ENTRY(st_fp8_gemv_f32_m8, fp8_fn),
+    ST_ENTRY(st_fp8_gemm_f32, fp8_fn),
 };
 
 }  // namespace

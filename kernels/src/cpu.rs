@@ -92,7 +92,7 @@ impl Dequant for Int4<'_> {
             let z = match self.0.zero_points {
                 Some(zp) => {
                     let zb = zp[row * kb.div_ceil(2) + blk / 2];
-                    (if blk % 2 == 0 { zb & 0xF } else { zb >> 4 }) as f32
+                    (if blk.is_multiple_of(2) { zb & 0xF } else { zb >> 4 }) as f32
                 }
                 None => 8.0,
             };

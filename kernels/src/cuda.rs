@@ -10,7 +10,9 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, sys};
+/// cudarc's raw driver types (CUstream, CUdeviceptr) for callers that hold foreign pointers (ORT).
+pub use cudarc::driver::sys;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::error::{Error, Result};

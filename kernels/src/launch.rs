@@ -90,7 +90,7 @@ impl Launch {
 /// Every entry point of `op`, for compile checks.
 pub fn kernel_names(op: Op) -> Vec<String> {
     let mut names = Vec::new();
-    for dtype in [Dtype::F16, Dtype::Bf16] {
+    for dtype in [Dtype::F16, Dtype::Bf16, Dtype::F32] {
         for tile in [1, 2, 4, 8] {
             names.push(format!("st_{}_gemv_{}_m{tile}", op.name(), dtype.name()));
         }

@@ -2,11 +2,13 @@
 
 use crate::error::{Error, Result};
 
-/// The activation (and scale, and output) element type of the GPU kernels.
+/// The activation (and scale, and output) element type of the GPU kernels. With f32 activations the
+/// GEMV computes in f32 throughout and the GEMM feeds the tensor cores bf16 (f32's range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
     F16,
     Bf16,
+    F32,
 }
 
 impl Dtype {
@@ -14,11 +16,12 @@ impl Dtype {
         match self {
             Dtype::F16 => "f16",
             Dtype::Bf16 => "bf16",
+            Dtype::F32 => "f32",
         }
     }
 }
 
-/// A 16-bit activation type: `half::f16` or `half::bf16`.
+/// An activation type: `half::f16`, `half::bf16` or `f32`.
 pub trait Activation: Copy + Send + Sync + bytemuck::Pod + 'static {
     const DTYPE: Dtype;
     fn from_f32(v: f32) -> Self;
@@ -37,6 +40,19 @@ impl Activation for half::f16 {
     }
     fn nan() -> Self {
         half::f16::NAN
+    }
+}
+
+impl Activation for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn nan() -> Self {
+        f32::NAN
     }
 }
 
@@ -85,7 +101,7 @@ impl Int4Layout {
         if self.n == 0 || self.k == 0 {
             return Err(Error::Shape(format!("int4 weight [{}, {}] is empty", self.n, self.k)));
         }
-        if self.block < 32 || self.block % 32 != 0 {
+        if self.block < 32 || !self.block.is_multiple_of(32) {
             return Err(Error::Shape(format!("int4 block size {} (expected 32, 64 or 128)", self.block)));
         }
         check_i32("int4 n", self.n)?;

@@ -29,11 +29,11 @@ pub fn int4_weight<S: Scale>(w: &Int4Weights<'_, S>, n: usize, k: usize) -> f64 
     let kb = l.k_blocks();
     let blk = k / l.block;
     let byte = w.b[n * kb * l.block / 2 + k / 2];
-    let q = if k % 2 == 0 { byte & 0xF } else { byte >> 4 };
+    let q = if k.is_multiple_of(2) { byte & 0xF } else { byte >> 4 };
     let z = match w.zero_points {
         Some(zp) => {
             let zb = zp[n * kb.div_ceil(2) + blk / 2];
-            if blk % 2 == 0 { zb & 0xF } else { zb >> 4 }
+            if blk.is_multiple_of(2) { zb & 0xF } else { zb >> 4 }
         }
         None => 8,
     };
@@ -76,4 +76,21 @@ pub fn nmse(got: impl IntoIterator<Item = f64>, want: &[f64]) -> f64 {
         return f64::NAN;
     }
     err / norm.max(f64::MIN_POSITIVE)
+}
+
+/// The NMSE bound of a kernel for activations of `dtype`, on the GEMM (`gemm`) or GEMV path.
+///
+/// Inputs are already in the kernel's types, so only the kernel's own error counts: fp32 accumulation
+/// (≈ K·2⁻⁴⁸ in NMSE, negligible), the rounding of y to the activation type, and on the GEMM path the
+/// rounding of each dequantized weight (and, for f32 activations, each activation) to the tensor-core
+/// type. A rounding with unit roundoff u adds at most u²/3 to the NMSE (relative error uniform in ±u):
+/// fp16 (u = 2⁻¹¹) 8e-8, bf16 (u = 2⁻⁸) 5e-6. The bounds allow two roundings and a factor 4: fp16 6e-7,
+/// bf16 4e-5; f32 on the GEMV path rounds nothing but the accumulation: 1e-9. A wrong fragment index, a
+/// missed block or an unwritten (NaN-poisoned) output gives NMSE ≈ 1 or NaN.
+pub fn nmse_bound(dtype: crate::Dtype, gemm: bool) -> f64 {
+    match (dtype, gemm) {
+        (crate::Dtype::F16, _) => 6e-7,
+        (crate::Dtype::Bf16, _) | (crate::Dtype::F32, true) => 4e-5,
+        (crate::Dtype::F32, false) => 1e-9,
+    }
 }

@@ -2,13 +2,7 @@
 //! random inputs of awkward shapes (K not a multiple of the tile or of 8, N odd, M between tiles), output
 //! poisoned with NaN first.
 //!
-//! NMSE bounds (Σ(y − ref)² / Σ ref²). Inputs are already in the kernel's types, so only the kernel's own
-//! error is measured: fp32 accumulation (≈ K · 2⁻²⁴, negligible), the final rounding of y to the activation
-//! type, and, on the GEMM path, the rounding of each dequantized weight to that type before the tensor
-//! cores. A rounding with unit u has relative variance u²/3 at most (error uniform in ±u/2·2 across
-//! binades), so each rounding contributes ≤ u²/3 to the NMSE: fp16 (u = 2⁻¹¹) ≤ 8e-8, bf16 (u = 2⁻⁸) ≤ 5e-6.
-//! The bounds allow two roundings and a factor 4: fp16 6e-7, bf16 4e-5. A wrong fragment index, a missed
-//! block or an unwritten output gives NMSE ≈ 1 or NaN.
+//! NMSE bounds: `reference::nmse_bound` (derivation there).
 
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
@@ -16,13 +10,6 @@ use rand_chacha::ChaCha8Rng;
 use st_kernels::launch::{Op, plan, plan_gemm};
 use st_kernels::reference::{self, Scale, nmse};
 use st_kernels::{Activation, Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights, host};
-
-fn bound<T: Activation>() -> f64 {
-    match T::DTYPE {
-        st_kernels::Dtype::F16 => 6e-7,
-        st_kernels::Dtype::Bf16 => 4e-5,
-    }
-}
 
 fn random_act<T: Activation>(rng: &mut ChaCha8Rng, len: usize) -> Vec<T> {
     (0..len).map(|_| T::from_f32(rng.random_range(-1.0f32..1.0))).collect()
@@ -64,12 +51,8 @@ fn check_int4<T: Activation + Scale>(seed: u64, m: usize, n: usize, k: usize, bl
     host::int4_launch(&launch, &a, m, &w, &mut y).unwrap();
     let want = reference::matmul(&as_f64(&a), m, n, k, |j, kk| reference::int4_weight(&w, j, kk));
     let e = nmse(as_f64(&y), &want);
-    assert!(
-        e <= bound::<T>(),
-        "{} m={m} n={n} k={k} block={block} zp={zp}: NMSE {e:e} > {:e}",
-        launch.kernel,
-        bound::<T>()
-    );
+    let bound = reference::nmse_bound(T::DTYPE, gemm);
+    assert!(e <= bound, "{} m={m} n={n} k={k} block={block} zp={zp}: NMSE {e:e} > {bound:e}", launch.kernel);
 }
 
 fn check_fp8<T: Activation + Scale>(seed: u64, m: usize, n: usize, k: usize, scales: Fp8Scales, gemm: bool) {
@@ -94,7 +77,8 @@ fn check_fp8<T: Activation + Scale>(seed: u64, m: usize, n: usize, k: usize, sca
     host::fp8_launch(&launch, &a, m, &w, &mut y).unwrap();
     let want = reference::matmul(&as_f64(&a), m, n, k, |j, kk| reference::fp8_weight(&w, j, kk));
     let e = nmse(as_f64(&y), &want);
-    assert!(e <= bound::<T>(), "{} m={m} n={n} k={k} {scales:?}: NMSE {e:e} > {:e}", launch.kernel, bound::<T>());
+    let bound = reference::nmse_bound(T::DTYPE, gemm);
+    assert!(e <= bound, "{} m={m} n={n} k={k} {scales:?}: NMSE {e:e} > {bound:e}", launch.kernel);
 }
 
 // (m, n, k): K of 200 is not a multiple of 32 (nor of the block), 203 not even of 8 (scalar loads), N odd.
@@ -109,6 +93,7 @@ fn int4_gemv_matches_f64_reference() {
             let seed = (i * 10 + j) as u64;
             check_int4::<f16>(seed, m, n, k, block, j % 2 == 0, false);
             check_int4::<bf16>(seed + 100, m, n, k, block, j % 2 == 1, false);
+            check_int4::<f32>(seed + 200, m, n, k, block, j % 2 == 1, false);
         }
     }
 }
@@ -120,6 +105,7 @@ fn int4_gemm_matches_f64_reference() {
             let seed = 1000 + (i * 10 + j) as u64;
             check_int4::<f16>(seed, m, n, k, block, j % 2 == 0, true);
             check_int4::<bf16>(seed + 100, m, n, k, block, j % 2 == 1, true);
+            check_int4::<f32>(seed + 200, m, n, k, block, j % 2 == 0, true);
         }
     }
 }
@@ -133,6 +119,7 @@ fn fp8_gemv_matches_f64_reference() {
             let seed = 2000 + (i * 10 + j) as u64;
             check_fp8::<f16>(seed, m, n, k, scales, false);
             check_fp8::<bf16>(seed + 100, m, n, k, scales, false);
+            check_fp8::<f32>(seed + 200, m, n, k, scales, false);
         }
     }
 }
@@ -144,6 +131,7 @@ fn fp8_gemm_matches_f64_reference() {
             let seed = 3000 + (i * 10 + j) as u64;
             check_fp8::<f16>(seed, m, n, k, scales, true);
             check_fp8::<bf16>(seed + 100, m, n, k, scales, true);
+            check_fp8::<f32>(seed + 200, m, n, k, scales, true);
         }
     }
 }

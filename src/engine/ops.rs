@@ -163,3 +163,163 @@ impl Kernel for Fp8Kernel {
         run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::fp8_matmul(a, m, &w, y, &pool))
     }
 }
+
+/// The same two operators for ORT's CUDA provider: inputs stay on the device and the kernels of
+/// `kernels/` (f32 activations: f32 GEMV for decode, bf16 tensor-core GEMM for prefill) run on the
+/// provider's compute stream. Registered only for sessions on a CUDA device ([`domain_for`]).
+pub mod cuda {
+    use super::*;
+    use ort::value::DynTensorValueType;
+    use st_kernels::Dtype;
+    use st_kernels::cuda::Cuda;
+    use std::sync::OnceLock;
+
+    const EP: &str = "CUDAExecutionProvider";
+
+    /// The kernels for CUDA device `ordinal`, compiled (NVRTC, disk-cached under the st cache) once per
+    /// process in the device's primary context, the context ORT's CUDA provider runs in.
+    fn kernels(ordinal: usize) -> ort::Result<&'static Cuda> {
+        type Loaded = std::collections::HashMap<usize, Result<&'static Cuda, String>>;
+        static CUDA: OnceLock<std::sync::Mutex<Loaded>> = OnceLock::new();
+        let mut loaded = CUDA
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| ort::Error::new("st CUDA kernels: a thread panicked while loading them"))?;
+        let entry = loaded.entry(ordinal).or_insert_with(|| {
+            let cache = crate::engine::cache::cache_dir().join("kernels");
+            Cuda::new(ordinal, Some(&cache)).map(|c| &*Box::leak(Box::new(c))).map_err(|e| e.to_string())
+        });
+        entry.clone().map_err(|e| ort::Error::new(format!("st CUDA kernels: {e}")))
+    }
+
+    struct Device {
+        stream: st_kernels::cuda::sys::CUstream,
+    }
+
+    fn device(ctx: &ComputeContext, op: &str) -> ort::Result<Device> {
+        let stream = ctx.stream()?.ok_or_else(|| ort::Error::new(format!("{op}: no CUDA compute stream")))?;
+        Ok(Device { stream: stream.as_ptr().cast() })
+    }
+
+    fn ptr(ctx: &ComputeContext, idx: usize, op: &str, what: &str) -> ort::Result<u64> {
+        let v = ctx.input(idx)?.ok_or_else(|| ort::Error::new(format!("{op}: input {what} missing")))?;
+        let t = v.downcast::<DynTensorValueType>()?;
+        Ok(t.data_ptr() as u64)
+    }
+
+    /// Reads A's shape, allocates Y on the device, returns (m, A pointer, Y pointer).
+    fn io(ctx: &ComputeContext, op: &str, k: usize, n: usize) -> ort::Result<(usize, u64, u64)> {
+        let a = ctx.input(0)?.ok_or_else(|| ort::Error::new(format!("{op}: input A missing")))?;
+        let dims: Vec<i64> = a
+            .dtype()
+            .tensor_shape()
+            .ok_or_else(|| ort::Error::new(format!("{op}: A is not a tensor")))?
+            .iter()
+            .copied()
+            .collect();
+        if dims.last().copied() != Some(k as i64) {
+            return Err(ort::Error::new(format!("{op}: A has shape {dims:?}, expected [..., {k}]")));
+        }
+        let m = dims[..dims.len() - 1].iter().product::<i64>().max(0) as usize;
+        let a_ptr = a.downcast::<DynTensorValueType>()?.data_ptr() as u64;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = n as i64;
+        }
+        let y = ctx.output(0, out)?.ok_or_else(|| ort::Error::new(format!("{op}: output Y missing")))?;
+        let y = y.downcast::<DynTensorValueType>()?;
+        Ok((m, a_ptr, y.data_ptr() as u64))
+    }
+
+    /// `ai.st.MatMulInt4` on CUDA device `.0`.
+    pub struct MatMulInt4(pub usize);
+    impl Operator for MatMulInt4 {
+        type Kernel<'attr> = CudaInt4;
+        fn name(&self) -> &str {
+            "MatMulInt4"
+        }
+        fn execution_provider_type(&self) -> Option<&str> {
+            Some(EP)
+        }
+        fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+            super::MatMulInt4.inputs()
+        }
+        fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+            super::MatMulInt4.outputs()
+        }
+        fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaInt4> {
+            Ok(CudaInt4(super::MatMulInt4.create_kernel(kctx)?, self.0))
+        }
+    }
+    pub struct CudaInt4(Int4Kernel, usize);
+    impl Kernel for CudaInt4 {
+        fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+            let op = "MatMulInt4";
+            let Int4Kernel { k, n, block } = self.0;
+            let dev = device(ctx, op)?;
+            let (m, a, y) = io(ctx, op, k, n)?;
+            if m == 0 {
+                return Ok(());
+            }
+            let zp = if ctx.num_inputs()? > 3 && ctx.input(3)?.is_some() { ptr(ctx, 3, op, "zero_points")? } else { 0 };
+            let layout = Int4Layout { n, k, block, zero_points: zp != 0 };
+            let (b, s) = (ptr(ctx, 1, op, "B")?, ptr(ctx, 2, op, "scales")?);
+            // SAFETY: ORT allocated every input on this device with the shapes the graph declares for
+            // these attributes (A's checked above); the stream is the provider's.
+            unsafe { kernels(self.1)?.int4_matmul_raw(dev.stream, Dtype::F32, layout, m, a, b, s, zp, y) }
+                .map_err(|e| kernel_err(op, e))
+        }
+    }
+
+    /// `ai.st.MatMulFp8` on CUDA device `.0`.
+    pub struct MatMulFp8(pub usize);
+    impl Operator for MatMulFp8 {
+        type Kernel<'attr> = CudaFp8;
+        fn name(&self) -> &str {
+            "MatMulFp8"
+        }
+        fn execution_provider_type(&self) -> Option<&str> {
+            Some(EP)
+        }
+        fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+            super::MatMulFp8.inputs()
+        }
+        fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+            super::MatMulFp8.outputs()
+        }
+        fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaFp8> {
+            Ok(CudaFp8(super::MatMulFp8.create_kernel(kctx)?, self.0))
+        }
+    }
+    pub struct CudaFp8(Fp8Kernel, usize);
+    impl Kernel for CudaFp8 {
+        fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+            let op = "MatMulFp8";
+            let Fp8Kernel { k, n, block } = self.0;
+            let dev = device(ctx, op)?;
+            let (m, a, y) = io(ctx, op, k, n)?;
+            if m == 0 {
+                return Ok(());
+            }
+            let scales = if block == 0 { Fp8Scales::PerChannel } else { Fp8Scales::PerBlock(block) };
+            let layout = Fp8Layout { n, k, scales };
+            let (w, s) = (ptr(ctx, 1, op, "W")?, ptr(ctx, 2, op, "scales")?);
+            // SAFETY: as for MatMulInt4.
+            unsafe { kernels(self.1)?.fp8_matmul_raw(dev.stream, Dtype::F32, layout, m, a, w, s, y) }
+                .map_err(|e| kernel_err(op, e))
+        }
+    }
+}
+
+/// The domain for a session on `device`: the CPU operators always (ORT places nodes its CUDA
+/// provider does not take on the CPU), the CUDA ones for CUDA and TensorRT sessions.
+pub fn domain_for(device: &crate::engine::Device) -> ort::Result<OperatorDomain> {
+    let d = domain()?;
+    match device {
+        crate::engine::Device::Cpu => Ok(d),
+        crate::engine::Device::Cuda { device_id } | crate::engine::Device::TensorRt { device_id, .. } => {
+            let id = usize::try_from(*device_id).unwrap_or(0);
+            d.add(cuda::MatMulInt4(id))?.add(cuda::MatMulFp8(id))
+        }
+    }
+}
