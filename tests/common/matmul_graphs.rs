@@ -1,0 +1,159 @@
+//! One-node matmul graphs `Y[M, N] = A[M, K] · Wᵀ` in each form st can write a quantized linear:
+//! ORT's MatMulNBits, DequantizeLinear → Gemm, and st's fused ai.st.MatMulInt4 / MatMulFp8 over the
+//! same weight bytes. Shared by tests/fused_ops.rs and examples/fused_matmul.rs.
+#![allow(dead_code)]
+
+use prost::Message;
+use st_export::external::ExternalData;
+use st_export::graph::{Attr, Dim, Graph, MS_DOMAIN, ST_DOMAIN};
+use st_export::onnx::tensor_proto::DataType;
+use std::path::{Path, PathBuf};
+
+/// int4 weights in MatMulNBits' layout with f32 scales.
+pub struct Int4Data {
+    pub n: usize,
+    pub k: usize,
+    pub block: usize,
+    pub b: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Option<Vec<u8>>,
+}
+
+pub enum Int4Form {
+    /// com.microsoft.MatMulNBits with this accuracy_level.
+    NBits(i64),
+    /// ai.st.MatMulInt4.
+    St,
+}
+
+pub enum Fp8Form {
+    /// DequantizeLinear (float8e4m3fn, per-channel or blocked) → Gemm(transB).
+    Dq,
+    /// ai.st.MatMulFp8.
+    St,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn write(dir: &Path, name: &str, build: impl FnOnce(&mut Graph, &str) -> String, n: usize, k: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let external = ExternalData::create(dir, &format!("{name}.data")).unwrap();
+    let mut g = Graph::new(name, external);
+    let a = g.input("A", DataType::Float, &[Dim::Sym("M"), Dim::Fixed(k)]);
+    let y = build(&mut g, &a);
+    g.output(&y, "Y", DataType::Float, &[Dim::Sym("M"), Dim::Fixed(n)]);
+    let (model, external) = g.finish("st tests");
+    external.finish().unwrap();
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathBuf {
+    let (n, k, block) = (w.n, w.k, w.block);
+    let kb = k.div_ceil(block);
+    write(
+        dir,
+        name,
+        |g, a| {
+            let b = g.weight("B", DataType::Uint8, &[n, kb, block / 2], &w.b).unwrap();
+            let s = g.weight("scales", DataType::Float, &[n * kb], &f32_bytes(&w.scales)).unwrap();
+            let mut inputs = vec![a.to_string(), b, s];
+            if let Some(z) = &w.zero_points {
+                inputs.push(g.weight("zero_points", DataType::Uint8, &[z.len()], z).unwrap());
+            }
+            let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            let (k, n, bl) = (Attr::Int(k as i64), Attr::Int(n as i64), Attr::Int(block as i64));
+            match form {
+                Int4Form::NBits(level) => g
+                    .node_n(
+                        "MatMulNBits",
+                        "MatMulNBits",
+                        MS_DOMAIN,
+                        &refs,
+                        &[
+                            ("K", k),
+                            ("N", n),
+                            ("bits", Attr::Int(4)),
+                            ("block_size", bl),
+                            ("accuracy_level", Attr::Int(level)),
+                        ],
+                        1,
+                    )
+                    .remove(0),
+                Int4Form::St => g
+                    .node_n("MatMulInt4", "MatMulInt4", ST_DOMAIN, &refs, &[("K", k), ("N", n), ("block_size", bl)], 1)
+                    .remove(0),
+            }
+        },
+        n,
+        k,
+    )
+}
+
+/// fp8 E4M3FN bytes `[n, k]` with f32 scales, per channel (`block` 0) or per `block` inputs.
+pub fn fp8_graph(
+    dir: &Path,
+    name: &str,
+    form: Fp8Form,
+    n: usize,
+    k: usize,
+    block: usize,
+    w: &[u8],
+    scales: &[f32],
+) -> PathBuf {
+    write(
+        dir,
+        name,
+        |g, a| match form {
+            Fp8Form::Dq => {
+                let q = g.weight("W", DataType::Float8e4m3fn, &[n, k], w).unwrap();
+                let (s, attrs): (String, Vec<(&str, Attr<'_>)>) = if block == 0 {
+                    (
+                        g.weight("scales", DataType::Float, &[n], &f32_bytes(scales)).unwrap(),
+                        vec![("axis", Attr::Int(0))],
+                    )
+                } else {
+                    (
+                        g.weight("scales", DataType::Float, &[n, k.div_ceil(block)], &f32_bytes(scales)).unwrap(),
+                        vec![("axis", Attr::Int(1)), ("block_size", Attr::Int(block as i64))],
+                    )
+                };
+                let deq = g.node("Dequantize", "DequantizeLinear", &[&q, &s], &attrs);
+                g.node("Gemm", "Gemm", &[a, &deq], &[("transB", Attr::Int(1))])
+            }
+            Fp8Form::St => {
+                let q = g.weight("W", DataType::Uint8, &[n, k], w).unwrap();
+                let dims = if block == 0 { vec![n] } else { vec![n, k.div_ceil(block)] };
+                let s = g.weight("scales", DataType::Float, &dims, &f32_bytes(scales)).unwrap();
+                let attrs =
+                    [("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(block as i64))];
+                g.node_n("MatMulFp8", "MatMulFp8", ST_DOMAIN, &[a, &q, &s], &attrs, 1).remove(0)
+            }
+        },
+        n,
+        k,
+    )
+}
+
+/// A session with st's operators registered, on `threads` intra-op threads.
+pub fn session(path: &Path, threads: usize) -> ort::session::Session {
+    let env = &st::engine::init_ort(None).unwrap().environment;
+    ort::session::Session::builder(env)
+        .unwrap()
+        .with_intra_threads(threads)
+        .unwrap()
+        .with_operators(st::engine::ops::domain().unwrap())
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap()
+}
+
+/// Runs `A [m, k]` through the graph, returns Y.
+pub fn run(s: &mut ort::session::Session, a: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let t = ort::value::Tensor::from_array(([m, k], a.to_vec())).unwrap();
+    let out = s.run(ort::inputs!["A" => t]).unwrap();
+    out["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+}

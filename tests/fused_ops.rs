@@ -1,0 +1,111 @@
+//! st's fused ONNX Runtime operators on ORT's CPU provider, one-node graphs with fresh random weights of
+//! awkward shapes (K not a multiple of the block or of 16, N odd, several M):
+//! - ai.st.MatMulInt4 gives MatMulNBits' outputs (accuracy_level 0: both f32 compute over the same
+//!   dequantized weights; only the summation order differs, so the bound is f32 accumulation's,
+//!   NMSE ≤ 1e-10), and both agree with the float64 reference.
+//! - ai.st.MatMulFp8 gives DequantizeLinear → Gemm's outputs, per-channel and per-block scales.
+
+#[path = "common/matmul_graphs.rs"]
+mod matmul_graphs;
+
+use matmul_graphs::{Fp8Form, Int4Data, Int4Form, fp8_graph, int4_graph, run, session};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use st_kernels::reference::{self, nmse};
+use st_kernels::{Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights};
+
+const BOUND: f64 = 1e-10;
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn matmul_int4_equals_matmul_nbits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (i, &(n, k, block, zp)) in
+        [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 128, false), (5, 96, 32, true)].iter().enumerate()
+    {
+        let layout = Int4Layout { n, k, block, zero_points: zp };
+        let w = Int4Data {
+            n,
+            k,
+            block,
+            b: (0..layout.b_len()).map(|_| rng.random()).collect(),
+            scales: (0..layout.scales_len()).map(|_| rng.random_range(0.01f32..0.1)).collect(),
+            zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
+        };
+        let mut nbits = session(&int4_graph(tmp.path(), &format!("nbits{i}"), Int4Form::NBits(0), &w), 2);
+        let mut st = session(&int4_graph(tmp.path(), &format!("st{i}"), Int4Form::St, &w), 2);
+        let view = Int4Weights { layout, b: &w.b, scales: &w.scales, zero_points: w.zero_points.as_deref() };
+        for m in [1usize, 3, 17] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let want = reference::matmul(&f64s(&a), m, n, k, |j, kk| reference::int4_weight(&view, j, kk));
+            let y_nbits = run(&mut nbits, &a, m, k);
+            let y_st = run(&mut st, &a, m, k);
+            let (e_st, e_nbits, e_pair) =
+                (nmse(f64s(&y_st), &want), nmse(f64s(&y_nbits), &want), nmse(f64s(&y_st), &f64s(&y_nbits)));
+            assert!(
+                e_st <= BOUND && e_nbits <= BOUND && e_pair <= BOUND,
+                "n={n} k={k} block={block} zp={zp} m={m}: {e_st:e} {e_nbits:e} {e_pair:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_fp8_equals_dequantize_linear_gemm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for (i, &(n, k, block)) in [(67, 200, 0), (33, 203, 0), (31, 256, 32), (9, 200, 64)].iter().enumerate() {
+        let scales_kind = if block == 0 { Fp8Scales::PerChannel } else { Fp8Scales::PerBlock(block) };
+        let layout = Fp8Layout { n, k, scales: scales_kind };
+        let w: Vec<u8> = (0..layout.w_len())
+            .map(|_| {
+                loop {
+                    let b: u8 = rng.random();
+                    if b & 0x7f != 0x7f {
+                        break b;
+                    }
+                }
+            })
+            .collect();
+        let scales: Vec<f32> = (0..layout.scales_len()).map(|_| rng.random_range(1e-3f32..4e-3)).collect();
+        let mut dq = session(&fp8_graph(tmp.path(), &format!("dq{i}"), Fp8Form::Dq, n, k, block, &w, &scales), 2);
+        let mut st = session(&fp8_graph(tmp.path(), &format!("st{i}"), Fp8Form::St, n, k, block, &w, &scales), 2);
+        let view = Fp8Weights { layout, w: &w, scales: &scales };
+        for m in [1usize, 4, 19] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let want = reference::matmul(&f64s(&a), m, n, k, |j, kk| reference::fp8_weight(&view, j, kk));
+            let (y_dq, y_st) = (run(&mut dq, &a, m, k), run(&mut st, &a, m, k));
+            let (e_st, e_dq, e_pair) =
+                (nmse(f64s(&y_st), &want), nmse(f64s(&y_dq), &want), nmse(f64s(&y_st), &f64s(&y_dq)));
+            assert!(
+                e_st <= BOUND && e_dq <= BOUND && e_pair <= BOUND,
+                "n={n} k={k} block={block} m={m}: {e_st:e} {e_dq:e} {e_pair:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_implementation_matches_reference_on_its_own() {
+    // st_kernels::cpu directly (serial and threaded give identical bits: tasks own whole columns).
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let layout = Int4Layout { n: 37, k: 300, block: 64, zero_points: true };
+    let b: Vec<u8> = (0..layout.b_len()).map(|_| rng.random()).collect();
+    let s: Vec<f32> = (0..layout.scales_len()).map(|_| rng.random_range(0.01f32..0.1)).collect();
+    let z: Vec<u8> = (0..layout.zero_points_len()).map(|_| rng.random()).collect();
+    let w = Int4Weights { layout, b: &b, scales: &s, zero_points: Some(&z) };
+    let a: Vec<f32> = (0..5 * 300).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut y1 = vec![f32::NAN; 5 * 37];
+    let mut y2 = vec![f32::NAN; 5 * 37];
+    st_kernels::cpu::int4_matmul(&a, 5, &w, &mut y1, &st_kernels::cpu::Serial).unwrap();
+    st_kernels::cpu::int4_matmul(&a, 5, &w, &mut y2, &st_kernels::cpu::Threads(3)).unwrap();
+    assert_eq!(y1, y2);
+    let want = reference::matmul(&f64s(&a), 5, 37, 300, |j, kk| reference::int4_weight(&w, j, kk));
+    assert!(nmse(f64s(&y1), &want) <= BOUND);
+    let err = st_kernels::cpu::int4_matmul(&a[1..], 5, &w, &mut y1, &st_kernels::cpu::Serial).unwrap_err();
+    assert!(err.to_string().contains("activations"), "{err}");
+}
