@@ -25,6 +25,9 @@ typedef uint32_t st_u32;
 // Threads per block of every kernel (4 warps); the Rust launcher uses the same constant.
 #define ST_THREADS 128
 #define ST_WARPS (ST_THREADS / 32)
+// Weight rows per warp in the GEMVs, by activation-row tile M (launch.rs mirrors it): more rows share each
+// activation load; fewer for larger M, whose M x R accumulators need the registers.
+#define ST_GEMV_ROWS(M) ((M) <= 2 ? 4 : 2)
 // __launch_bounds__ minimum blocks per SM. With only a thread limit ptxas aims at full occupancy and spills
 // the 8-row GEMV's accumulators; 4 blocks (512 threads, <= 128 registers) keep everything in registers.
 #define ST_MIN_BLOCKS 4

@@ -2,7 +2,7 @@
 //   W      [N][K] bytes, one E4M3FN value per byte (row-major, HF's nn.Linear layout)
 //   scales per channel: [N] (block = 0), or per block: [N][ceil(K / block)] (block a multiple of 16)
 //   scales are in the activation type;  W[n][k] = fp8(q) * scale,  Y[m][n] = sum_k A[m][k] * W[n][k]
-// Paths as in int4_matmul.cu: st_fp8_gemv_* for M <= 8 (one warp per row, 16 weights per 16-byte load),
+// Paths as in int4_matmul.cu: st_fp8_gemv_* for M <= 8 (R rows per warp, 16 weights per 16-byte load),
 // st_fp8_gemm_* through mma.sync. Rows are read with 16-byte loads when K % 16 == 0, bytewise otherwise.
 // NaN codes (0x7F, 0xFF) are not decoded as NaN: the exporter never writes them.
 #include "common.cuh"
@@ -34,58 +34,100 @@ __device__ __forceinline__ float st_fp8_scale(const T* __restrict__ scales, int 
     return Act<T>::to_f(scales[(size_t)row * k_blocks + k0 / block]);
 }
 
+// Sixteen weights of a row as raw bytes in a uint4: one 16-byte load when aligned and in range, else
+// bytewise with zeros (fp8 +0) past k.
+__device__ __forceinline__ uint4 st_fp8_chunk(const st_u8* __restrict__ row, int k0, int k, bool aligned) {
+    if (aligned && k0 + 16 <= k) return *reinterpret_cast<const uint4*>(row + k0);
+    st_u32 words[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+        if (k0 + j < k) words[j / 4] |= (st_u32)row[k0 + j] << (8 * (j % 4));
+    uint4 v;
+    v.x = words[0];
+    v.y = words[1];
+    v.z = words[2];
+    v.w = words[3];
+    return v;
+}
+
 template <typename T, int M>
 __device__ __forceinline__ void st_fp8_gemv(const T* __restrict__ a, const st_u8* __restrict__ w,
                                             const T* __restrict__ scales, T* __restrict__ y, int m, int n, int k,
                                             int block) {
+    // As in the int4 GEMV: R rows per warp share each activation load, R x U loads in flight per lane.
+    constexpr int R = ST_GEMV_ROWS(M);
+    constexpr int U = 4 / R;
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * ST_WARPS + (threadIdx.x >> 5);
-    if (row >= n) return;  // whole warps leave together; this kernel has no block-wide barrier
-    const st_u8* __restrict__ wrow = w + (size_t)row * k;
+    const int row0 = (blockIdx.x * ST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= n) return;  // whole warps leave together; this kernel has no block-wide barrier
     const bool w_aligned = (k % 16) == 0;
     const bool a_aligned = (k % 8) == 0;
     const int chunks = (k + 15) / 16;
-
-    float acc[M];
+    int rows[R];
 #pragma unroll
-    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+    for (int r = 0; r < R; ++r) rows[r] = row0 + r < n ? row0 + r : row0;  // rows past n are not stored
 
-    for (int c0 = lane; c0 < chunks; c0 += 32 * 2) {
-        float q[2][16];
+    float acc[M][R];
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
+
+    for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+        uint4 q4[U][R];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
-            if (c < chunks) st_fp8_load16(wrow, 16 * c, k, w_aligned, q[u]);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                if (c < chunks) q4[u][r] = st_fp8_chunk(w + (size_t)rows[r] * k, 16 * c, k, w_aligned);
         }
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
+        for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) {
-            const int k0 = 16 * c;
-            const float s = st_fp8_scale<T>(scales, row, k0, k, block);
+                const int k0 = 16 * c;
+                float s[R];
 #pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if (i < m) {
-                    const T* arow = a + (size_t)i * k;
-                    float part = 0.0f;
+                for (int r = 0; r < R; ++r) s[r] = st_fp8_scale<T>(scales, rows[r], k0, k, block);
 #pragma unroll
-                    for (int g = 0; g < 2; ++g) {
-                        float av[8];
-                        st_load8<T>(arow, k0 + 8 * g, k, a_aligned, av);
+                for (int h = 0; h < 2; ++h) {
+                    float q[R][8];
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[u][8 * g + j], part);
+                    for (int r = 0; r < R; ++r) {
+                        const st_u32 lo = h == 0 ? q4[u][r].x : q4[u][r].z;
+                        const st_u32 hi = h == 0 ? q4[u][r].y : q4[u][r].w;
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            q[r][j] = st_fp8((lo >> (8 * j)) & 0xFFu);
+                            q[r][4 + j] = st_fp8((hi >> (8 * j)) & 0xFFu);
+                        }
                     }
-                    acc[i] = fmaf(s, part, acc[i]);
+#pragma unroll
+                    for (int i = 0; i < M; ++i) {
+                        if (i < m) {
+                            float av[8];
+                            st_load8<T>(a + (size_t)i * k, k0 + 8 * h, k, a_aligned, av);
+#pragma unroll
+                            for (int r = 0; r < R; ++r) {
+                                float part = 0.0f;
+#pragma unroll
+                                for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[r][j], part);
+                                acc[i][r] = fmaf(s[r], part, acc[i][r]);
+                            }
+                        }
+                    }
                 }
-            }
             }
         }
     }
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-        const float v = st_warp_sum(acc[i]);
-        if (lane == 0 && i < m) y[(size_t)i * n + row] = Act<T>::from_f(v);
-    }
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float v = st_warp_sum(acc[i][r]);
+            if (lane == 0 && i < m && row0 + r < n) y[(size_t)i * n + row0 + r] = Act<T>::from_f(v);
+        }
 }
 
 template <typename T>

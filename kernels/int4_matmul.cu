@@ -7,8 +7,9 @@
 // block is 32, 64 or 128 (any multiple of 32 works), so every 16-byte load holds 32 weights of one block.
 //
 // Two paths, picked by the launcher from M:
-//   st_int4_gemv_*: decode, M <= 8. One warp per weight row; each lane streams 16-byte chunks (4 in flight),
-//                   dequantizes in registers and keeps M fp32 partial sums; a warp-shuffle reduction ends it.
+//   st_int4_gemv_*: decode, M <= 8. Each warp owns ST_GEMV_ROWS(M) weight rows; each lane streams 16-byte
+//                   chunks of them (4 in flight), dequantizes in registers, converts each group of 8
+//                   activations once for all its rows, keeps M x R fp32 partial sums; warp shuffles end it.
 //   st_int4_gemm_*: prefill. 64 x 64 tiles through mma.sync (common.cuh); the W tile is dequantized to the
 //                   activation type in shared memory.
 #include "common.cuh"
@@ -23,69 +24,93 @@ __device__ __forceinline__ float st_int4_zero(const st_u8* __restrict__ zrow, in
     return 8388608.0f + z;
 }
 
-// 16-byte loads in flight per lane: 4, or 2 for the 8-row tile (its accumulators need the registers).
-#define ST_GEMV_UNROLL(M) ((M) >= 8 ? 2 : 4)
-
 template <typename T, int M>
 __device__ __forceinline__ void st_int4_gemv(const T* __restrict__ a, const st_u8* __restrict__ b,
                                              const T* __restrict__ scales, const st_u8* __restrict__ zp,
                                              T* __restrict__ y, int m, int n, int k, int block) {
+    // R weight rows per warp share every activation load and conversion; R x U 16-byte weight loads are
+    // in flight per lane.
+    constexpr int R = ST_GEMV_ROWS(M);
+    constexpr int U = 4 / R;
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * ST_WARPS + (threadIdx.x >> 5);
-    if (row >= n) return;  // whole warps leave together; this kernel has no block-wide barrier
+    const int row0 = (blockIdx.x * ST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= n) return;  // whole warps leave together; this kernel has no block-wide barrier
     const int k_blocks = (k + block - 1) / block;
     const int chunks = k_blocks * block / 32;
-    const uint4* __restrict__ wrow = reinterpret_cast<const uint4*>(b + (size_t)row * k_blocks * (block / 2));
-    const T* __restrict__ srow = scales + (size_t)row * k_blocks;
-    const st_u8* __restrict__ zrow = zp ? zp + (size_t)row * ((k_blocks + 1) / 2) : nullptr;
     const bool aligned = (k % 8) == 0;
-
-    float acc[M];
+    const uint4* __restrict__ wrow[R];
+    const T* __restrict__ srow[R];
+    const st_u8* __restrict__ zrow[R];
 #pragma unroll
-    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+    for (int r = 0; r < R; ++r) {
+        const int row = row0 + r < n ? row0 + r : row0;  // rows past n repeat row0 and are not stored
+        wrow[r] = reinterpret_cast<const uint4*>(b + (size_t)row * k_blocks * (block / 2));
+        srow[r] = scales + (size_t)row * k_blocks;
+        zrow[r] = zp ? zp + (size_t)row * ((k_blocks + 1) / 2) : nullptr;
+    }
 
-    for (int c0 = lane; c0 < chunks; c0 += 32 * ST_GEMV_UNROLL(M)) {
-        uint4 w[ST_GEMV_UNROLL(M)];
+    float acc[M][R];
 #pragma unroll
-        for (int u = 0; u < ST_GEMV_UNROLL(M); ++u) {
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
+
+    for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+        uint4 w[U][R];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
-            if (c < chunks) w[u] = wrow[c];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                if (c < chunks) w[u][r] = wrow[r][c];
         }
 #pragma unroll
-        for (int u = 0; u < ST_GEMV_UNROLL(M); ++u) {
+        for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) {
-            const int k0 = c * 32;
-            const int blk = k0 / block;
-            const float s = Act<T>::to_f(srow[blk]);
-            const float zb = st_int4_zero(zrow, blk);
-            const st_u32 words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-            // One 32-bit word (8 weights) at a time keeps register pressure at 8 decoded values.
+                const int k0 = c * 32;
+                const int blk = k0 / block;
+                float s[R], zb[R];
 #pragma unroll
-            for (int wi = 0; wi < 4; ++wi) {
-                float q[8];
+                for (int r = 0; r < R; ++r) {
+                    s[r] = Act<T>::to_f(srow[r][blk]);
+                    zb[r] = st_int4_zero(zrow[r], blk);
+                }
+                // One 32-bit word (8 weights per row) at a time keeps register pressure down.
 #pragma unroll
-                for (int j = 0; j < 8; ++j) q[j] = st_nib(words[wi], 4 * j, zb);
+                for (int wi = 0; wi < 4; ++wi) {
+                    float q[R][8];
 #pragma unroll
-                for (int i = 0; i < M; ++i) {
-                    if (i < m) {
-                        float av[8];
-                        st_load8<T>(a + (size_t)i * k, k0 + 8 * wi, k, aligned, av);
-                        float part = 0.0f;
+                    for (int r = 0; r < R; ++r) {
+                        const st_u32 word = wi == 0 ? w[u][r].x : wi == 1 ? w[u][r].y : wi == 2 ? w[u][r].z : w[u][r].w;
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[j], part);
-                        acc[i] = fmaf(s, part, acc[i]);
+                        for (int j = 0; j < 8; ++j) q[r][j] = st_nib(word, 4 * j, zb[r]);
+                    }
+#pragma unroll
+                    for (int i = 0; i < M; ++i) {
+                        if (i < m) {
+                            float av[8];
+                            st_load8<T>(a + (size_t)i * k, k0 + 8 * wi, k, aligned, av);
+#pragma unroll
+                            for (int r = 0; r < R; ++r) {
+                                float part = 0.0f;
+#pragma unroll
+                                for (int j = 0; j < 8; ++j) part = fmaf(av[j], q[r][j], part);
+                                acc[i][r] = fmaf(s[r], part, acc[i][r]);
+                            }
+                        }
                     }
                 }
             }
-            }
         }
     }
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-        const float v = st_warp_sum(acc[i]);
-        if (lane == 0 && i < m) y[(size_t)i * n + row] = Act<T>::from_f(v);
-    }
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float v = st_warp_sum(acc[i][r]);
+            if (lane == 0 && i < m && row0 + r < n) y[(size_t)i * n + row0 + r] = Act<T>::from_f(v);
+        }
 }
 
 // Fills 16 dequantized weights of row `row`, columns k0 + 16 * half ..., into the shared W tile.

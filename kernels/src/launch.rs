@@ -5,8 +5,18 @@ use crate::layout::Dtype;
 
 /// Threads per block of every kernel (`ST_THREADS` in common.cuh).
 pub const THREADS: u32 = 128;
-/// Weight rows per GEMV block: one per warp (`ST_WARPS`).
-pub const GEMV_ROWS_PER_BLOCK: usize = 4;
+/// Warps per block (`ST_WARPS`).
+pub const WARPS: usize = 4;
+
+/// Weight rows each GEMV warp owns for an activation tile of `tile` rows (`ST_GEMV_ROWS` in common.cuh).
+pub fn gemv_rows_per_warp(tile: usize) -> usize {
+    if tile <= 2 { 4 } else { 2 }
+}
+
+/// Weight rows per GEMV block.
+pub fn gemv_rows_per_block(tile: usize) -> usize {
+    WARPS * gemv_rows_per_warp(tile)
+}
 /// GEMM output tile (`ST_BM` x `ST_BN`).
 pub const GEMM_TILE: (usize, usize) = (64, 64);
 /// Up to this many activation rows take the GEMV path.
@@ -54,7 +64,7 @@ pub fn plan(op: Op, dtype: Dtype, m: usize, n: usize) -> Launch {
     if m <= GEMV_MAX_M {
         Launch {
             kernel: format!("st_{}_gemv_{}_m{}", op.name(), dtype.name(), gemv_tile(m)),
-            grid: (n.div_ceil(GEMV_ROWS_PER_BLOCK) as u32, 1),
+            grid: (n.div_ceil(gemv_rows_per_block(gemv_tile(m))) as u32, 1),
             threads: THREADS,
             max_m: gemv_tile(m),
         }
@@ -81,7 +91,7 @@ impl Launch {
 
     /// Checks that this launch covers `m` rows and `n` columns.
     pub fn covers(&self, m: usize, n: usize) -> bool {
-        let cols = if self.max_m == usize::MAX { GEMM_TILE.1 } else { GEMV_ROWS_PER_BLOCK };
+        let cols = if self.max_m == usize::MAX { GEMM_TILE.1 } else { gemv_rows_per_block(self.max_m) };
         let rows = if self.max_m == usize::MAX { self.grid.1 as usize * GEMM_TILE.0 } else { self.max_m };
         m <= rows && m <= self.max_m && n <= self.grid.0 as usize * cols
     }
