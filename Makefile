@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed-ort-1.31.1
 QWEN_TOKENIZER := .cache/qwen2.5-vl-tokenizer/tokenizer.json
+CUDA_VENV := .venv-cuda
+CUDA_STAMP := $(CUDA_VENV)/.installed-12.9
+CUDA_PKG = $(CUDA_VENV)/lib/python*/site-packages/nvidia
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.installed
 CARGO ?= cargo
@@ -15,7 +18,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv qwen-tokenizer fixtures bench fmt clippy clean-venv
+.PHONY: all demo test venv qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -40,10 +43,25 @@ demo: venv
 	@echo "at SpatialThinker-7B for real answers. The model inputs, for comparison with Python:"
 	./target/release/st inspect $(DEMO_IMAGE) "$(DEMO_QUESTION)" --out target/demo
 
+# NVRTC, CUDA headers and ptxas from PyPI (versions matched: ptxas rejects newer PTX); no GPU needed.
+$(CUDA_STAMP):
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvrtc-cu12==12.9.86 \
+		nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86
+	touch $@
+
+# Every kernel for sm_80/87/89/90 through the runtime's NVRTC path, then ptxas -v: fails on spills or
+# local memory; prints registers / shared memory per kernel (docs/KERNELS.md).
+kernels-check: $(CUDA_STAMP)
+	$(CARGO) build -q -p st-kernels --example compile_check
+	LD_LIBRARY_PATH="$$(echo $(CUDA_PKG))/cuda_nvrtc/lib" ST_CUDA_INCLUDE="$$(echo $(CUDA_PKG))/cuda_runtime/include" \
+		./target/debug/examples/compile_check target/kernels-ptx "$$(echo $(CUDA_PKG))/cuda_nvcc/bin/ptxas"
+
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(MAKE) kernels-check
 	rm -rf target/pytest-export
 	for m in tiny tiny-b; do \
 		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; \

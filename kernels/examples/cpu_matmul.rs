@@ -12,7 +12,7 @@ fn main() {
         args.get(2).copied().unwrap_or(1),
     );
     let layout = Int4Layout { n, k, block: 32, zero_points: false };
-    let b: Vec<u8> = (0..layout.b_len()).map(|i| (i * 2654435761usize >> 7) as u8).collect();
+    let b: Vec<u8> = (0..layout.b_len()).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
     let s = vec![0.01f32; layout.scales_len()];
     let w = Int4Weights { layout, b: &b, scales: &s, zero_points: None };
     let a = vec![0.5f32; m * k];

@@ -94,6 +94,7 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
 }
 
 /// fp8 E4M3FN bytes `[n, k]` with f32 scales, per channel (`block` 0) or per `block` inputs.
+#[allow(clippy::too_many_arguments)]
 pub fn fp8_graph(
     dir: &Path,
     name: &str,
