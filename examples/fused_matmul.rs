@@ -13,14 +13,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
-const MATRICES: [(&str, usize, usize); 5] = [
-    ("q_proj/o_proj", 3584, 3584),
-    ("k_proj/v_proj", 512, 3584),
-    ("gate_proj/up_proj", 18944, 3584),
-    ("down_proj", 3584, 18944),
-    ("lm_head", 152064, 3584),
-];
-
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -65,7 +57,7 @@ fn main() {
     );
     println!("| --- | --- | --- |{}", " --- |".repeat(ms.len()));
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    for (name, n, k) in MATRICES {
+    for (name, n, k) in st_kernels::launch::SPATIALTHINKER_7B_LINEARS {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }

@@ -154,15 +154,6 @@ fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
     Ok(failures)
 }
 
-/// The 7B's linears as (name, n, k) with n outputs.
-const MATRICES: [(&str, usize, usize); 5] = [
-    ("q_proj/o_proj", 3584, 3584),
-    ("k_proj/v_proj", 512, 3584),
-    ("gate_proj/up_proj", 18944, 3584),
-    ("down_proj", 3584, 18944),
-    ("lm_head", 152064, 3584),
-];
-
 fn time_ms(cuda: &Cuda, stream: &Arc<CudaStream>, iters: usize, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
     for i in 0..3 {
         f(i)?;
@@ -186,7 +177,7 @@ fn timing<T: Activation + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZe
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let elem = std::mem::size_of::<T>();
     let dt = T::DTYPE.name();
-    for (name, n, k) in MATRICES.iter().copied() {
+    for (name, n, k) in st_kernels::launch::SPATIALTHINKER_7B_LINEARS.iter().copied() {
         let l4 = Int4Layout { n, k, block: 32, zero_points: false };
         let l8 = Fp8Layout { n, k, scales: Fp8Scales::PerChannel };
         let bytes4 = l4.bytes(elem);

@@ -78,6 +78,22 @@ trait Dequant: Sync {
 }
 
 struct Int4<'a>(&'a Int4Weights<'a, f32>);
+
+impl Int4<'_> {
+    /// Scale and zero point of block `blk` of `row`.
+    #[inline(always)]
+    fn scale_zero(&self, row: usize, blk: usize) -> (f32, f32) {
+        let kb = self.0.layout.k_blocks();
+        let z = match self.0.zero_points {
+            Some(zp) => {
+                let zb = zp[row * kb.div_ceil(2) + blk / 2];
+                (if blk.is_multiple_of(2) { zb & 0xF } else { zb >> 4 }) as f32
+            }
+            None => 8.0,
+        };
+        (self.0.scales[row * kb + blk], z)
+    }
+}
 impl Dequant for Int4<'_> {
     fn n(&self) -> usize {
         self.0.layout.n
@@ -102,14 +118,7 @@ impl Dequant for Int4<'_> {
         let mut correction = [0.0f32; DIRECT_MAX_M];
         for (g, bytes) in row_bytes.chunks_exact(16).enumerate() {
             let blk = 32 * g / l.block;
-            let s = self.0.scales[row * kb + blk];
-            let z = match self.0.zero_points {
-                Some(zp) => {
-                    let zb = zp[row * kb.div_ceil(2) + blk / 2];
-                    (if blk.is_multiple_of(2) { zb & 0xF } else { zb >> 4 }) as f32
-                }
-                None => 8.0,
-            };
+            let (s, z) = self.scale_zero(row, blk);
             let Ok(bytes) = <&[u8; 16]>::try_from(bytes) else { unreachable!() };
             let mut lo = [0.0f32; 16];
             let mut hi = [0.0f32; 16];
@@ -143,14 +152,7 @@ impl Dequant for Int4<'_> {
         for (g, out) in dst[..len].chunks_exact_mut(32).enumerate() {
             let k = k0 + 32 * g;
             let blk = k / l.block;
-            let s = self.0.scales[row * kb + blk];
-            let z = match self.0.zero_points {
-                Some(zp) => {
-                    let zb = zp[row * kb.div_ceil(2) + blk / 2];
-                    (if blk.is_multiple_of(2) { zb & 0xF } else { zb >> 4 }) as f32
-                }
-                None => 8.0,
-            };
+            let (s, z) = self.scale_zero(row, blk);
             // Fixed-size views: no bounds checks, so the loop vectorizes.
             let Ok(bytes) = <&[u8; 16]>::try_from(&row_bytes[k / 2..k / 2 + 16]) else { unreachable!() };
             let Ok(out) = <&mut [f32; 32]>::try_from(out) else { unreachable!() };

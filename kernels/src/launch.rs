@@ -22,6 +22,16 @@ pub const GEMM_TILE: (usize, usize) = (64, 64);
 /// Up to this many activation rows take the GEMV path.
 pub const GEMV_MAX_M: usize = 8;
 
+/// SpatialThinker-7B's (Qwen2.5-VL-7B's) decoder linears as (name, n outputs, k inputs), for benchmarks:
+/// q/o, k/v, gate/up, down, lm_head.
+pub const SPATIALTHINKER_7B_LINEARS: [(&str, usize, usize); 5] = [
+    ("q_proj/o_proj", 3584, 3584),
+    ("k_proj/v_proj", 512, 3584),
+    ("gate_proj/up_proj", 18944, 3584),
+    ("down_proj", 3584, 18944),
+    ("lm_head", 152064, 3584),
+];
+
 /// The two weight formats, one `.cu` file each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
