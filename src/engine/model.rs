@@ -73,6 +73,7 @@ fn open_graph(
     builder = builder
         .with_operators(super::ops::domain().map_err(|e| ort_err(e.to_string()))?)
         .map_err(|e| ort_err(e.to_string()))?;
+    let commit_guard = super::ops::commit_lock();
     let session = builder.commit_from_file(&path).map_err(|e| match device {
         Device::Cpu => ort_err(e.to_string()),
         _ => Error::Provider {
@@ -80,8 +81,9 @@ fn open_graph(
             reason: format!("{}: {e}", path.display()),
             hint: super::device::GPU_HINT,
         },
-    })?;
-    Ok(Graph { name, session: Mutex::new(session) })
+    });
+    drop(commit_guard);
+    Ok(Graph { name, session: Mutex::new(session?) })
 }
 
 impl ExportedModel {

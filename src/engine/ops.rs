@@ -19,6 +19,14 @@ use st_kernels::{Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights, cpu}
 /// The custom-op domain.
 pub const DOMAIN: &str = "ai.st";
 
+/// Hold this while committing a session built with [`domain`] / [`domain_for`]: ONNX Runtime adds a
+/// custom domain to a process-wide schema map when a session is created, and two sessions doing so at
+/// once fail with "the domain is already exist" (seen with parallel tests).
+pub fn commit_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The domain with both operators, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?.add(MatMulInt4)?.add(MatMulFp8)

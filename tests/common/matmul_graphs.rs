@@ -142,6 +142,7 @@ pub fn fp8_graph(
 /// A session with st's operators registered, on `threads` intra-op threads.
 pub fn session(path: &Path, threads: usize) -> ort::session::Session {
     let env = &st::engine::init_ort(None).unwrap().environment;
+    let _guard = st::engine::ops::commit_lock();
     ort::session::Session::builder(env)
         .unwrap()
         .with_intra_threads(threads)

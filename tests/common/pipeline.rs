@@ -20,6 +20,7 @@ pub fn export(name: &str, out: &std::path::Path, opts: &st_export::ExportOptions
     assert_eq!(manifest, st::st_checkpoint::Manifest::from_dir(&dir).unwrap());
     // st's custom ops (ai.st.MatMulInt4 / MatMulFp8 in `--target cuda` graphs) registered as the runtime does.
     let open = |f: &str| {
+        let _guard = st::engine::ops::commit_lock();
         Session::builder(env)
             .unwrap()
             .with_operators(st::engine::ops::domain().unwrap())
