@@ -13,6 +13,7 @@
 //! # let _ = values; Ok(()) }
 //! ```
 
+pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod generation;
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod processor;
 pub mod weights;
 
+pub use adapter::{AdapterConfig, LoraAdapter, LoraPair};
 pub use config::{ModelConfig, TextConfig, VisionConfig};
 pub use error::{Error, Result};
 pub use generation::GenerationConfig;

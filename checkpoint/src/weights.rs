@@ -141,6 +141,14 @@ impl Weights {
         Ok(weights)
     }
 
+    /// Map one safetensors file on its own (an adapter, say); names as stored, canonicalised.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut weights = Weights { dir, shards: Vec::new(), entries: BTreeMap::new() };
+        weights.add_shard(path.to_path_buf())?;
+        Ok(weights)
+    }
+
     fn add_shard(&mut self, path: PathBuf) -> Result<()> {
         let file = std::fs::File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

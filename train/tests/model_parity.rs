@@ -1,0 +1,61 @@
+//! The trainable model equals transformers: logits of a full forward (the committed goldens of
+//! tiny and tiny-b, in all four on-disk layouts) within 1e-4 of the largest logit, and greedy
+//! generation through the KV cache gives the golden tokens. Inputs are the goldens' own: token
+//! ids, M-RoPE positions and transformers' vision-tower output.
+
+mod common;
+use common::*;
+
+const LAYOUTS: [(&str, &str); 4] =
+    [("tiny", "tiny"), ("tiny-legacy", "tiny"), ("tiny-b", "tiny-b"), ("tiny-b-lm-names", "tiny-b")];
+
+#[test]
+fn logits_equal_transformers_in_every_layout() {
+    for (model, golden) in LAYOUTS {
+        let (_, m) = load(model);
+        let (batch, _) = golden_batch(golden);
+        let logits = tch::no_grad(|| m.forward(&batch)).unwrap();
+        let want = npy_f32(&golden_dir(golden).join("logits.npy"));
+        let got = last_rows(&logits, want.shape()[0] as i64);
+        let err = rel_err(&got, &want);
+        // f32 throughout, as the reference; the bound leaves room for a different summation order.
+        assert!(err < 1e-4, "{model}: relative logit error {err:e}");
+    }
+}
+
+#[test]
+fn greedy_with_kv_cache_equals_golden_tokens() {
+    for (model, golden) in [("tiny", "tiny"), ("tiny-b", "tiny-b")] {
+        let (ckpt, m) = load(model);
+        let (batch, delta) = golden_batch(golden);
+        let want: Vec<i64> = npy_i64(&golden_dir(golden).join("greedy_tokens.npy")).iter().copied().collect();
+        let stops: Vec<i64> = ckpt.generation.eos_token_ids.iter().map(|&t| t as i64).collect();
+        let got = st_train::generate::greedy(&m, &batch, delta, want.len(), &stops).unwrap();
+        assert_eq!(got, want, "{model}");
+    }
+}
+
+#[test]
+fn disabled_adapter_is_the_base_model() {
+    let (_, mut m) = load("tiny");
+    let (batch, _) = golden_batch("tiny");
+    let base = tch::no_grad(|| m.forward(&batch)).unwrap();
+    m.add_lora(&st_train::LoraOptions { rank: 4, ..Default::default() }, 7).unwrap();
+    // B = 0 at start: the adapted model equals the base.
+    let fresh = tch::no_grad(|| m.forward(&batch)).unwrap();
+    assert_eq!(f64::try_from((&fresh - &base).abs().max()).unwrap(), 0.0);
+    // A nonzero B changes the logits; switching the adapter off gives the base back exactly.
+    tch::no_grad(|| {
+        for (name, p) in m.lora_parameters() {
+            if name.ends_with("lora_B") {
+                let mut p = p.shallow_clone();
+                let _ = p.copy_(&(tch::Tensor::randn(p.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.1));
+            }
+        }
+    });
+    let adapted = tch::no_grad(|| m.forward(&batch)).unwrap();
+    assert!(f64::try_from((&adapted - &base).abs().max()).unwrap() > 1e-3);
+    m.set_adapter_enabled(false);
+    let off = tch::no_grad(|| m.forward(&batch)).unwrap();
+    assert_eq!(f64::try_from((&off - &base).abs().max()).unwrap(), 0.0);
+}
