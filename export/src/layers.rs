@@ -51,6 +51,8 @@ pub struct Builder<'w> {
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
     /// How the decoder computes attention.
     pub attention: crate::text::Attention,
+    /// A LoRA adapter merged into the linears it adapts (`st export --lora`).
+    pub lora: Option<&'w st_checkpoint::LoraAdapter>,
 }
 
 /// The progress bar: bytes of source tensors read, and tensors done out of the total.
@@ -85,13 +87,23 @@ impl<'w> Builder<'w> {
     /// A weight as stored, converted to f32 and streamed to the data file; `shape` overrides
     /// the stored shape (same element count), e.g. the Conv3d patch embedding as a matrix.
     pub fn weight_f32_as(&mut self, name: &str, onnx_name: &str, shape: Option<&[usize]>) -> Result<String> {
-        let t = self.weights.get(name)?;
-        let shape = shape.unwrap_or(t.shape).to_vec();
+        let t = self.source(name)?;
+        let shape = shape.unwrap_or(t.shape()).to_vec();
         let len = t.numel() as u64 * 4;
         let out = self.g.weight_with(onnx_name, DataType::Float, &shape, len, |w| t.write_f32_le(w))?;
         self.weights.release(name);
-        self.progress.tensor_done(t.bytes.len());
+        self.progress.tensor_done(t.source_bytes());
         Ok(out)
+    }
+
+    /// The tensor `name` as stored, or merged with its LoRA adapter when one adapts it.
+    pub fn source(&self, name: &str) -> Result<crate::lora::Source<'w>> {
+        let t = self.weights.get(name)?;
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        match self.lora.map(|a| crate::lora::merge(&t, a, module)).transpose()?.flatten() {
+            Some(values) => Ok(crate::lora::Source::Merged { base: t, values }),
+            None => Ok(crate::lora::Source::Mapped(t)),
+        }
     }
 
     /// A weight as stored (same shape and name), converted to f32.
@@ -187,7 +199,7 @@ impl<'w> Builder<'w> {
                 // fp16 storage, f32 compute: half the bytes on disk; GPU providers run the Cast
                 // into their fp16 kernels, ORT's CPU provider folds it into an f32 copy at load.
                 let (n, k) = self.matrix_shape(weight)?;
-                let t = self.weights.get(weight)?;
+                let t = self.source(weight)?;
                 let w = self.g.weight_with(
                     &format!("{prefix}.weight_fp16"),
                     DataType::Float16,
@@ -196,7 +208,7 @@ impl<'w> Builder<'w> {
                     |w| t.write_f16_le(w),
                 )?;
                 self.weights.release(weight);
-                self.progress.tensor_done(t.bytes.len());
+                self.progress.tensor_done(t.source_bytes());
                 let w = self.g.node(
                     &format!("{prefix}/CastWeight"),
                     "Cast",
@@ -212,10 +224,10 @@ impl<'w> Builder<'w> {
                 // fuses. ORT's CPU provider folds it to f32 at load (4× memory): on CPU this is for
                 // correctness on small models until the fused op of the kernels issue exists.
                 let (n, k) = self.matrix_shape(weight)?;
-                let t = self.weights.get(weight)?;
+                let t = self.source(weight)?;
                 let q = fp8::quantize_per_channel(&t.to_f32()?, n, k);
                 self.weights.release(weight);
-                self.progress.tensor_done(t.bytes.len());
+                self.progress.tensor_done(t.source_bytes());
                 let scale =
                     self.g.weight(&format!("{prefix}.weight_scale"), DataType::Float, &[n], &f32_bytes(&q.scales))?;
                 if self.linear.fused_ops {
@@ -266,7 +278,7 @@ impl<'w> Builder<'w> {
                 reason: format!("{block} is not a power of two ≥ 16"),
             });
         }
-        let t = self.weights.get(weight)?;
+        let t = self.source(weight)?;
         // Rows are independent: quantize and write them a chunk at a time (bounded memory even
         // for a 152k-row lm_head); scales and zero points are small and written after.
         let kb = k.div_ceil(block);
@@ -305,7 +317,7 @@ impl<'w> Builder<'w> {
         }
         let b = b?;
         self.weights.release(weight);
-        self.progress.tensor_done(t.bytes.len());
+        self.progress.tensor_done(t.source_bytes());
         let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?;
         let mut inputs = vec![x.to_string(), b, s];
         if !scheme.symmetric {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod external;
 pub mod graph;
 pub mod layers;
+pub mod lora;
 pub mod quant;
 pub mod recipe;
 pub mod text;

@@ -103,6 +103,8 @@ pub struct ExportOptions {
     pub overrides: Vec<(String, Precision)>,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
     pub progress: bool,
+    /// A PEFT LoRA adapter directory merged into the weights before quantization.
+    pub lora: Option<std::path::PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -130,6 +132,7 @@ impl ExportOptions {
             attention: crate::text::Attention::GroupQuery,
             overrides: vec![],
             progress: false,
+            lora: None,
         }
     }
 
@@ -176,9 +179,18 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     }
     opts.check()?;
     let ckpt = Checkpoint::open(src)?;
+    // The adapter is checked against the checkpoint before anything is written.
+    let lora = match &opts.lora {
+        Some(dir) => {
+            let adapter = st_checkpoint::LoraAdapter::open(dir)?;
+            adapter.validate(&ckpt.config)?;
+            Some(adapter)
+        }
+        None => None,
+    };
     let tmp = partial_dir(out);
     std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    let result = write_all(&ckpt, &tmp, opts);
+    let result = write_all(&ckpt, &tmp, opts, lora.as_ref());
     match result {
         Ok(manifest) => {
             std::fs::rename(&tmp, out).map_err(Error::io(out))?;
@@ -196,7 +208,12 @@ fn partial_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
-fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Manifest> {
+fn write_all(
+    ckpt: &Checkpoint,
+    dir: &Path,
+    opts: &ExportOptions,
+    lora: Option<&st_checkpoint::LoraAdapter>,
+) -> Result<Manifest> {
     // The vision tower is never quantized below fp16 (SPEC §6: quantized ViTs move boxes).
     let graphs: [(&str, BuildFn, Precision); 3] = [
         ("vision", crate::vision::build_vision, opts.vision),
@@ -230,6 +247,7 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
             progress: &progress,
             overrides: &overrides,
             attention: opts.attention,
+            lora,
         };
         build(&mut b, &ckpt.config)?;
         let (model, external) = b.g.finish("st export");
@@ -243,6 +261,12 @@ fn write_all(ckpt: &Checkpoint, dir: &Path, opts: &ExportOptions) -> Result<Mani
         ]);
         for (pattern, p) in &opts.overrides {
             precision.insert(format!("override {pattern}"), p.to_string());
+        }
+        if name == "decoder"
+            && let Some(a) = lora
+        {
+            let merged = format!("{} (r {}, {} linears, merged)", a.dir.display(), a.config.r, a.modules.len());
+            precision.insert("lora".into(), merged);
         }
         if name == "decoder" {
             let head = match opts.linear.lm_head {

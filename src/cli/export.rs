@@ -1,4 +1,4 @@
-//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L]`.
+//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L] [--lora ADAPTER_DIR]`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,10 @@ pub struct ExportArgs {
     /// tensorrt) or standard (plain ONNX ops, any provider).
     #[arg(long)]
     pub attention: Option<String>,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, e.g. the
+    /// `adapter/` of an `st finetune` run) merged into the weights before quantization.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Execution provider the graphs are meant for: cpu, cuda or tensorrt (recorded in the manifest).
     #[arg(long, default_value = "cpu")]
     pub target: st_export::Target,
@@ -78,6 +82,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if let Some(p) = args.vision {
         opts.vision = p;
     }
+    opts.lora = args.lora.clone();
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let manifest = st_export::export(&args.checkpoint, &args.out, &opts)?;
     for (name, g) in &manifest.graphs {
