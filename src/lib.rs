@@ -47,6 +47,8 @@ pub mod cli;
 pub mod data;
 pub mod decode;
 pub mod engine;
+#[cfg(feature = "train")]
+pub mod finetune;
 pub mod error;
 pub mod inspect;
 pub mod preprocess;

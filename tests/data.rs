@@ -136,3 +136,24 @@ fn eval_scores_skips_bad_rows_and_resumes() {
     assert_eq!(all["reward"]["format"], 1.0);
     assert!(all["categories"].as_object().unwrap().len() >= 4);
 }
+
+#[test]
+fn completions_built_from_ground_truth_are_valid_responses() {
+    // Every synthetic row's built completion passes the runtime's own SPEC §4 validator and
+    // earns full format, count and accuracy against its ground truth.
+    for (image, sample) in st::data::synth::generate(12, 5) {
+        for row in &sample.rows {
+            let c = st::data::completion::completion(row).unwrap();
+            let (w, h) = (sample.image.width(), sample.image.height());
+            let q = row.full_question().unwrap();
+            let r = st::scene::parse_response(&c, &st::scene::Rules::new((w, h), &q));
+            assert!(r.valid, "{image}: {c}\n{:?}", r.reasons);
+            let gt = row.ground_truth.as_deref().unwrap();
+            let s = st::reward::reward(&c, gt, (w as f64, h as f64), &Default::default(), &st::reward::ExactLabels);
+            assert_eq!((s.format, s.count, s.accuracy), (1.0, 1.0, 1.0), "{c}");
+        }
+    }
+    // A row with neither completion nor ground truth has none, and says why.
+    let row: st::data::Row = serde_json::from_str(r#"{"images":["a.png"],"problem":"q? (A) x","answer_option_text":"(A) x"}"#).unwrap();
+    assert!(st::data::completion::completion(&row).unwrap_err().contains("ground_truth"));
+}

@@ -12,5 +12,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => st::cli::eval::run(args),
         Command::Data(args) => st::cli::data::run(args),
         Command::Doctor(args) => st::cli::doctor::run(args),
+        Command::Finetune(args) => st::cli::finetune::run(args),
     }
 }

@@ -6,6 +6,7 @@ pub mod data;
 pub mod doctor;
 pub mod eval;
 pub mod export;
+pub mod finetune;
 pub mod inspect;
 pub mod reward;
 pub mod run;
@@ -36,6 +37,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Datasets: `st data synth` renders a synthetic spatial dataset.
     Data(data::DataArgs),
+    /// Fine-tune with LoRA: `--sft` trains on ground-truth completions (needs the `train` feature).
+    Finetune(finetune::FinetuneArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
 }

@@ -1,6 +1,7 @@
 //! Datasets: rows in the STVQA format (`images`, `problem`, `answer_option_text`, `category`,
 //! optional ground-truth scene) and a synthetic generator of them ([`synth`]).
 
+pub mod completion;
 pub mod eval;
 pub mod synth;
 
@@ -27,6 +28,9 @@ pub struct Row {
     /// `<scene>{json}</scene><answer>(A) left</answer>` when the row has a ground-truth scene.
     #[serde(default)]
     pub ground_truth: Option<String>,
+    /// A full SPEC §4 response to train on (`st finetune --sft`); built from `ground_truth` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
 }
 
 impl Row {

@@ -83,6 +83,7 @@ fn row(image: &str, question: String, options: &[String], correct: usize, catego
         ground_truth: Some(format!("<scene>{scene_json}</scene><answer>{answer}</answer>")),
         answer_option_text: answer,
         category: category.into(),
+        completion: None,
     }
 }
 

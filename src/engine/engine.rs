@@ -264,6 +264,12 @@ impl Engine {
         })
     }
 
+    /// The vision tower's output for a preprocessed image, `[image tokens, hidden]` in raster
+    /// order (what the decoder puts at the `<|image_pad|>` positions; the trainer caches it).
+    pub fn image_embeds(&self, image: &PreprocessedImage) -> Result<Array2<f32>> {
+        self.vision(image)
+    }
+
     fn vision(&self, image: &PreprocessedImage) -> Result<Array2<f32>> {
         let vi = crate::vision::vision_inputs(image.grid_thw, &self.model.manifest.config.vision)?;
         let ctx = "vision graph";

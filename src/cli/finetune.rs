@@ -1,0 +1,186 @@
+//! `st finetune --sft --model CHECKPOINT_DIR --data ROWS.jsonl --out RUN_DIR [options]`: LoRA
+//! supervised fine-tuning on ground-truth completions (st-train, libtorch through tch), built
+//! in with the `train` feature. GRPO (the same command without `--sft`) is the next step.
+
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct FinetuneArgs {
+    /// Supervised fine-tuning on the rows' completions (built from their ground truth when absent).
+    #[arg(long)]
+    pub sft: bool,
+    /// Hugging Face checkpoint directory (config.json + safetensors) to adapt.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training rows, STVQA JSON lines (what `st eval` reads and `st data synth` writes).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out rows: their loss is reported before, at each save and after training.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Run directory: adapter/, checkpoints/step-N/, metrics.jsonl, config.json, loss.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Peak learning rate (AdamW), reached after the warm-up, then cosine decay to 0.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    /// Gradient clipping: global L2 norm.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha (scale alpha / rank, or alpha / √rank with --rslora).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub dropout: f64,
+    #[arg(long)]
+    pub rslora: bool,
+    /// Comma-separated text linears to adapt.
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Sequences per forward/backward (gradients accumulate over batch / micro-batch).
+    #[arg(long, default_value_t = 2)]
+    pub micro_batch: usize,
+    /// Keep only each decoder layer's input and recompute the layer in the backward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save a checkpoint every N optimizer steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Continue the run in --out from its last checkpoint (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Use at most N training rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub pixels: super::PixelArgs,
+    /// libonnxruntime.so.1.31.1 for the vision graph.
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}
+
+#[cfg(not(feature = "train"))]
+pub fn run(_: FinetuneArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "st finetune needs the `train` feature: `make venv-train`, then LIBTORCH_USE_PYTORCH=1 cargo build --release --features train (see docs/TRAINING.md)"
+    )
+}
+
+#[cfg(feature = "train")]
+pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use st_train::sft::{Hooks, SftConfig};
+    if !args.sft {
+        anyhow::bail!("GRPO (st finetune without --sft) is not built yet; run supervised fine-tuning with --sft");
+    }
+    let device = st_train::parse_device(&args.device)?;
+    let ckpt = st_checkpoint::Checkpoint::open(&args.model)?;
+    let opts = crate::engine::SessionOptions { ort_lib: args.ort_lib.clone(), ..Default::default() };
+    let mut engine = crate::engine::Engine::open(&args.model, &opts)?;
+    let b = &mut engine.preprocessor.options.pixels;
+    b.min_pixels = args.pixels.min_pixels.unwrap_or(b.min_pixels);
+    b.max_pixels = args.pixels.max_pixels.unwrap_or(b.max_pixels);
+    let report = |what: &str, p: &crate::finetune::Prepared| {
+        for s in &p.skipped {
+            eprintln!("{what} line {} skipped: {}", s.line, s.reason);
+        }
+        eprintln!("{what}: {} rows used, {} skipped, {} images encoded", p.samples.len(), p.skipped.len(), p.images);
+    };
+    let train = crate::finetune::prepare(&engine, &args.data, args.limit).with_context(|| "--data")?;
+    report("--data", &train);
+    let eval = match &args.eval {
+        Some(p) => {
+            let e = crate::finetune::prepare(&engine, p, None).with_context(|| "--eval")?;
+            report("--eval", &e);
+            e.samples
+        }
+        None => Vec::new(),
+    };
+    let cfg = SftConfig {
+        steps: args.steps,
+        batch: args.batch,
+        micro_batch: args.micro_batch.min(args.batch),
+        warmup_steps: args.warmup,
+        max_grad_norm: args.max_grad_norm,
+        adamw: st_train::optim::AdamWConfig {
+            lr: args.lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: 1e-8,
+            weight_decay: args.weight_decay,
+        },
+        lora: st_train::LoraOptions {
+            rank: args.rank,
+            alpha: args.alpha,
+            dropout: args.dropout,
+            rslora: args.rslora,
+            targets: args.targets.clone(),
+        },
+        seed: args.seed,
+        save_every: args.save_every,
+        gradient_checkpointing: args.gradient_checkpointing,
+        device: args.device.clone(),
+        model: args.model.display().to_string(),
+        data: args.data.display().to_string(),
+    };
+    let mut model = st_train::TextModel::load(&ckpt, &st_train::LoadOptions { device, kind: None })?;
+    let run = st_train::run::RunDir::create(&args.out)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = std::sync::Arc::clone(&stop);
+        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::Relaxed));
+    }
+    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("sft [{bar:40}] {pos}/{len} steps {msg} {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let hooks = Hooks { progress: Some(&bar), stop: Some(&stop) };
+    let summary = st_train::sft::train(&mut model, &train.samples, &eval, &cfg, &run, args.resume, &hooks)?;
+    bar.finish_and_clear();
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("interrupted: the last checkpoint is {}; continue with --resume", run.last_checkpoint_name());
+    }
+    let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    println!(
+        "steps {}  loss {:.4} → {:.4}  held-out loss {} → {}  {:.0} tokens/s  {:.1} s",
+        summary.steps,
+        summary.first_loss,
+        summary.last_loss,
+        fmt(summary.eval_loss_before),
+        fmt(summary.eval_loss_after),
+        summary.tokens_per_s,
+        summary.seconds
+    );
+    let summary_json = serde_json::to_vec_pretty(&summary)?;
+    super::write_then_rename(&run.path("summary.json"), &summary_json, "summary")?;
+    println!("adapter: {}", run.path("adapter").display());
+    println!(
+        "next: st export {} OUT_DIR --lora {}",
+        args.model.display(),
+        run.path("adapter").display()
+    );
+    Ok(())
+}
