@@ -9,6 +9,10 @@ QWEN_TOKENIZER := .cache/qwen2.5-vl-tokenizer/tokenizer.json
 CUDA_VENV := .venv-cuda
 CUDA_STAMP := $(CUDA_VENV)/.installed-12.9
 CUDA_PKG = $(CUDA_VENV)/lib/python*/site-packages/nvidia
+TRAIN_VENV := .venv-train
+TRAIN_STAMP := $(TRAIN_VENV)/.installed-torch-2.11.0
+# tch builds against the venv's torch (torch-sys reads it through `python`).
+TRAIN_ENV = LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(CURDIR)/$(TRAIN_VENV) PATH="$(CURDIR)/$(TRAIN_VENV)/bin:$$PATH"
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.installed
 CARGO ?= cargo
@@ -18,7 +22,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
+.PHONY: all demo test venv venv-train train-test peft-goldens qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -57,10 +61,28 @@ kernels-check: $(CUDA_STAMP)
 	LD_LIBRARY_PATH="$$(echo $(CUDA_PKG))/cuda_nvrtc/lib" ST_CUDA_INCLUDE="$$(echo $(CUDA_PKG))/cuda_runtime/include" \
 		./target/debug/examples/compile_check target/kernels-ptx "$$(echo $(CUDA_PKG))/cuda_nvcc/bin/ptxas"
 
+$(TRAIN_STAMP): train/requirements.txt
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q --disable-pip-version-check -r train/requirements.txt
+	touch $@
+
+venv-train: $(TRAIN_STAMP)
+
+# st-train (libtorch) and `st finetune` (the root crate's train feature): parity with transformers
+# and PEFT, the training numerics, adapters both ways, SFT end to end.
+train-test: venv venv-train
+	$(TRAIN_ENV) $(CARGO) test -p st-train --all-targets
+	$(TRAIN_ENV) $(CARGO) test --features train --test finetune
+
+# Regenerate the PEFT adapters and LoRA goldens (tests/fixtures/adapters, goldens/*/peft).
+peft-goldens: venv-train
+	$(TRAIN_VENV)/bin/python tests/reference/peft_goldens.py
+
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	$(CARGO) test --workspace --exclude st-train --all-targets
+	$(CARGO) test --workspace --exclude st-train --doc
+	$(MAKE) train-test
 	$(MAKE) kernels-check
 	rm -rf target/pytest-export
 	for m in tiny tiny-b; do \
@@ -86,4 +108,6 @@ fixtures: $(REF_STAMP) qwen-tokenizer
 	$(REF_VENV)/bin/python tests/reference/make_fixtures.py
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --exclude st-train --all-targets -- -D warnings
+	$(TRAIN_ENV) $(CARGO) clippy -p st-train --all-targets -- -D warnings
+	$(TRAIN_ENV) $(CARGO) clippy --features train --all-targets -- -D warnings

@@ -47,9 +47,9 @@ pub mod cli;
 pub mod data;
 pub mod decode;
 pub mod engine;
+pub mod error;
 #[cfg(feature = "train")]
 pub mod finetune;
-pub mod error;
 pub mod inspect;
 pub mod preprocess;
 pub mod prompt;

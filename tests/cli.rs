@@ -224,3 +224,16 @@ fn reward_scores_lines_in_order_and_reports_bad_ones() {
     assert_eq!(last["overall"], 1.0);
     fails_cleanly(&["reward", "--input", "/no/such.jsonl"], "/no/such.jsonl");
 }
+
+#[cfg(not(feature = "train"))]
+#[test]
+fn finetune_without_the_train_feature_says_how_to_get_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_st"))
+        .args(["finetune", "--sft", "--model", "m", "--data", "d.jsonl", "--out", "o"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`train` feature") && stderr.contains("make venv-train"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

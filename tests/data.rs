@@ -154,6 +154,7 @@ fn completions_built_from_ground_truth_are_valid_responses() {
         }
     }
     // A row with neither completion nor ground truth has none, and says why.
-    let row: st::data::Row = serde_json::from_str(r#"{"images":["a.png"],"problem":"q? (A) x","answer_option_text":"(A) x"}"#).unwrap();
+    let row: st::data::Row =
+        serde_json::from_str(r#"{"images":["a.png"],"problem":"q? (A) x","answer_option_text":"(A) x"}"#).unwrap();
     assert!(st::data::completion::completion(&row).unwrap_err().contains("ground_truth"));
 }

@@ -60,7 +60,13 @@ fn st_run_on_the_merged_export_gives_peft_greedy_tokens() {
     for (name, a) in [("tiny", "tiny-peft"), ("tiny-b", "tiny-b-peft")] {
         let out_dir = tmp.path().join(name);
         let st = Command::new(env!("CARGO_BIN_EXE_st"))
-            .args(["export".as_ref(), model(name).as_os_str(), out_dir.as_os_str(), "--lora".as_ref(), adapter(a).as_os_str()])
+            .args([
+                "export".as_ref(),
+                model(name).as_os_str(),
+                out_dir.as_os_str(),
+                "--lora".as_ref(),
+                adapter(a).as_os_str(),
+            ])
             .output()
             .unwrap();
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
@@ -83,7 +89,13 @@ fn misfit_adapters_fail_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     let st = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(["export".as_ref(), model("tiny").as_os_str(), out_dir.as_os_str(), "--lora".as_ref(), adapter("tiny-b-peft").as_os_str()])
+        .args([
+            "export".as_ref(),
+            model("tiny").as_os_str(),
+            out_dir.as_os_str(),
+            "--lora".as_ref(),
+            adapter("tiny-b-peft").as_os_str(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&st.stderr);
@@ -91,7 +103,13 @@ fn misfit_adapters_fail_before_writing() {
     assert!(stderr.contains("lora_A.weight") && stderr.contains("expected"), "{stderr}");
     assert!(!out_dir.exists());
     let st = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(["export".as_ref(), model("tiny").as_os_str(), out_dir.as_os_str(), "--lora".as_ref(), tmp.path().as_os_str()])
+        .args([
+            "export".as_ref(),
+            model("tiny").as_os_str(),
+            out_dir.as_os_str(),
+            "--lora".as_ref(),
+            tmp.path().as_os_str(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&st.stderr);

@@ -61,11 +61,21 @@ fn resume_after_an_interruption_gives_the_same_adapter() {
     ok(&st(&sft_args(&data, &b, &resume)));
     assert_eq!(adapter(&a), adapter(&b), "resumed adapter differs");
     let metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().count(), 6);
     // The run directory holds everything the docs promise.
-    for f in ["config.json", "loss.png", "summary.json", "adapter/adapter_config.json", "checkpoints/step-0/trainer_state.json", "checkpoints/step-3/optimizer.safetensors"] {
+    for f in [
+        "config.json",
+        "loss.png",
+        "summary.json",
+        "adapter/adapter_config.json",
+        "checkpoints/step-0/trainer_state.json",
+        "checkpoints/step-3/optimizer.safetensors",
+    ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
     let line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
@@ -81,13 +91,26 @@ fn held_out_loss_falls() {
     let tmp = tempfile::tempdir().unwrap();
     let eval_dir = tmp.path().join("eval");
     let synth_out = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(["data".as_ref(), "synth".as_ref(), "--out".as_ref(), eval_dir.as_os_str(), "--n".as_ref(), "4".as_ref(), "--seed".as_ref(), "9".as_ref()])
+        .args([
+            "data".as_ref(),
+            "synth".as_ref(),
+            "--out".as_ref(),
+            eval_dir.as_os_str(),
+            "--n".as_ref(),
+            "4".as_ref(),
+            "--seed".as_ref(),
+            "9".as_ref(),
+        ])
         .output()
         .unwrap();
     ok(&synth_out);
     let out = tmp.path().join("run");
     let eval = eval_dir.join("data.jsonl");
-    let mut args = sft_args(&synth(), &out, &["--steps", "40", "--batch", "4", "--lr", "1e-2", "--rank", "32", "--alpha", "32", "--save-every", "40"]);
+    let mut args = sft_args(
+        &synth(),
+        &out,
+        &["--steps", "40", "--batch", "4", "--lr", "1e-2", "--rank", "32", "--alpha", "32", "--save-every", "40"],
+    );
     args.extend(["--eval".into(), eval.into()]);
     ok(&st(&args));
     let s: serde_json::Value = serde_json::from_slice(&bytes(&out.join("summary.json"))).unwrap();
@@ -101,8 +124,13 @@ fn bad_rows_are_reported_skipped_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = tmp.path().join("rows.jsonl");
     let good = std::fs::read_to_string(synth()).unwrap();
-    let first = good.lines().next().unwrap().replace("images/", &format!("{}/", fixtures().join("synth/images").display()));
-    let text = format!("{first}\nnot json\n{}\n{}\n", first.replace("000000.png", "missing.png"), r#"{"images":["x.png"],"problem":"q? (A) a","answer_option_text":"(A) a"}"#);
+    let first =
+        good.lines().next().unwrap().replace("images/", &format!("{}/", fixtures().join("synth/images").display()));
+    let text = format!(
+        "{first}\nnot json\n{}\n{}\n",
+        first.replace("000000.png", "missing.png"),
+        r#"{"images":["x.png"],"problem":"q? (A) a","answer_option_text":"(A) a"}"#
+    );
     std::fs::write(&rows, text).unwrap();
     let out = tmp.path().join("run");
     let log = ok(&st(&sft_args(&rows, &out, &["--steps", "1", "--batch", "1"])));
@@ -119,7 +147,8 @@ fn clear_errors_keep_the_last_checkpoint() {
     // Resuming with other settings names them.
     let run = tmp.path().join("run");
     ok(&st(&sft_args(&data, &run, &["--steps", "2", "--batch", "2", "--save-every", "1"])));
-    let e = st(&sft_args(&data, &run, &["--steps", "2", "--batch", "2", "--save-every", "1", "--rank", "8", "--resume"]));
+    let e =
+        st(&sft_args(&data, &run, &["--steps", "2", "--batch", "2", "--save-every", "1", "--rank", "8", "--resume"]));
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success() && stderr.contains("settings differ") && stderr.contains("rank"), "{stderr}");
     // Starting over in a used run directory without --resume is refused (nothing overwritten).
@@ -127,7 +156,24 @@ fn clear_errors_keep_the_last_checkpoint() {
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("--resume"));
     // A NaN / inf loss stops the run with the step and the last good checkpoint.
     let nan = tmp.path().join("nan");
-    let e = st(&sft_args(&data, &nan, &["--steps", "20", "--batch", "2", "--lr", "1e30", "--warmup", "0", "--save-every", "1", "--max-grad-norm", "0"]));
+    let e = st(&sft_args(
+        &data,
+        &nan,
+        &[
+            "--steps",
+            "20",
+            "--batch",
+            "2",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--save-every",
+            "1",
+            "--max-grad-norm",
+            "0",
+        ],
+    ));
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success() && stderr.contains("not finite") && stderr.contains("checkpoints/step-"), "{stderr}");
     assert!(st_checkpoint::LoraAdapter::open(nan.join("adapter")).is_ok());
@@ -137,7 +183,16 @@ fn clear_errors_keep_the_last_checkpoint() {
     std::fs::copy(model("tiny").join("config.json"), empty.join("config.json")).unwrap();
     let out = tmp.path().join("x");
     let e = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(["finetune".as_ref(), "--sft".as_ref(), "--model".as_ref(), empty.as_os_str(), "--data".as_ref(), data.as_os_str(), "--out".as_ref(), out.as_os_str()])
+        .args([
+            "finetune".as_ref(),
+            "--sft".as_ref(),
+            "--model".as_ref(),
+            empty.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&e.stderr);

@@ -155,10 +155,9 @@ fn invalid(path: &Path, field: &'static str, reason: impl Into<String>) -> Error
 
 /// `model.layers.N.<module>` from a PEFT key, with `lora_A`/`lora_B`; errors name the key.
 fn parse_key<'k>(path: &Path, key: &'k str) -> Result<(String, &'k str)> {
-    let rest = key
-        .strip_prefix(KEY_PREFIX)
-        .or_else(|| key.strip_prefix(LEGACY_KEY_PREFIX))
-        .ok_or_else(|| invalid(path, "tensor name", format!("`{key}` has neither the prefix `{KEY_PREFIX}` nor `{LEGACY_KEY_PREFIX}`")))?;
+    let rest = key.strip_prefix(KEY_PREFIX).or_else(|| key.strip_prefix(LEGACY_KEY_PREFIX)).ok_or_else(|| {
+        invalid(path, "tensor name", format!("`{key}` has neither the prefix `{KEY_PREFIX}` nor `{LEGACY_KEY_PREFIX}`"))
+    })?;
     if rest.starts_with("visual.") || rest.starts_with("language_model.visual") {
         return Err(invalid(
             path,
@@ -171,14 +170,22 @@ fn parse_key<'k>(path: &Path, key: &'k str) -> Result<(String, &'k str)> {
     } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
         (m, "B")
     } else {
-        return Err(invalid(path, "tensor name", format!("`{key}` is not a lora_A/lora_B weight (DoRA, biases and embeddings are not supported)")));
+        return Err(invalid(
+            path,
+            "tensor name",
+            format!("`{key}` is not a lora_A/lora_B weight (DoRA, biases and embeddings are not supported)"),
+        ));
     };
     let known = module
         .strip_prefix("layers.")
         .and_then(|r| r.split_once('.'))
         .is_some_and(|(i, m)| i.parse::<usize>().is_ok() && TEXT_LINEARS.iter().any(|t| module_path(t) == Some(m)));
     if !known {
-        return Err(invalid(path, "tensor name", format!("`{key}`: `{module}` is not one of the text model's linears")));
+        return Err(invalid(
+            path,
+            "tensor name",
+            format!("`{key}`: `{module}` is not one of the text model's linears"),
+        ));
     }
     Ok((format!("model.{module}"), which))
 }
@@ -235,7 +242,11 @@ impl LoraAdapter {
         let mut modules = BTreeMap::new();
         for (module, (a, b)) in halves {
             let (Some(a), Some(b)) = (a, b) else {
-                return Err(invalid(&weights_path, "tensor name", format!("`{module}` has only one of lora_A / lora_B")));
+                return Err(invalid(
+                    &weights_path,
+                    "tensor name",
+                    format!("`{module}` has only one of lora_A / lora_B"),
+                ));
             };
             modules.insert(module, LoraPair { a: a.a, a_shape: a.a_shape, b: b.a, b_shape: b.a_shape });
         }
@@ -260,7 +271,10 @@ impl LoraAdapter {
                 return Err(invalid(
                     &path,
                     "tensor name",
-                    format!("`{module}`: layer {layer} does not exist (the checkpoint has {} layers): adapter from another model?", t.num_hidden_layers),
+                    format!(
+                        "`{module}`: layer {layer} does not exist (the checkpoint has {} layers): adapter from another model?",
+                        t.num_hidden_layers
+                    ),
                 ));
             }
             let (n_in, n_out) = linear_shape(model, module);

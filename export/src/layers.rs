@@ -313,7 +313,7 @@ impl<'w> Builder<'w> {
             },
         );
         if let Some(e) = failure {
-            return Err(e.into());
+            return Err(e);
         }
         let b = b?;
         self.weights.release(weight);

@@ -177,10 +177,6 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let summary_json = serde_json::to_vec_pretty(&summary)?;
     super::write_then_rename(&run.path("summary.json"), &summary_json, "summary")?;
     println!("adapter: {}", run.path("adapter").display());
-    println!(
-        "next: st export {} OUT_DIR --lora {}",
-        args.model.display(),
-        run.path("adapter").display()
-    );
+    println!("next: st export {} OUT_DIR --lora {}", args.model.display(), run.path("adapter").display());
     Ok(())
 }

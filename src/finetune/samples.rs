@@ -54,7 +54,12 @@ pub fn prepare(engine: &Engine, rows: &Path, limit: Option<usize>) -> Result<Pre
     Ok(Prepared { samples, skipped, images: cache.len() })
 }
 
-fn sample(engine: &Engine, base: &Path, line: &str, cache: &mut HashMap<PathBuf, Encoded>) -> Result<SftSample, String> {
+fn sample(
+    engine: &Engine,
+    base: &Path,
+    line: &str,
+    cache: &mut HashMap<PathBuf, Encoded>,
+) -> Result<SftSample, String> {
     let row: Row = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
     let image = row.images.first().ok_or("the row names no image")?;
     let question = row.full_question().ok_or("the row has no `problem` or `question`")?;

@@ -26,7 +26,9 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
         "cuda" => cuda_device(0),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => cuda_device(n),
-            None => Err(Error::InvalidArgument { name: "--device", reason: format!("{s:?}: expected cpu, cuda or cuda:N") }),
+            None => {
+                Err(Error::InvalidArgument { name: "--device", reason: format!("{s:?}: expected cpu, cuda or cuda:N") })
+            }
         },
     }
 }

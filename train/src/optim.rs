@@ -33,7 +33,12 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(config: AdamWConfig, params: &[&Tensor]) -> Self {
         let zeros = |p: &&Tensor| p.zeros_like().set_requires_grad(false);
-        Self { config, step: 0, exp_avg: params.iter().map(zeros).collect(), exp_avg_sq: params.iter().map(zeros).collect() }
+        Self {
+            config,
+            step: 0,
+            exp_avg: params.iter().map(zeros).collect(),
+            exp_avg_sq: params.iter().map(zeros).collect(),
+        }
     }
 
     /// One update with learning rate `lr` (the schedule's value for this step).

@@ -41,11 +41,8 @@ pub fn save(model: &TextModel, dir: &Path, base: &str) -> Result<()> {
 pub fn load(model: &mut TextModel, adapter: &LoraAdapter, model_config: &st_checkpoint::ModelConfig) -> Result<()> {
     adapter.validate(model_config)?;
     let c = &adapter.config;
-    let mut targets: Vec<String> = adapter
-        .modules
-        .keys()
-        .filter_map(|m| m.rsplit('.').next().map(str::to_string))
-        .collect();
+    let mut targets: Vec<String> =
+        adapter.modules.keys().filter_map(|m| m.rsplit('.').next().map(str::to_string)).collect();
     targets.sort();
     targets.dedup();
     let opts = LoraOptions { rank: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, rslora: c.use_rslora, targets };
@@ -53,7 +50,9 @@ pub fn load(model: &mut TextModel, adapter: &LoraAdapter, model_config: &st_chec
     let device = model.device;
     let names: Vec<String> = model.adapted_linears().map(|l| l.name.clone()).collect();
     for name in names {
-        let lin = model.linear_mut(&name).ok_or_else(|| Error::Adapter { name: name.clone(), reason: "no such linear".into() })?;
+        let lin = model
+            .linear_mut(&name)
+            .ok_or_else(|| Error::Adapter { name: name.clone(), reason: "no such linear".into() })?;
         let pair = adapter.modules.get(&name);
         let Some(pair) = pair else {
             // A target kind present in some layers only: no adapter on this one.
@@ -64,7 +63,8 @@ pub fn load(model: &mut TextModel, adapter: &LoraAdapter, model_config: &st_chec
             Ok(Tensor::f_from_slice(v)?.f_view([s[0] as i64, s[1] as i64])?.to_device(device).set_requires_grad(true))
         };
         let scale = c.scale();
-        lin.lora = Some(Lora { a: mk(&pair.a, pair.a_shape)?, b: mk(&pair.b, pair.b_shape)?, scale, dropout: c.lora_dropout });
+        lin.lora =
+            Some(Lora { a: mk(&pair.a, pair.a_shape)?, b: mk(&pair.b, pair.b_shape)?, scale, dropout: c.lora_dropout });
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ fn font() -> Result<()> {
     let ok = *ONCE.get_or_init(|| {
         plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::HACK_REGULAR).is_ok()
     });
-    if ok { Ok(()) } else { Err(Error::File { path: "font".into(), reason: "cannot register the embedded font".into() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::File { path: "font".into(), reason: "cannot register the embedded font".into() })
+    }
 }
 
 /// Plot `keys` of the metrics lines against `step` into `path` (temp file + rename).
@@ -58,7 +62,12 @@ pub fn curve(path: &Path, title: &str, metrics: &[serde_json::Value], keys: &[&s
                 .label(*k)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     std::fs::rename(&tmp, path).map_err(Error::io(path))

@@ -52,7 +52,8 @@ impl RunDir {
 
     /// Write `config.json` (temp + rename).
     pub fn write_config(&self, config: &serde_json::Value) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::File { path: self.path(CONFIG), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(config)
+            .map_err(|e| Error::File { path: self.path(CONFIG), reason: e.to_string() })?;
         st_checkpoint::adapter::write_then_rename(&self.path(CONFIG), &bytes)?;
         Ok(())
     }
@@ -93,7 +94,13 @@ impl RunDir {
 
     /// Save adapter, optimizer moments and state as `checkpoints/step-N`, then refresh
     /// `adapter/`. Everything goes to a hidden temporary folder first and is renamed into place.
-    pub fn save_checkpoint(&self, model: &TextModel, opt: Option<&AdamW>, state: &TrainerState, base: &str) -> Result<PathBuf> {
+    pub fn save_checkpoint(
+        &self,
+        model: &TextModel,
+        opt: Option<&AdamW>,
+        state: &TrainerState,
+        base: &str,
+    ) -> Result<PathBuf> {
         let final_dir = self.checkpoint_dir(state.step);
         let tmp = self.dir.join(CHECKPOINTS).join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -109,7 +116,8 @@ impl RunDir {
             tensors.push(("step".into(), Tensor::from_slice(&[opt.step])));
             Tensor::write_safetensors(&tensors, tmp.join(OPTIMIZER))?;
         }
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::File { path: tmp.join(STATE), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::File { path: tmp.join(STATE), reason: e.to_string() })?;
         st_checkpoint::adapter::write_then_rename(&tmp.join(STATE), &json)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
@@ -170,9 +178,10 @@ pub fn load_optimizer(dir: &Path, model: &TextModel, opt: &mut AdamW) -> Result<
     for (i, n) in names.iter().enumerate() {
         for (prefix, slot) in [("exp_avg", &mut opt.exp_avg[i]), ("exp_avg_sq", &mut opt.exp_avg_sq[i])] {
             let key = format!("{prefix}.{n}");
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| Error::Resume { dir: dir.to_path_buf(), reason: format!("{OPTIMIZER} lacks `{key}`") })?;
+            let t = tensors.get(&key).ok_or_else(|| Error::Resume {
+                dir: dir.to_path_buf(),
+                reason: format!("{OPTIMIZER} lacks `{key}`"),
+            })?;
             if t.size() != slot.size() {
                 return Err(Error::Resume {
                     dir: dir.to_path_buf(),
@@ -195,6 +204,12 @@ pub fn config_differences(saved: &serde_json::Value, now: &serde_json::Value) ->
     keys.dedup();
     keys.into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: saved {} vs now {}", a.get(k).unwrap_or(&serde_json::Value::Null), b.get(k).unwrap_or(&serde_json::Value::Null)))
+        .map(|k| {
+            format!(
+                "{k}: saved {} vs now {}",
+                a.get(k).unwrap_or(&serde_json::Value::Null),
+                b.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
         .collect()
 }

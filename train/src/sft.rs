@@ -30,7 +30,9 @@ pub struct SftSample {
 impl SftSample {
     /// Labels for `prompt_len` prompt tokens followed by the completion in `ids`.
     pub fn completion_labels(ids: &[i64], prompt_len: usize) -> Vec<i64> {
-        (0..ids.len()).map(|i| if i + 1 >= prompt_len.max(1) && i + 1 < ids.len() { ids[i + 1] } else { -100 }).collect()
+        (0..ids.len())
+            .map(|i| if i + 1 >= prompt_len.max(1) && i + 1 < ids.len() { ids[i + 1] } else { -100 })
+            .collect()
     }
     pub fn target_tokens(&self) -> usize {
         self.labels.iter().filter(|&&l| l != -100).count()
@@ -132,10 +134,10 @@ pub fn collate(samples: &[&SftSample], image_token: i64) -> (Batch, Tensor) {
         ids.extend(std::iter::repeat_n(pad, s - n));
         labels.extend_from_slice(&x.labels);
         labels.extend(std::iter::repeat_n(-100, s - n));
-        for a in 0..3 {
-            let last = x.positions[a].last().copied().unwrap_or(-1);
-            pos[a].extend_from_slice(&x.positions[a]);
-            pos[a].extend((1..=(s - n) as i64).map(|k| last + k));
+        for (axis, src) in pos.iter_mut().zip(&x.positions) {
+            let last = src.last().copied().unwrap_or(-1);
+            axis.extend_from_slice(src);
+            axis.extend((1..=(s - n) as i64).map(|k| last + k));
         }
         if let Some(e) = &x.image_embeds {
             images.push(e.shallow_clone());
@@ -203,7 +205,8 @@ pub fn train(
     if train.is_empty() {
         return Err(Error::InvalidArgument { name: "--data", reason: "no usable training rows".into() });
     }
-    let config_json = serde_json::to_value(cfg).map_err(|e| Error::File { path: run.path("config.json"), reason: e.to_string() })?;
+    let config_json =
+        serde_json::to_value(cfg).map_err(|e| Error::File { path: run.path("config.json"), reason: e.to_string() })?;
     if model.lora_options().is_none() {
         model.add_lora(&cfg.lora, cfg.seed as i64)?;
     }
@@ -215,7 +218,10 @@ pub fn train(
             Some((dir, state)) => {
                 let diffs = crate::run::config_differences(&state.config, &config_json);
                 if !diffs.is_empty() {
-                    return Err(Error::Resume { dir: run.dir.clone(), reason: format!("settings differ from the saved run: {}", diffs.join("; ")) });
+                    return Err(Error::Resume {
+                        dir: run.dir.clone(),
+                        reason: format!("settings differ from the saved run: {}", diffs.join("; ")),
+                    });
                 }
                 let adapter = st_checkpoint::LoraAdapter::open(dir.join(crate::run::ADAPTER))?;
                 copy_adapter(model, &adapter)?;
@@ -226,14 +232,18 @@ pub fn train(
                 run.truncate_metrics(start)?;
             }
             None => {
-                return Err(Error::Resume { dir: run.dir.clone(), reason: "no checkpoint to resume from (checkpoints/step-N)".into() });
+                return Err(Error::Resume {
+                    dir: run.dir.clone(),
+                    reason: "no checkpoint to resume from (checkpoints/step-N)".into(),
+                });
             }
         }
     } else {
         if run.path(crate::run::METRICS).exists() {
             return Err(Error::Resume {
                 dir: run.dir.clone(),
-                reason: "the run directory already holds a run: pass --resume to continue it, or choose a new --out".into(),
+                reason: "the run directory already holds a run: pass --resume to continue it, or choose a new --out"
+                    .into(),
             });
         }
         run.write_config(&config_json)?;
@@ -273,18 +283,27 @@ pub fn train(
         for (m, chunk) in picked.chunks(cfg.micro_batch).enumerate() {
             let (batch, labels) = collate(chunk, model.image_token_id);
             model.set_dropout_seed(Some(dropout_seed(cfg.seed, step, m)));
-            let (l, _) = model.forward_backward(&batch, &labels, 1.0 / tokens.max(1) as f64, cfg.gradient_checkpointing)?;
+            let (l, _) =
+                model.forward_backward(&batch, &labels, 1.0 / tokens.max(1) as f64, cfg.gradient_checkpointing)?;
             loss_sum += l;
         }
         model.set_dropout_seed(None);
         model.set_training(false);
         let loss = loss_sum / tokens.max(1) as f64;
         if !loss.is_finite() {
-            return Err(Error::NonFiniteLoss { step: step + 1, value: loss, last_checkpoint: run.last_checkpoint_name() });
+            return Err(Error::NonFiniteLoss {
+                step: step + 1,
+                value: loss,
+                last_checkpoint: run.last_checkpoint_name(),
+            });
         }
         let grad_norm = optim::clip_grad_norm(&params, cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            return Err(Error::NonFiniteLoss { step: step + 1, value: grad_norm, last_checkpoint: run.last_checkpoint_name() });
+            return Err(Error::NonFiniteLoss {
+                step: step + 1,
+                value: grad_norm,
+                last_checkpoint: run.last_checkpoint_name(),
+            });
         }
         opt.step(&params, lr);
         if step == start {
@@ -342,7 +361,10 @@ pub fn copy_adapter(model: &TextModel, adapter: &st_checkpoint::LoraAdapter) -> 
             let (values, shape) = if which == "lora_A" { (&pair.a, pair.a_shape) } else { (&pair.b, pair.b_shape) };
             let src = Tensor::from_slice(values).view([shape[0] as i64, shape[1] as i64]).to_kind(Kind::Float);
             if src.size() != p.size() {
-                return Err(Error::Adapter { name: format!("{module}.{which}.weight"), reason: format!("shape {:?}, the model's is {:?}", src.size(), p.size()) });
+                return Err(Error::Adapter {
+                    name: format!("{module}.{which}.weight"),
+                    reason: format!("shape {:?}, the model's is {:?}", src.size(), p.size()),
+                });
             }
             let mut p = p.shallow_clone();
             p.copy_(&src.to_device(p.device()));

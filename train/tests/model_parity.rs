@@ -49,7 +49,7 @@ fn disabled_adapter_is_the_base_model() {
         for (name, p) in m.lora_parameters() {
             if name.ends_with("lora_B") {
                 let mut p = p.shallow_clone();
-                let _ = p.copy_(&(tch::Tensor::randn(p.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.1));
+                p.copy_(&(tch::Tensor::randn(p.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.1));
             }
         }
     });
@@ -58,4 +58,41 @@ fn disabled_adapter_is_the_base_model() {
     m.set_adapter_enabled(false);
     let off = tch::no_grad(|| m.forward(&batch)).unwrap();
     assert_eq!(f64::try_from((&off - &base).abs().max()).unwrap(), 0.0);
+}
+
+#[test]
+fn f16_sources_load_too() {
+    // tiny's bf16 tensors rewritten as f16 (exact for these magnitudes, up to f16 subnormals):
+    // the same logits as the goldens within the same bound.
+    let src = model_dir("tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.file_name() != "model.safetensors" {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::BF16, "{name}");
+        let data: Vec<u8> = view
+            .data()
+            .chunks_exact(2)
+            .flat_map(|c| half::f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).to_le_bytes())
+            .collect();
+        owned.push((name.to_string(), view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
+    let ckpt = st_checkpoint::Checkpoint::open(tmp.path()).unwrap();
+    let m = st_train::TextModel::load(&ckpt, &st_train::LoadOptions::cpu()).unwrap();
+    let (batch, _) = golden_batch("tiny");
+    let logits = tch::no_grad(|| m.forward(&batch)).unwrap();
+    let want = npy_f32(&golden_dir("tiny").join("logits.npy"));
+    let err = rel_err(&last_rows(&logits, want.shape()[0] as i64), &want);
+    assert!(err < 1e-4, "f16 source: relative logit error {err:e}");
 }

@@ -14,9 +14,12 @@ fn adapter_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn peft_written_adapters_give_peft_logits() {
-    for (model, adapter) in
-        [("tiny", "tiny-peft"), ("tiny", "tiny-peft-legacy-keys"), ("tiny-b", "tiny-b-peft"), ("tiny-b", "tiny-b-peft-legacy-keys")]
-    {
+    for (model, adapter) in [
+        ("tiny", "tiny-peft"),
+        ("tiny", "tiny-peft-legacy-keys"),
+        ("tiny-b", "tiny-b-peft"),
+        ("tiny-b", "tiny-b-peft-legacy-keys"),
+    ] {
         let (ckpt, mut m) = load(model);
         let a = LoraAdapter::open(adapter_dir(adapter)).unwrap();
         st_train::peft::load(&mut m, &a, &ckpt.config).unwrap();
@@ -48,7 +51,7 @@ fn st_adapter(model: &str, targets: &[&str]) -> (st_checkpoint::Checkpoint, st_t
         for (name, p) in m.lora_parameters() {
             if name.ends_with("lora_B") {
                 let mut p = p.shallow_clone();
-                let _ = p.copy_(&(tch::Tensor::randn(p.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.2));
+                p.copy_(&(tch::Tensor::randn(p.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.2));
             }
         }
     });
@@ -59,7 +62,10 @@ fn st_adapter(model: &str, targets: &[&str]) -> (st_checkpoint::Checkpoint, st_t
 fn st_written_adapter_loads_in_peft_with_st_logits() {
     let python = root().join(".venv-train/bin/python");
     assert!(python.is_file(), "{} missing: `make venv-train` installs torch, transformers and peft", python.display());
-    for (model, targets) in [("tiny", vec!["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]), ("tiny-b", vec!["v_proj", "gate_proj"])] {
+    for (model, targets) in [
+        ("tiny", vec!["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        ("tiny-b", vec!["v_proj", "gate_proj"]),
+    ] {
         let (_, m) = st_adapter(model, &targets);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("adapter");
@@ -70,7 +76,13 @@ fn st_written_adapter_loads_in_peft_with_st_logits() {
         ndarray_npy::write_npy(&st_logits, &last_rows(&logits, 32)).unwrap();
         let out = std::process::Command::new(&python)
             .arg(root().join("tests/reference/peft_goldens.py"))
-            .args(["check".as_ref(), model_dir(model).as_os_str(), dir.as_os_str(), st_logits.as_os_str(), golden_dir(model).as_os_str()])
+            .args([
+                "check".as_ref(),
+                model_dir(model).as_os_str(),
+                dir.as_os_str(),
+                st_logits.as_os_str(),
+                golden_dir(model).as_os_str(),
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

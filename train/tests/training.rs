@@ -35,7 +35,7 @@ fn with_adapter(model: &str, dropout: f64) -> st_train::TextModel {
         for (name, p) in m.lora_parameters() {
             if name.ends_with("lora_B") {
                 let mut p = p.shallow_clone();
-                let _ = p.copy_(&(Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu)) * 0.1));
+                p.copy_(&(Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu)) * 0.1));
             }
         }
     });
@@ -89,7 +89,8 @@ fn lora_gradients_agree_with_finite_differences() {
             f64::try_from(m.token_loss(&h, &labels).unwrap().0.to_kind(Kind::Double)).unwrap()
         })
     };
-    let params: Vec<(String, Tensor)> = m.lora_parameters().iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect();
+    let params: Vec<(String, Tensor)> =
+        m.lora_parameters().iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect();
     m.forward_backward(&batch, &labels, 1.0, false).unwrap();
     // A few entries of A and B in the first and last layers; central differences in f32 with
     // h = 1e-2 (the loss is a sum over 24 tokens of O(7) each): agreement to 2 % or 2e-3 absolute.
@@ -100,7 +101,11 @@ fn lora_gradients_agree_with_finite_differences() {
             let analytic = f64::try_from(g.view([-1]).get(idx)).unwrap();
             let h = 1e-2;
             let orig = f64::try_from(p.view([-1]).get(idx)).unwrap();
-            let set = |v: f64| tch::no_grad(|| { let _ = p.view([-1]).get(idx).fill_(v); });
+            let set = |v: f64| {
+                tch::no_grad(|| {
+                    let _ = p.view([-1]).get(idx).fill_(v);
+                })
+            };
             set(orig + h);
             let up = loss_of(&m);
             set(orig - h);
@@ -108,7 +113,10 @@ fn lora_gradients_agree_with_finite_differences() {
             set(orig);
             let numeric = (up - down) / (2.0 * h);
             let tol = 2e-3f64.max(0.02 * analytic.abs());
-            assert!((numeric - analytic).abs() < tol, "{name}[{idx}]: autograd {analytic} vs finite difference {numeric}");
+            assert!(
+                (numeric - analytic).abs() < tol,
+                "{name}[{idx}]: autograd {analytic} vs finite difference {numeric}"
+            );
         }
     }
 }
@@ -118,7 +126,8 @@ fn adamw_equals_libtorch_adamw() {
     let _rng = rng_lock();
     let cfg = AdamWConfig { lr: 1e-2, beta1: 0.85, beta2: 0.99, eps: 1e-6, weight_decay: 0.05 };
     tch::manual_seed(3);
-    let init = [Tensor::randn([5, 7], (Kind::Float, tch::Device::Cpu)), Tensor::randn([3], (Kind::Float, tch::Device::Cpu))];
+    let init =
+        [Tensor::randn([5, 7], (Kind::Float, tch::Device::Cpu)), Tensor::randn([3], (Kind::Float, tch::Device::Cpu))];
     // Ours.
     let ours: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
     let refs: Vec<&Tensor> = ours.iter().collect();
@@ -127,12 +136,15 @@ fn adamw_equals_libtorch_adamw() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let theirs: Vec<Tensor> = init.iter().enumerate().map(|(i, t)| vs.root().var_copy(&format!("p{i}"), t)).collect();
     use tch::nn::OptimizerConfig;
-    let mut topt = tch::nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: cfg.weight_decay, eps: cfg.eps, amsgrad: false }
-        .build(&vs, cfg.lr)
-        .unwrap();
+    let mut topt =
+        tch::nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: cfg.weight_decay, eps: cfg.eps, amsgrad: false }
+            .build(&vs, cfg.lr)
+            .unwrap();
     for step in 0..5 {
         let target = Tensor::randn([5, 7], (Kind::Float, tch::Device::Cpu));
-        let loss = |p: &[Tensor]| ((&p[0] - &target).pow_tensor_scalar(2).sum(Kind::Float) + p[1].sin().sum(Kind::Float)) * (step + 1) as f64;
+        let loss = |p: &[Tensor]| {
+            ((&p[0] - &target).pow_tensor_scalar(2).sum(Kind::Float) + p[1].sin().sum(Kind::Float)) * (step + 1) as f64
+        };
         optim::zero_grad(&refs);
         loss(&ours).backward();
         opt.step(&refs, cfg.lr);

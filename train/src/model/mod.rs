@@ -78,7 +78,11 @@ impl KvCache {
     }
     /// Bytes held.
     pub fn bytes(&self) -> i64 {
-        self.layers.iter().flatten().map(|(k, v)| (k.numel() + v.numel()) as i64 * k.kind().elt_size_in_bytes() as i64).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.numel() + v.numel()) as i64 * k.kind().elt_size_in_bytes() as i64)
+            .sum()
     }
 }
 
@@ -200,7 +204,10 @@ impl TextModel {
             }
         }
         if !(0.0..1.0).contains(&opts.dropout) {
-            return Err(Error::InvalidArgument { name: "dropout", reason: format!("{} is not in [0, 1)", opts.dropout) });
+            return Err(Error::InvalidArgument {
+                name: "dropout",
+                reason: format!("{} is not in [0, 1)", opts.dropout),
+            });
         }
         tch::manual_seed(seed);
         let (r, scale, device) = (opts.rank as i64, opts.scale(), self.device);
@@ -214,7 +221,8 @@ impl TextModel {
                 let (n_in, n_out) = (lin.in_features(), lin.out_features());
                 // kaiming_uniform_(a = √5): bound = gain·√(3 / fan_in), gain = √(2 / (1 + a²)).
                 let bound = (2.0f64 / 6.0).sqrt() * (3.0 / n_in as f64).sqrt();
-                let a = (Tensor::rand([r, n_in], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
+                let a =
+                    (Tensor::rand([r, n_in], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
                 let b = Tensor::zeros([n_out, r], (Kind::Float, device)).set_requires_grad(true);
                 lin.lora = Some(Lora { a, b, scale, dropout: opts.dropout });
             }
@@ -403,7 +411,13 @@ impl TextModel {
     /// each layer's input is kept: the layers run without a graph first, then each is recomputed
     /// from its saved input, last first, and back-propagated with the gradient from above
     /// (backward of ⟨out, g⟩) — the same gradients with one layer's activations alive at a time.
-    pub fn forward_backward(&self, batch: &Batch, labels: &Tensor, loss_scale: f64, checkpoint: bool) -> Result<(f64, i64)> {
+    pub fn forward_backward(
+        &self,
+        batch: &Batch,
+        labels: &Tensor,
+        loss_scale: f64,
+        checkpoint: bool,
+    ) -> Result<(f64, i64)> {
         if !checkpoint {
             let h = self.hidden(batch, None)?;
             let (loss, n) = self.token_loss(&h, labels)?;

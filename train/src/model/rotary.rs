@@ -38,7 +38,10 @@ impl Rotary {
         let emb = Tensor::cat(&[&freqs, &freqs], -1); // [3, B, S, D]
         // Slot j takes axis axis_of[j]: gather over the first dim.
         let (b, s) = (emb.size()[1], emb.size()[2]);
-        let idx = Tensor::from_slice(&self.axis_of).to_device(device).view([1, 1, 1, self.head_dim]).expand([1, b, s, self.head_dim], false);
+        let idx = Tensor::from_slice(&self.axis_of)
+            .to_device(device)
+            .view([1, 1, 1, self.head_dim])
+            .expand([1, b, s, self.head_dim], false);
         let picked = emb.gather(0, &idx, false).squeeze_dim(0); // [B, S, D]
         RopeTables { cos: picked.cos().to_kind(kind).unsqueeze(1), sin: picked.sin().to_kind(kind).unsqueeze(1) }
     }
