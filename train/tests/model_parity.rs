@@ -19,6 +19,7 @@ fn logits_equal_transformers_in_every_layout() {
         let got = last_rows(&logits, want.shape()[0] as i64);
         let err = rel_err(&got, &want);
         // f32 throughout, as the reference; the bound leaves room for a different summation order.
+        eprintln!("{model}: relative logit error {err:.2e}");
         assert!(err < 1e-4, "{model}: relative logit error {err:e}");
     }
 }

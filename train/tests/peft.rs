@@ -28,6 +28,7 @@ fn peft_written_adapters_give_peft_logits() {
         let want = npy_f32(&g.join("logits.npy"));
         let logits = tch::no_grad(|| m.forward(&batch)).unwrap();
         let err = rel_err(&last_rows(&logits, want.shape()[0] as i64), &want);
+        eprintln!("{adapter}: relative logit error {err:.2e} against PEFT");
         assert!(err < 1e-4, "{adapter}: relative logit error {err:e} against PEFT");
         let tokens: Vec<i64> = npy_i64(&g.join("greedy_tokens.npy")).iter().copied().collect();
         let stops: Vec<i64> = ckpt.generation.eos_token_ids.iter().map(|&t| t as i64).collect();
@@ -87,6 +88,7 @@ fn st_written_adapter_loads_in_peft_with_st_logits() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{model}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("{model}: {}", stdout.trim());
         assert!(stdout.contains("ok adapter"), "{stdout}");
     }
 }
