@@ -1,4 +1,4 @@
-//! M-RoPE position ids (SPEC §1), as transformers' `get_rope_index` computes them for images:
+//! M-RoPE position ids (docs/FORMATS.md#the-model), as transformers' `get_rope_index` computes them for images:
 //! text tokens advance one position on all three axes; the tokens of an image with merged grid
 //! (t, h, w) get (start + t_i, start + row, start + col); the text after it resumes at
 //! start + max(h, w) (for a still image, t = 1). Decode steps use index + `delta`.

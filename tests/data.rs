@@ -139,7 +139,7 @@ fn eval_scores_skips_bad_rows_and_resumes() {
 
 #[test]
 fn completions_built_from_ground_truth_are_valid_responses() {
-    // Every synthetic row's built completion passes the runtime's own SPEC §4 validator and
+    // Every synthetic row's built completion passes the runtime's own docs/FORMATS.md#the-response validator and
     // earns full format, count and accuracy against its ground truth.
     for (image, sample) in st::data::synth::generate(12, 5) {
         for row in &sample.rows {

@@ -1,4 +1,4 @@
-//! The output rules byte by byte (SPEC §4), in the style of llguidance's own tests: tables of
+//! The output rules byte by byte (docs/FORMATS.md#the-response), in the style of llguidance's own tests: tables of
 //! prefixes that must be accepted and that must be rejected, then the matcher over a real
 //! tokenizer's trie (token budgets, forced tokens, sticky errors).
 

@@ -1,6 +1,6 @@
 //! The grammar's promise, tested as a property: the tiny random-weight model, constrained,
 //! over random seeds, temperatures 0.7–2.0, several image sizes (non-square, very small) and
-//! option sets (none, 2, 4, 6): every output parses and satisfies every rule of SPEC §4, as the
+//! option sets (none, 2, 4, 6): every output parses and satisfies every rule of docs/FORMATS.md#the-response, as the
 //! standalone validator (`st::scene::parse_response`) sees it. The same runs unconstrained
 //! report their valid rate (random weights: near 0).
 

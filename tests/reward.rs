@@ -1,4 +1,4 @@
-//! The dense reward (SPEC §5) on hand-derived cases: known CIoU values, Hungarian assignments
+//! The dense reward (docs/FORMATS.md#the-dense-reward) on hand-derived cases: known CIoU values, Hungarian assignments
 //! where labels and geometry pull apart, counts with and without relations, every gating and
 //! edge case, both image-size spellings. Agreement with an independent Python implementation on
 //! generated completions is in tests/reward_parity.rs.

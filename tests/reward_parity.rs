@@ -1,4 +1,4 @@
-//! `st::reward` against an independent Python implementation of SPEC §5 (numpy + scipy's
+//! `st::reward` against an independent Python implementation of docs/FORMATS.md#the-dense-reward (numpy + scipy's
 //! linear_sum_assignment, tests/reference/reward_reference.py) on 400 generated completions,
 //! valid and malformed, over five image sizes and both image-size spellings. Bound: 1e-9 per
 //! component (both sides compute in f64 with the same formulas; only summation order differs).

@@ -1,4 +1,4 @@
-//! Parsing responses (SPEC §4): every syntactic and semantic rule, one table row each, with
+//! Parsing responses (docs/FORMATS.md#the-response): every syntactic and semantic rule, one table row each, with
 //! what must parse and what must be reported; option sets from questions; drawing boxes.
 
 use st::scene::{Choice, OptionSet, Rules, SceneGraph, SceneObject, draw_scene, is_valid_id, parse_response};
@@ -86,7 +86,7 @@ fn what_parsed_is_kept_when_rules_fail() {
     // Nothing at all.
     let r = parse_response("", &rules());
     assert!(!r.valid && r.scene.is_none() && r.answer.is_none() && r.reasons.len() == 4);
-    // Missing lists are empty lists (SPEC §5's reading).
+    // Missing lists are empty lists (the reward's reading, docs/FORMATS.md#the-dense-reward).
     let mut reasons = Vec::new();
     assert_eq!(SceneGraph::parse("{}", &mut reasons), Some(SceneGraph::default()));
     assert!(reasons.is_empty());

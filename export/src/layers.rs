@@ -16,7 +16,7 @@ use std::io::Write;
 pub struct LinearOptions {
     /// The decoder's quantized linears at `Precision::Int4` (bits 4).
     pub int4: NBitsScheme,
-    /// Precision of lm_head (SPEC §6: at least int8). `Int8` uses `int8` below.
+    /// Precision of lm_head (docs/FORMATS.md#precisions: at least int8). `Int8` uses `int8` below.
     pub lm_head: Precision,
     /// The 8-bit scheme of `Precision::Int8` linears.
     pub int8: NBitsScheme,
@@ -182,7 +182,9 @@ impl<'w> Builder<'w> {
                 if prefix.starts_with("visual.") && !matches!(p, Precision::Fp32 | Precision::Fp16) {
                     return Err(Error::InvalidOption {
                         name: "override",
-                        reason: format!("{prefix}: the vision tower stays at fp16 or fp32 (SPEC §6), not {p}"),
+                        reason: format!(
+                            "{prefix}: the vision tower stays at fp16 or fp32 (docs/FORMATS.md#precisions), not {p}"
+                        ),
                     });
                 }
                 p

@@ -130,7 +130,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let end = g.const_i64("const/int64_max", &[i64::MAX], &[1]);
     let x = g.node("lm_head/KeepLast", "Slice", &[&x, &start, &end, &axis1], &[]);
     let head_weight = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    // lm_head at its own precision (SPEC §6: at least int8; see ExportOptions::new).
+    // lm_head at its own precision (docs/FORMATS.md#precisions: at least int8; see ExportOptions::new).
     let logits = b.linear_at(&x, head_weight, "lm_head", false, b.linear.lm_head)?;
     b.g.output(&logits, "logits", DataType::Float, &[batch, Dim::Sym("keep"), Dim::Fixed(t.vocab_size)]);
     Ok(())

@@ -92,7 +92,7 @@ pub struct ExportOptions {
     pub linear: crate::layers::LinearOptions,
     /// Embedding table: fp32 or fp16 (gathered in f16, widened after the lookup).
     pub embed: Precision,
-    /// Vision tower and merger: fp32 or fp16 weights (SPEC §6: never quantized below fp16).
+    /// Vision tower and merger: fp32 or fp16 weights (docs/FORMATS.md#precisions: never quantized below fp16).
     pub vision: Precision,
     /// Execution provider the graphs are meant for (recorded in the manifest).
     pub target: Target,
@@ -115,7 +115,7 @@ impl Default for ExportOptions {
 
 impl ExportOptions {
     /// Defaults for a text precision. fp32 / fp16 exports keep every part at that precision.
-    /// Under int4 and fp8 (SPEC §6): lm_head int8, embedding table and vision tower fp16.
+    /// Under int4 and fp8 (docs/FORMATS.md#precisions): lm_head int8, embedding table and vision tower fp16.
     pub fn new(precision: Precision) -> Self {
         let mut linear = crate::layers::LinearOptions::default();
         let (lm_head, embed, vision) = match precision {
@@ -214,7 +214,7 @@ fn write_all(
     opts: &ExportOptions,
     lora: Option<&st_checkpoint::LoraAdapter>,
 ) -> Result<Manifest> {
-    // The vision tower is never quantized below fp16 (SPEC §6: quantized ViTs move boxes).
+    // The vision tower is never quantized below fp16 (docs/FORMATS.md#precisions: quantized ViTs move boxes).
     let graphs: [(&str, BuildFn, Precision); 3] = [
         ("vision", crate::vision::build_vision, opts.vision),
         ("embed", crate::text::build_embed, opts.embed),

@@ -31,7 +31,7 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Time the whole path (TTFT split, decode tokens/s, peak RSS) on this device.
     Bench(bench::BenchArgs),
-    /// Score completions with the dense spatial reward (SPEC §5), JSON lines in and out.
+    /// Score completions with the dense spatial reward (docs/FORMATS.md#the-dense-reward), JSON lines in and out.
     Reward(reward::RewardArgs),
     /// Evaluate the model on STVQA-format rows: accuracy per category, reward, validity, timings.
     Eval(eval::EvalArgs),

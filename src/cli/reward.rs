@@ -1,5 +1,5 @@
 //! `st reward --input FILE.jsonl [--output FILE.jsonl]`: score any model's completions with the
-//! dense spatial reward (SPEC §5). Each input line has `completion`, `ground_truth` and either
+//! dense spatial reward (docs/FORMATS.md#the-dense-reward). Each input line has `completion`, `ground_truth` and either
 //! `problem` (the prompt, for its image size) or `image_size: [W, H]`; each output line has
 //! `overall`, `format`, `count`, `accuracy`, `spatial`, in input order. A bad line gets an
 //! `error` field on its output line and does not stop the run.

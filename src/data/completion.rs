@@ -1,4 +1,4 @@
-//! The SPEC §4 completion a training row teaches: its own `completion` when it has one, else one
+//! The docs/FORMATS.md#the-response completion a training row teaches: its own `completion` when it has one, else one
 //! built from its ground-truth scene and answer — observe (the objects the scene lists), the
 //! scene graph as given, a short think that states the answer, and the answer.
 

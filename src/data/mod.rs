@@ -28,7 +28,7 @@ pub struct Row {
     /// `<scene>{json}</scene><answer>(A) left</answer>` when the row has a ground-truth scene.
     #[serde(default)]
     pub ground_truth: Option<String>,
-    /// A full SPEC §4 response to train on (`st finetune --sft`); built from `ground_truth` when absent.
+    /// A full docs/FORMATS.md#the-response response to train on (`st finetune --sft`); built from `ground_truth` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<String>,
 }

@@ -70,7 +70,7 @@ pub struct GenerateOptions {
     /// Keep generating through end-of-turn tokens up to `max_new_tokens` (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
-    /// Constrain the output to a valid response (SPEC §4) by construction (`--no-grammar` off).
+    /// Constrain the output to a valid response (docs/FORMATS.md#the-response) by construction (`--no-grammar` off).
     pub grammar: bool,
     /// Token budgets of the free-text sections and sizes of the scene under the grammar (each
     /// free-text budget is also capped at a quarter of `max_new_tokens`).

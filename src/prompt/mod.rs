@@ -1,4 +1,4 @@
-//! The SpatialThinker prompt (SPEC §3): the instruction text, rendered through the checkpoint's
+//! The SpatialThinker prompt (docs/FORMATS.md#the-prompt): the instruction text, rendered through the checkpoint's
 //! own chat template, tokenized with its `tokenizer.json`, with each `<|image_pad|>` expanded
 //! to the image's number of merged tokens.
 

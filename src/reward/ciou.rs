@@ -1,4 +1,4 @@
-//! Complete IoU exactly as SPEC §5 writes it (the constants and the order of operations are the
+//! Complete IoU exactly as docs/FORMATS.md#the-dense-reward writes it (the constants and the order of operations are the
 //! training reward's).
 
 /// CIoU of boxes `a` (prediction) and `b` (ground truth), `[x1, y1, x2, y2]`.

@@ -1,4 +1,4 @@
-//! SpatialThinker's dense spatial reward (SPEC §5), exactly: format F, count C, accuracy A,
+//! SpatialThinker's dense spatial reward (docs/FORMATS.md#the-dense-reward), exactly: format F, count C, accuracy A,
 //! spatial S (CIoU with a Hungarian assignment), lexicographic gating, configurable weights,
 //! each component returned; the sparse variant (R = A) for ablations. Label similarity is a
 //! trait; the default is exact match of normalised labels (the original's spaCy vectors are not
@@ -143,7 +143,7 @@ pub fn reward(
 }
 
 /// Accuracy A, which is also the sparse variant for ablations (R = A, no format gating, as
-/// SPEC §5 states it): the first `<answer>` bodies, stripped and lowercased, equal.
+/// docs/FORMATS.md#the-dense-reward states it): the first `<answer>` bodies, stripped and lowercased, equal.
 pub fn sparse_reward(completion: &str, ground_truth: &str) -> f64 {
     let answer = |t: &str| first_section(t, "answer").map(|a| a.trim().to_lowercase());
     match (answer(completion), answer(ground_truth)) {

@@ -1,4 +1,4 @@
-//! Scene graph types and the rules of SPEC §4 that concern it alone.
+//! Scene graph types and the rules of docs/FORMATS.md#the-response that concern it alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,7 @@ pub struct SceneGraph {
     pub relationships: Vec<Relationship>,
 }
 
-/// `^[a-zA-Z_]+\.\d+$` (SPEC §4), ASCII only as in Python's `re` with these classes.
+/// `^[a-zA-Z_]+\.\d+$` (docs/FORMATS.md#the-response), ASCII only as in Python's `re` with these classes.
 pub fn is_valid_id(id: &str) -> bool {
     let Some((label, number)) = id.split_once('.') else { return false };
     !label.is_empty()
@@ -60,7 +60,7 @@ impl SceneObject {
 }
 
 impl SceneGraph {
-    /// Parse the body of `<scene>` by SPEC §4's syntactic rules, collecting every violation in
+    /// Parse the body of `<scene>` by the syntactic rules of docs/FORMATS.md#the-response, collecting every violation in
     /// `reasons`. Returns the graph when its structure could be read (objects with a 4-number
     /// bbox, relationships with three strings), even if some rules failed.
     pub fn parse(body: &str, reasons: &mut Vec<String>) -> Option<SceneGraph> {
@@ -140,7 +140,7 @@ impl SceneGraph {
         Some(graph)
     }
 
-    /// SPEC §4's semantic rules for an image of `width` × `height`: integer boxes with
+    /// The semantic rules (docs/FORMATS.md#the-response) for an image of `width` × `height`: integer boxes with
     /// 0 ≤ x1 < x2 ≤ W and 0 ≤ y1 < y2 ≤ H; relationship ends declared among the objects.
     pub fn check_semantics(&self, width: u32, height: u32, reasons: &mut Vec<String>) {
         let (w, h) = (f64::from(width), f64::from(height));

@@ -1,4 +1,4 @@
-//! The model's answer as data (SPEC §4): the four tagged sections, the scene graph, the chosen
+//! The model's answer as data (docs/FORMATS.md#the-response): the four tagged sections, the scene graph, the chosen
 //! option. [`parse_response`] is tolerant: it returns whatever parsed plus `valid` and the
 //! reasons it is not; the grammar-constrained decoder makes `valid` hold by construction, and
 //! the reward reads the same parse.

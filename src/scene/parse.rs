@@ -5,7 +5,7 @@ use super::graph::SceneGraph;
 use super::options::{Choice, OptionSet, parse_choice};
 use serde::{Deserialize, Serialize};
 
-/// The four sections, in the order SPEC §4 writes them.
+/// The four sections, in the order docs/FORMATS.md#the-response writes them.
 pub const TAGS: [&str; 4] = ["observe", "scene", "think", "answer"];
 
 /// What the response is checked against: the image size stated in the prompt and the options
@@ -23,7 +23,7 @@ impl Rules {
 }
 
 /// A parsed response. Fields are `None` where the section is missing or unreadable; `valid`
-/// is true when every rule of SPEC §4 holds, else `reasons` lists what failed.
+/// is true when every rule of docs/FORMATS.md#the-response holds, else `reasons` lists what failed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub observe: Option<String>,

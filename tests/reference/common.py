@@ -1,4 +1,4 @@
-"""Shared paths and the SpatialThinker prompt (SPEC §3) for the reference oracle."""
+"""Shared paths and the SpatialThinker prompt (docs/FORMATS.md#the-prompt) for the reference oracle."""
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ INSTRUCTION = (
 
 QUESTION = "Is the cup to the left of the plate? (A) yes (B) no"
 
-# Qwen2.5-VL's own chat template (SPEC §3).
+# Qwen2.5-VL's own chat template (docs/FORMATS.md#the-prompt).
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent implementation of SpatialThinker's dense reward (SPEC §5) with numpy and scipy's
+"""An independent implementation of SpatialThinker's dense reward (docs/FORMATS.md#the-dense-reward) with numpy and scipy's
 linear_sum_assignment, and a generator of completions (valid and malformed) scored by it.
 Writes tests/fixtures/goldens/reward_cases.jsonl for tests/reward_parity.rs. Run alone or from
 make_fixtures.py.

@@ -1,5 +1,5 @@
 """Tiny random-weight Qwen2.5-VL checkpoints in the exact HF layout, written by transformers'
-own save_pretrained, plus the two other on-disk layouts `st` must load (SPEC §1)."""
+own save_pretrained, plus the two other on-disk layouts `st` must load (docs/FORMATS.md#the-model)."""
 import json
 import shutil
 from pathlib import Path

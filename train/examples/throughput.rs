@@ -30,12 +30,21 @@ fn main() -> anyhow::Result<()> {
     let ckpt = st_checkpoint::Checkpoint::open(dir)?;
     let mut model = TextModel::load(&ckpt, &LoadOptions { device, kind: None })?;
     model.add_lora(&LoraOptions { rank, alpha: 2.0 * rank as f64, dropout: 0.0, ..Default::default() }, 0)?;
-    println!("loaded {} layers in {:.1} s (threads {})", model.num_layers(), t.elapsed().as_secs_f64(), tch::get_num_threads());
+    println!(
+        "loaded {} layers in {:.1} s (threads {})",
+        model.num_layers(),
+        t.elapsed().as_secs_f64(),
+        tch::get_num_threads()
+    );
     let vocab = ckpt.config.text.vocab_size as i64;
     // Token ids below the special tokens, never the image token.
-    let ids = Tensor::randint(vocab.min(150_000), [batch, seq], (Kind::Int64, tch::Device::Cpu)).clamp(0, i64::from(ckpt.config.image_token_id) - 1);
-    let pos = Tensor::arange(seq, (Kind::Int64, tch::Device::Cpu)).view([1, 1, seq]).expand([3, batch, seq], false).contiguous();
-    let mut lab = Tensor::full([batch, seq], -100, (Kind::Int64, tch::Device::Cpu));
+    let ids = Tensor::randint(vocab.min(150_000), [batch, seq], (Kind::Int64, tch::Device::Cpu))
+        .clamp(0, i64::from(ckpt.config.image_token_id) - 1);
+    let pos = Tensor::arange(seq, (Kind::Int64, tch::Device::Cpu))
+        .view([1, 1, seq])
+        .expand([3, batch, seq], false)
+        .contiguous();
+    let lab = Tensor::full([batch, seq], -100, (Kind::Int64, tch::Device::Cpu));
     lab.narrow(1, seq - labels, labels).copy_(&ids.narrow(1, seq - labels, labels));
     let b = Batch { input_ids: ids, positions: pos, image_embeds: None };
     let params: Vec<Tensor> = model.lora_parameters().iter().map(|(_, p)| p.shallow_clone()).collect();

@@ -86,7 +86,9 @@ fn f16_sources_load_too() {
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap()))
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap())
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
     let ckpt = st_checkpoint::Checkpoint::open(tmp.path()).unwrap();

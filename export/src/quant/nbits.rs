@@ -8,7 +8,7 @@
 //! - asymmetric: range [min(w, 0), max(w, 0)]: scale = (max − min) / qmax,
 //!   zero point = clamp(round(−min / scale), 0, qmax).
 //!
-//! Scales are rounded to f16 (SPEC §6) before quantizing, and kept as f32 numbers in graphs
+//! Scales are rounded to f16 (docs/FORMATS.md#precisions) before quantizing, and kept as f32 numbers in graphs
 //! with f32 activations. q = clamp(round_half_even(w / scale) + zp, 0, qmax);
 //! w' = (q − zp) · scale. 4 bits: element 2i in the low nibble of byte i, 2i+1 in the high one;
 //! zero points likewise two per byte. 8 bits: one value (and one zero point) per byte.

@@ -1,5 +1,5 @@
 //! Grammar-constrained decoding: every answer is a valid scene graph, syntactically and
-//! semantically (SPEC §4), by construction.
+//! semantically (docs/FORMATS.md#the-response), by construction.
 //!
 //! Following llguidance's loop: one [`GrammarFactory`] per tokenizer (toktrie's token trie over
 //! the model's `tokenizer.json`, padded to the logits' vocabulary), one [`SceneMatcher`] per

@@ -1,5 +1,5 @@
 //! The SpatialThinker output as a byte-level recognizer (toktrie's [`Recognizer`]): every byte
-//! the model may write next is decided here, so the semantic rules of SPEC §4 hold by
+//! the model may write next is decided here, so the semantic rules of docs/FORMATS.md#the-response hold by
 //! construction, not by checking afterwards:
 //!
 //! ```text
