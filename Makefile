@@ -22,7 +22,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv venv-train train-test peft-goldens qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
+.PHONY: all demo test venv venv-train train-test train-goldens qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -74,9 +74,11 @@ train-test: venv venv-train
 	$(TRAIN_ENV) $(CARGO) test -p st-train --all-targets
 	$(TRAIN_ENV) $(CARGO) test --features train --test finetune
 
-# Regenerate the PEFT adapters and LoRA goldens (tests/fixtures/adapters, goldens/*/peft).
-peft-goldens: venv-train
+# Regenerate the training goldens: PEFT adapters and LoRA logits (tests/fixtures/adapters, goldens/*/peft)
+# and the GRPO objective (goldens/grpo_loss.json).
+train-goldens: venv-train
 	$(TRAIN_VENV)/bin/python tests/reference/peft_goldens.py
+	$(TRAIN_VENV)/bin/python tests/reference/grpo_reference.py
 
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check

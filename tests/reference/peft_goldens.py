@@ -8,7 +8,7 @@ adapter merged must reproduce). tiny-b's adapter uses rsLoRA and a subset of tar
 written with the older key prefix (`base_model.model.model.layers.N…`) that files made with
 transformers < 4.52 carry.
 
-    .venv-train/bin/python tests/reference/peft_goldens.py      (make peft-goldens)
+    .venv-train/bin/python tests/reference/peft_goldens.py      (make train-goldens)
 
 `check` mode loads an adapter st wrote with `PeftModel.from_pretrained`, requires no missing and
 no unexpected keys, and compares the logits with the ones st computed:

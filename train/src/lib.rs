@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod generate;
+pub mod grpo;
 pub mod model;
 pub mod optim;
 pub mod peft;

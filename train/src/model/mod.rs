@@ -393,6 +393,19 @@ impl TextModel {
         Ok(self.logits(&self.hidden(batch, None)?))
     }
 
+    /// Log-probability of each position's label under the model, `[B, S]` f32 (0 where the label
+    /// is -100): what GRPO's ratio and KL are made of. Logits are made only for labelled rows.
+    pub fn token_logprobs(&self, normed: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let shape = labels.size();
+        let labels = labels.to_device(self.device).view([-1]);
+        let idx = labels.ne(-100).nonzero().squeeze_dim(1);
+        let rows = normed.view([-1, self.config.hidden_size as i64]).index_select(0, &idx);
+        let logp = self.logits(&rows).f_log_softmax(-1, Kind::Float)?;
+        let picked = logp.gather(1, &labels.index_select(0, &idx).unsqueeze(1), false).squeeze_dim(1);
+        let out = Tensor::zeros([labels.size()[0]], (Kind::Float, self.device)).index_put(&[Some(idx)], &picked, false);
+        Ok(out.view(shape.as_slice()))
+    }
+
     /// Summed cross-entropy of the positions whose label is not -100 (`labels` [B, S]: the token
     /// that should follow each position), and their count. Logits are made only for those rows.
     pub fn token_loss(&self, normed: &Tensor, labels: &Tensor) -> Result<(Tensor, i64)> {
