@@ -72,6 +72,82 @@ def case(seed, b, t, group, kl_coef, mode):
     )
 
 
+
+
+# ---- One GRPO update of a LoRA policy, end to end, with transformers + PEFT (goldens/tiny/grpo/) ----
+UPDATE = dict(completions=[[5, 77, 301, 12, 640], [9, 9, 420, 33, 101, 7, 250], [600, 2, 45, 310, 78, 11], [99, 150, 3, 500]],
+              rewards=[1.0, 0.2, 0.6, 0.0], lr=0.05, weight_decay=0.01, kl_coef=0.01, max_grad_norm=1.0, epochs=2)
+
+
+def st_name(peft_name: str) -> str:
+    """PEFT parameter name → st's (`model.layers.0.self_attn.q_proj.lora_A`)."""
+    rest = peft_name.split("language_model.", 1)[1]
+    return "model." + rest.replace(".default.weight", "")
+
+
+def write_update():
+    import numpy as np
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from safetensors.torch import save_file
+    fixtures = OUT.parent.parent
+    golden = OUT.parent / "tiny"
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(fixtures / "models" / "tiny", dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, fixtures / "adapters" / "tiny-peft", is_trainable=True).eval()
+    prompt = torch.from_numpy(np.load(golden / "input_ids.npy"))
+    pixels = torch.from_numpy(np.load(OUT.parent / "chelsea_224x140.pixel_values.npy"))
+    grid = torch.from_numpy(np.load(golden / "image_grid_thw.npy"))
+    p = prompt.shape[1]
+
+    def logps(completion):
+        ids = torch.cat([prompt, torch.tensor([completion])], 1)
+        mm = (ids == base.config.image_token_id).long()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, image_grid_thw=grid,
+                       mm_token_type_ids=mm).logits[0].float()
+        lp = torch.log_softmax(logits[p - 1: p - 1 + len(completion)], -1)
+        return lp.gather(1, torch.tensor(completion).unsqueeze(1)).squeeze(1)
+
+    u = UPDATE
+    adv = advantages(u["rewards"], len(u["rewards"])).float()
+    with torch.no_grad():
+        old = [logps(c) for c in u["completions"]]
+        with model.disable_adapter():
+            ref = [logps(c) for c in u["completions"]]
+    params = {st_name(n): q for n, q in model.named_parameters() if q.requires_grad}
+    opt = torch.optim.AdamW(list(params.values()), lr=u["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=u["weight_decay"],
+                            foreach=False)
+    n_tokens = sum(len(c) for c in u["completions"])
+    out = golden / "grpo"
+    out.mkdir(parents=True, exist_ok=True)
+    stats = []
+    for epoch in range(u["epochs"]):
+        opt.zero_grad()
+        tot = dict(loss=0.0, pg_loss=0.0, kl=0.0, clip_frac=0.0)
+        for i, c in enumerate(u["completions"]):
+            lp = logps(c)
+            mask = torch.ones(1, len(c))
+            a = adv[i: i + 1]
+            pg_sum = policy_loss(lp.unsqueeze(0), old[i].unsqueeze(0), a, mask, 0.2, 0.3, 3.0, "token-mean")[0] * len(c)
+            neg_kl = torch.clamp(lp - old[i], -20.0, 20.0)
+            ratio = torch.exp(neg_kl)
+            clipped = ((-a * ratio) < (-a * torch.clamp(ratio, 0.8, 1.3))).float().sum()
+            kl_sum = low_var_kl(lp, ref[i]).sum()
+            loss = (pg_sum + u["kl_coef"] * kl_sum) / n_tokens
+            loss.backward()
+            tot["loss"] += loss.item()
+            tot["pg_loss"] += pg_sum.item() / n_tokens
+            tot["kl"] += kl_sum.item() / n_tokens
+            tot["clip_frac"] += clipped.item() / n_tokens
+        if epoch == 0:
+            save_file({n: q.grad.detach().contiguous() for n, q in params.items()}, out / "grads_1.safetensors")
+        tot["grad_norm"] = torch.nn.utils.clip_grad_norm_(list(params.values()), u["max_grad_norm"]).item()
+        opt.step()
+        save_file({n: q.detach().contiguous() for n, q in params.items()}, out / f"adapter_{epoch + 1}.safetensors")
+        stats.append(tot)
+    (out / "update.json").write_text(json.dumps(dict(UPDATE, advantages=adv.tolist(), stats=stats), indent=1))
+    print(f"wrote {out}: {stats}")
+
+
 if __name__ == "__main__":
     cases = []
     for i, (mode, kl) in enumerate([("token-mean", 1e-2), ("token-mean", 0.0), ("seq-mean-token-mean", 1e-2),
@@ -79,3 +155,4 @@ if __name__ == "__main__":
         cases.append(case(seed=i, b=8, t=11, group=4, kl_coef=kl, mode=mode))
     OUT.write_text(json.dumps(dict(generator="tests/reference/grpo_reference.py", torch=torch.__version__, cases=cases)))
     print(f"wrote {OUT} ({len(cases)} cases)")
+    write_update()

@@ -45,7 +45,8 @@ fn objective_equals_the_pytorch_reference() {
         let logp = mat(&c["logp"]).set_requires_grad(true);
         let adv_t = Tensor::from_slice(&adv.iter().map(|&a| a as f32).collect::<Vec<_>>());
         let ref_logp = mat(&c["ref_logp"]);
-        let parts = grpo_loss(&logp, &mat(&c["old_logp"]), Some(&ref_logp), &adv_t, &mat(&c["mask"]), &cfg).unwrap();
+        let parts =
+            grpo_loss(&logp, &mat(&c["old_logp"]), Some(&ref_logp), &adv_t, &mat(&c["mask"]), &cfg, None).unwrap();
         close(f64::try_from(&parts.loss).unwrap(), c["loss"].as_f64().unwrap(), &format!("case {i} loss"));
         close(parts.pg_loss, c["pg_loss"].as_f64().unwrap(), &format!("case {i} pg_loss"));
         close(parts.kl, c["kl"].as_f64().unwrap(), &format!("case {i} kl"));
@@ -86,4 +87,106 @@ fn token_logprobs_are_minus_the_cross_entropy() {
     assert!((sum + ce).abs() < 1e-4 * ce, "Σ log p = {sum}, CE = {ce}");
     // Unlabelled positions are 0.
     assert_eq!(f64::try_from(lp.narrow(1, 0, (n - 21) as i64).abs().sum(Kind::Double)).unwrap(), 0.0);
+}
+
+/// tiny with the committed PEFT adapter, and the reference's four rollouts as GRPO sequences.
+fn update_setup() -> (st_train::TextModel, Vec<st_train::grpo::GrpoSequence>, serde_json::Value) {
+    let (ckpt, mut m) = load("tiny");
+    let a = st_checkpoint::LoraAdapter::open(root().join("tests/fixtures/adapters/tiny-peft")).unwrap();
+    st_train::peft::load(&mut m, &a, &ckpt.config).unwrap();
+    let g = golden_dir("tiny");
+    let u: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(g.join("grpo/update.json")).unwrap()).unwrap();
+    let (batch, delta) = golden_batch("tiny");
+    let prompt: Vec<i64> = Vec::try_from(&batch.input_ids.view([-1])).unwrap();
+    let pos: Vec<i64> = Vec::try_from(&batch.positions.view([-1])).unwrap();
+    let p = prompt.len();
+    let advantages: Vec<f64> = serde_json::from_value(u["advantages"].clone()).unwrap();
+    let completions: Vec<Vec<i64>> = serde_json::from_value(u["completions"].clone()).unwrap();
+    let img = batch.image_embeds.unwrap();
+    let seqs = completions
+        .iter()
+        .zip(&advantages)
+        .map(|(c, &advantage)| {
+            let ids: Vec<i64> = prompt.iter().chain(c).copied().collect();
+            let positions = [0, 1, 2].map(|a| {
+                let mut v = pos[a * p..(a + 1) * p].to_vec();
+                v.extend((0..c.len()).map(|k| (p + k) as i64 + delta));
+                v
+            });
+            let labels = st_train::sft::SftSample::completion_labels(&ids, p);
+            let sample = st_train::sft::SftSample { ids, positions, labels, image_embeds: Some(img.shallow_clone()) };
+            st_train::grpo::GrpoSequence { sample, advantage }
+        })
+        .collect();
+    (m, seqs, u)
+}
+
+fn update_cfg(u: &serde_json::Value, epochs: usize) -> (st_train::grpo::UpdateConfig, st_train::optim::AdamWConfig) {
+    let loss = GrpoLossConfig { kl_coef: u["kl_coef"].as_f64().unwrap(), ..Default::default() };
+    // Micro-batches of 3 (the reference runs one sequence at a time): the batch denominators must hold.
+    let cfg = st_train::grpo::UpdateConfig {
+        loss,
+        epochs_per_batch: epochs,
+        micro_batch: 3,
+        max_grad_norm: u["max_grad_norm"].as_f64().unwrap(),
+    };
+    let adamw = st_train::optim::AdamWConfig {
+        lr: u["lr"].as_f64().unwrap(),
+        weight_decay: u["weight_decay"].as_f64().unwrap(),
+        ..Default::default()
+    };
+    (cfg, adamw)
+}
+
+fn compare_tensors(m: &st_train::TextModel, file: &std::path::Path, scale_by: f64, grads: bool) {
+    let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(file).unwrap().into_iter().collect();
+    let params = m.lora_parameters();
+    assert_eq!(params.len(), want.len());
+    for (name, p) in params {
+        let got = if grads { p.grad() } else { p.shallow_clone() };
+        let w = &want[&name] * scale_by;
+        let err = f64::try_from((&got - &w).abs().max()).unwrap() / f64::try_from(w.abs().max()).unwrap().max(1e-12);
+        assert!(err < 1e-4, "{} {name}: relative difference {err:e}", file.display());
+    }
+}
+
+#[test]
+fn one_and_two_updates_equal_pytorch_and_peft() {
+    let g = golden_dir("tiny").join("grpo");
+    // One update: loss, KL, clip fraction, the (clipped) gradient of every LoRA tensor, the adapter.
+    let (m, seqs, u) = update_setup();
+    let (cfg, adamw) = update_cfg(&u, 1);
+    let params: Vec<Tensor> = m.lora_parameters().iter().map(|(_, p)| p.shallow_clone()).collect();
+    let mut opt = st_train::optim::AdamW::new(adamw.clone(), &params.iter().collect::<Vec<_>>());
+    let stats = st_train::grpo::update(&m, &mut opt, &seqs, &cfg, adamw.lr).unwrap();
+    let want = &u["stats"][0];
+    for (key, got) in
+        [("loss", stats[0].loss), ("pg_loss", stats[0].pg_loss), ("kl", stats[0].kl), ("grad_norm", stats[0].grad_norm)]
+    {
+        close(got, want[key].as_f64().unwrap(), &format!("update 1 {key}"));
+    }
+    let coef = (u["max_grad_norm"].as_f64().unwrap() / (stats[0].grad_norm + 1e-6)).min(1.0);
+    compare_tensors(&m, &g.join("grads_1.safetensors"), coef, true);
+    compare_tensors(&m, &g.join("adapter_1.safetensors"), 1.0, false);
+    // Two inner updates on the same rollouts: the second's ratios leave the clip range.
+    let (m, seqs, u) = update_setup();
+    let (cfg, adamw) = update_cfg(&u, 2);
+    let params: Vec<Tensor> = m.lora_parameters().iter().map(|(_, p)| p.shallow_clone()).collect();
+    let mut opt = st_train::optim::AdamW::new(adamw.clone(), &params.iter().collect::<Vec<_>>());
+    let stats = st_train::grpo::update(&m, &mut opt, &seqs, &cfg, adamw.lr).unwrap();
+    for (i, s) in stats.iter().enumerate() {
+        let want = &u["stats"][i];
+        for (key, got) in [
+            ("loss", s.loss),
+            ("pg_loss", s.pg_loss),
+            ("kl", s.kl),
+            ("clip_frac", s.clip_frac),
+            ("grad_norm", s.grad_norm),
+        ] {
+            close(got, want[key].as_f64().unwrap(), &format!("update {} {key}", i + 1));
+        }
+    }
+    assert!(stats[1].clip_frac > 0.1, "the second update must exercise the clipping");
+    compare_tensors(&m, &g.join("adapter_2.safetensors"), 1.0, false);
 }
