@@ -198,3 +198,127 @@ fn clear_errors_keep_the_last_checkpoint() {
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success() && stderr.contains("no weights found"), "{stderr}");
 }
+
+/// A rollouts file from the committed synthetic rows: per row four completions of different
+/// rewards (the ground truth's own response, a wrong answer, one without a scene, plain text).
+fn rollouts_file(dir: &Path, group: usize, drop_ground_truth: bool) -> std::path::PathBuf {
+    let images = fixtures().join("synth");
+    let mut out = String::new();
+    for line in std::fs::read_to_string(synth()).unwrap().lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let row: st::data::Row = serde_json::from_value(v.clone()).unwrap();
+        let good = st::data::completion::completion(&row).unwrap();
+        let wrong = good.replace(&row.answer_option_text, "(Z) nothing");
+        let no_scene = format!("<observe> x </observe><think> y </think><answer> {} </answer>", row.answer_option_text);
+        let all = [good, wrong, no_scene, "I do not know.".to_string()];
+        v["completions"] = serde_json::json!(all[..group]);
+        let img = v["images"][0].as_str().unwrap().to_string();
+        v["images"] = serde_json::json!([images.join(img).display().to_string()]);
+        if drop_ground_truth {
+            v.as_object_mut().unwrap().remove("ground_truth");
+        }
+        out += &format!("{v}\n");
+    }
+    let path = dir.join(format!("rollouts-{group}-{drop_ground_truth}.jsonl"));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn grpo_args(rollouts: &Path, out: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["--model".into(), model("tiny").into(), "--rollouts".into(), rollouts.into()];
+    v.extend(["--out".into(), out.into()]);
+    v.extend(extra.iter().map(OsString::from));
+    v
+}
+
+#[test]
+fn grpo_on_given_rollouts_writes_the_run_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = rollouts_file(tmp.path(), 4, false);
+    let fast = [
+        "--steps",
+        "3",
+        "--prompts-per-step",
+        "2",
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--epochs-per-batch",
+        "2",
+        "--warmup",
+        "1",
+    ];
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&st(&grpo_args(&file, &a, &fast)));
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for key in [
+        "step",
+        "loss",
+        "pg_loss",
+        "kl",
+        "clip_frac",
+        "grad_norm",
+        "reward_mean",
+        "reward_std",
+        "accuracy",
+        "format",
+        "lr",
+        "zero_spread_groups",
+        "completion_length",
+        "rollout_seconds",
+        "train_seconds",
+    ] {
+        assert!(line[key].is_number(), "{key} missing from {line}");
+    }
+    // The four completions of a row have different rewards: the ground truth's own scores highest.
+    assert!(line["reward_std"].as_f64().unwrap() > 0.1, "{line}");
+    let config: serde_json::Value = serde_json::from_slice(&bytes(&a.join("config.json"))).unwrap();
+    assert_eq!(config["update"]["loss"]["kl_coef"], 0.01);
+    assert_eq!(config["update"]["loss"]["clip_high"], 0.3);
+    assert_eq!(config["group"], 4);
+    for f in [
+        "samples.jsonl",
+        "reward.png",
+        "checkpoints/step-0/adapter/adapter_model.safetensors",
+        "checkpoints/step-3/optimizer.safetensors",
+    ] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+    // Interrupted after step 2 and resumed: the same adapter, bit for bit.
+    ok(&st(&grpo_args(&file, &b, &fast)));
+    std::fs::remove_dir_all(b.join("checkpoints/step-3")).unwrap();
+    let mut resume = fast.to_vec();
+    resume.push("--resume");
+    ok(&st(&grpo_args(&file, &b, &resume)));
+    let adapter = |d: &Path| bytes(&d.join("adapter/adapter_model.safetensors"));
+    assert_eq!(adapter(&a), adapter(&b));
+    assert_eq!(std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn grpo_bad_rollouts_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = rollouts_file(tmp.path(), 1, false);
+    let e = st(&grpo_args(&one, &tmp.path().join("x"), &["--steps", "1"]));
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && stderr.contains("at least 2"), "{stderr}");
+    let no_gt = rollouts_file(tmp.path(), 2, true);
+    let e = st(&grpo_args(&no_gt, &tmp.path().join("y"), &["--steps", "1"]));
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && stderr.contains("line 1") && stderr.contains("ground_truth"), "{stderr}");
+    let e = Command::new(env!("CARGO_BIN_EXE_st"))
+        .args([
+            "finetune".as_ref(),
+            "--model".as_ref(),
+            model("tiny").as_os_str(),
+            "--out".as_ref(),
+            tmp.path().join("z").as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && stderr.contains("--rollouts"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! `st finetune --sft --model CHECKPOINT_DIR --data ROWS.jsonl --out RUN_DIR [options]`: LoRA
 //! supervised fine-tuning on ground-truth completions (st-train, libtorch through tch), built
-//! in with the `train` feature. GRPO (the same command without `--sft`) is the next step.
+//! in with the `train` feature. Without `--sft`: GRPO; for now on completions given in a file
+//! (`--rollouts FILE`), sampling them from the policy is the next step.
 
 use std::path::PathBuf;
 
@@ -12,9 +13,33 @@ pub struct FinetuneArgs {
     /// Hugging Face checkpoint directory (config.json + safetensors) to adapt.
     #[arg(long)]
     pub model: PathBuf,
-    /// Training rows, STVQA JSON lines (what `st eval` reads and `st data synth` writes).
+    /// Training rows, STVQA JSON lines (what `st eval` reads and `st data synth` writes); SFT.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// GRPO on given completions: STVQA rows with `ground_truth` plus `completions` (G strings).
+    #[arg(long)]
+    pub rollouts: Option<PathBuf>,
+    /// GRPO: prompts per optimizer step (each with its G completions).
+    #[arg(long, default_value_t = 2)]
+    pub prompts_per_step: usize,
+    /// GRPO: optimizer steps on the same rollouts.
+    #[arg(long, default_value_t = 1)]
+    pub epochs_per_batch: usize,
+    /// GRPO: coefficient of low_var_kl to the reference policy (the adapter switched off); 0 turns it off.
+    #[arg(long, default_value_t = 1e-2)]
+    pub kl_coef: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub clip_low: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pub clip_high: f64,
+    #[arg(long, default_value_t = 3.0)]
+    pub dual_clip: f64,
+    /// GRPO: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.
+    #[arg(long, default_value = "token-mean")]
+    pub loss_agg: String,
+    /// GRPO: dense (SpatialThinker's reward with gating) or sparse (accuracy only).
+    #[arg(long, default_value = "dense")]
+    pub reward: String,
     /// Held-out rows: their loss is reported before, at each save and after training.
     #[arg(long)]
     pub eval: Option<PathBuf>,
@@ -24,9 +49,10 @@ pub struct FinetuneArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
-    /// Peak learning rate (AdamW), reached after the warm-up, then cosine decay to 0.
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f64,
+    /// Peak learning rate (AdamW), reached after the warm-up, then cosine decay to 0 (default:
+    /// 2e-4 for SFT, 2e-5 for GRPO).
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
     #[arg(long, default_value_t = 0.0)]
@@ -93,22 +119,19 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use st_train::sft::{Hooks, SftConfig};
     if !args.sft {
-        anyhow::bail!("GRPO (st finetune without --sft) is not built yet; run supervised fine-tuning with --sft");
+        return grpo(args);
     }
+    let data = args.data.clone().ok_or_else(|| anyhow::anyhow!("--sft needs --data ROWS.jsonl"))?;
     let device = st_train::parse_device(&args.device)?;
     let ckpt = st_checkpoint::Checkpoint::open(&args.model)?;
-    let opts = crate::engine::SessionOptions { ort_lib: args.ort_lib.clone(), ..Default::default() };
-    let mut engine = crate::engine::Engine::open(&args.model, &opts)?;
-    let b = &mut engine.preprocessor.options.pixels;
-    b.min_pixels = args.pixels.min_pixels.unwrap_or(b.min_pixels);
-    b.max_pixels = args.pixels.max_pixels.unwrap_or(b.max_pixels);
+    let engine = engine_for(&args)?;
     let report = |what: &str, p: &crate::finetune::Prepared| {
         for s in &p.skipped {
             eprintln!("{what} line {} skipped: {}", s.line, s.reason);
         }
         eprintln!("{what}: {} rows used, {} skipped, {} images encoded", p.samples.len(), p.skipped.len(), p.images);
     };
-    let train = crate::finetune::prepare(&engine, &args.data, args.limit).with_context(|| "--data")?;
+    let train = crate::finetune::prepare(&engine, &data, args.limit).with_context(|| "--data")?;
     report("--data", &train);
     let eval = match &args.eval {
         Some(p) => {
@@ -125,7 +148,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         warmup_steps: args.warmup,
         max_grad_norm: args.max_grad_norm,
         adamw: st_train::optim::AdamWConfig {
-            lr: args.lr,
+            lr: args.lr.unwrap_or(2e-4),
             beta1: args.beta1,
             beta2: args.beta2,
             eps: 1e-8,
@@ -143,7 +166,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         gradient_checkpointing: args.gradient_checkpointing,
         device: args.device.clone(),
         model: args.model.display().to_string(),
-        data: args.data.display().to_string(),
+        data: data.display().to_string(),
     };
     let mut model = st_train::TextModel::load(&ckpt, &st_train::LoadOptions { device, kind: None })?;
     let run = st_train::run::RunDir::create(&args.out)?;
@@ -178,5 +201,98 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     super::write_then_rename(&run.path("summary.json"), &summary_json, "summary")?;
     println!("adapter: {}", run.path("adapter").display());
     println!("next: st export {} OUT_DIR --lora {}", args.model.display(), run.path("adapter").display());
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn engine_for(args: &FinetuneArgs) -> anyhow::Result<crate::engine::Engine> {
+    let opts = crate::engine::SessionOptions { ort_lib: args.ort_lib.clone(), ..Default::default() };
+    let mut engine = crate::engine::Engine::open(&args.model, &opts)?;
+    let b = &mut engine.preprocessor.options.pixels;
+    b.min_pixels = args.pixels.min_pixels.unwrap_or(b.min_pixels);
+    b.max_pixels = args.pixels.max_pixels.unwrap_or(b.max_pixels);
+    Ok(engine)
+}
+
+/// GRPO on the completions of `--rollouts FILE`.
+#[cfg(feature = "train")]
+fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
+    use st_train::grpo::{GrpoConfig, GrpoLossConfig, UpdateConfig};
+    let Some(path) = args.rollouts.clone() else {
+        anyhow::bail!(
+            "GRPO needs --rollouts FILE for now (completions given per prompt); sampling them from the policy is not built yet (docs/TRAINING.md#grpo). Supervised fine-tuning: --sft"
+        );
+    };
+    let sparse = match args.reward.as_str() {
+        "dense" => false,
+        "sparse" => true,
+        other => anyhow::bail!("--reward {other:?}: expected dense or sparse"),
+    };
+    let file = crate::finetune::rollouts::RolloutFile::open(&path)?;
+    let device = st_train::parse_device(&args.device)?;
+    let ckpt = st_checkpoint::Checkpoint::open(&args.model)?;
+    let engine = engine_for(&args)?;
+    let cfg = GrpoConfig {
+        steps: args.steps,
+        group: file.group,
+        prompts_per_step: args.prompts_per_step,
+        update: UpdateConfig {
+            loss: GrpoLossConfig {
+                clip_low: args.clip_low,
+                clip_high: args.clip_high,
+                dual_clip: args.dual_clip,
+                kl_coef: args.kl_coef,
+                loss_agg: args.loss_agg.parse()?,
+            },
+            epochs_per_batch: args.epochs_per_batch,
+            micro_batch: args.micro_batch,
+            max_grad_norm: args.max_grad_norm,
+        },
+        adamw: st_train::optim::AdamWConfig {
+            lr: args.lr.unwrap_or(2e-5),
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: 1e-8,
+            weight_decay: args.weight_decay,
+        },
+        warmup_steps: args.warmup,
+        lora: st_train::LoraOptions {
+            rank: args.rank,
+            alpha: args.alpha,
+            dropout: args.dropout,
+            rslora: args.rslora,
+            targets: args.targets.clone(),
+        },
+        seed: args.seed,
+        save_every: args.save_every,
+        device: args.device.clone(),
+        model: args.model.display().to_string(),
+        data: path.display().to_string(),
+        rollouts: serde_json::json!({ "source": "file", "file": path.display().to_string(), "reward": args.reward }),
+    };
+    let mut model = st_train::TextModel::load(&ckpt, &st_train::LoadOptions { device, kind: None })?;
+    let run = st_train::run::RunDir::create(&args.out)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = std::sync::Arc::clone(&stop);
+        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::Relaxed));
+    }
+    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("grpo [{bar:40}] {pos}/{len} steps {msg} {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let hooks = st_train::sft::Hooks { progress: Some(&bar), stop: Some(&stop) };
+    let mut cache = crate::finetune::samples::ImageCache::default();
+    let prompts = cfg.prompts_per_step;
+    let mut next = |step: usize| file.step(&engine, &mut cache, step, prompts, sparse);
+    let summary = st_train::grpo::train(&mut model, &cfg, &run, args.resume, &hooks, &mut next)?;
+    bar.finish_and_clear();
+    println!(
+        "steps {}  reward {:.4} → {:.4}  zero-spread groups {}  {:.1} s",
+        summary.steps, summary.first_reward, summary.last_reward, summary.flat_groups, summary.seconds
+    );
+    super::write_then_rename(&run.path("summary.json"), &serde_json::to_vec_pretty(&summary)?, "summary")?;
+    println!("adapter: {}", run.path("adapter").display());
     Ok(())
 }

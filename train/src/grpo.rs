@@ -302,3 +302,199 @@ pub fn update(
     }
     Ok(stats)
 }
+
+/// One scored completion of a prompt, ready to learn from.
+#[derive(Debug)]
+pub struct Rollout {
+    pub sample: crate::sft::SftSample,
+    pub text: String,
+    /// Dense (or sparse) reward; 0 when scoring failed (then `error` says why).
+    pub reward: f64,
+    /// The reward's format, count, accuracy and spatial components.
+    pub components: [f64; 4],
+    pub error: Option<String>,
+}
+
+/// Every GRPO setting; written to the run's config.json, and a resume must match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpoConfig {
+    pub steps: usize,
+    /// Completions per prompt (G).
+    pub group: usize,
+    pub prompts_per_step: usize,
+    pub update: UpdateConfig,
+    pub adamw: crate::optim::AdamWConfig,
+    pub warmup_steps: usize,
+    pub lora: crate::model::LoraOptions,
+    pub seed: u64,
+    pub save_every: usize,
+    pub device: String,
+    pub model: String,
+    pub data: String,
+    /// Where rollouts come from and how they are scored (sampling settings, reward, rollouts file).
+    pub rollouts: serde_json::Value,
+}
+
+/// What a GRPO run reports at its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoSummary {
+    pub steps: usize,
+    pub first_reward: f64,
+    pub last_reward: f64,
+    pub flat_groups: usize,
+    pub seconds: f64,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// GRPO with LoRA: per step, `rollouts(step)` gives `prompts_per_step · group` scored completions
+/// (prompt by prompt, deterministic in `step` so a resume sees the same ones); group advantages;
+/// [`update`]; metrics, samples and checkpoints in `run` (step 0's adapter is saved before the
+/// first update).
+pub fn train(
+    model: &mut TextModel,
+    cfg: &GrpoConfig,
+    run: &crate::run::RunDir,
+    resume: bool,
+    hooks: &crate::sft::Hooks<'_>,
+    rollouts: &mut dyn FnMut(usize) -> Result<Vec<Rollout>>,
+) -> Result<GrpoSummary> {
+    if cfg.group < 2 {
+        group_advantages(&[0.0], cfg.group)?;
+    }
+    if cfg.steps == 0 || cfg.prompts_per_step == 0 || cfg.save_every == 0 {
+        return Err(Error::InvalidArgument {
+            name: "--steps",
+            reason: "steps, prompts per step and --save-every must be at least 1".into(),
+        });
+    }
+    let config_json = serde_json::to_value(cfg)
+        .map_err(|e| Error::File { path: run.path(crate::run::CONFIG), reason: e.to_string() })?;
+    if model.lora_options().is_none() {
+        model.add_lora(&cfg.lora, cfg.seed as i64)?;
+    }
+    let (start, mut opt) = crate::run::start_or_resume(model, run, &config_json, resume, &cfg.adamw)?;
+    let state_at = |step: usize, flat: usize| crate::run::TrainerState {
+        step,
+        config: config_json.clone(),
+        data_position: step * cfg.prompts_per_step,
+        seed: cfg.seed,
+        extra: serde_json::json!({ "flat_groups": flat }),
+    };
+    let mut flat_total = 0usize;
+    if start == 0 {
+        run.save_checkpoint(model, Some(&opt), &state_at(0, 0), &cfg.model)?;
+    }
+    let t0 = std::time::Instant::now();
+    let (mut first, mut last) = (f64::NAN, f64::NAN);
+    let mut rewards_seen: Vec<f64> = Vec::new();
+    if let Some(p) = hooks.progress {
+        p.set_length(cfg.steps as u64);
+        p.set_position(start as u64);
+    }
+    for step in start..cfg.steps {
+        if hooks.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            break;
+        }
+        let tr = std::time::Instant::now();
+        let batch = rollouts(step)?;
+        let rollout_seconds = tr.elapsed().as_secs_f64();
+        if batch.len() != cfg.prompts_per_step * cfg.group {
+            return Err(Error::InvalidArgument {
+                name: "rollouts",
+                reason: format!(
+                    "step {}: {} completions, expected {} prompts × {}",
+                    step + 1,
+                    batch.len(),
+                    cfg.prompts_per_step,
+                    cfg.group
+                ),
+            });
+        }
+        let rewards: Vec<f64> = batch.iter().map(|r| r.reward).collect();
+        let (adv, flat) = group_advantages(&rewards, cfg.group)?;
+        flat_total += flat;
+        rewards_seen.extend_from_slice(&rewards);
+        let samples_lines: Vec<serde_json::Value> = batch
+            .iter()
+            .take(cfg.group.min(4))
+            .map(|r| serde_json::json!({ "step": step + 1, "reward": r.reward, "format": r.components[0], "count": r.components[1], "accuracy": r.components[2], "spatial": r.components[3], "completion": r.text, "error": r.error }))
+            .collect();
+        let comp = |i: usize| batch.iter().map(|r| r.components[i]).sum::<f64>() / batch.len() as f64;
+        let (format, count, accuracy, spatial) = (comp(0), comp(1), comp(2), comp(3));
+        let length = batch.iter().map(|r| r.sample.target_tokens() as f64).sum::<f64>() / batch.len() as f64;
+        let errors = batch.iter().filter(|r| r.error.is_some()).count();
+        let seqs: Vec<GrpoSequence> =
+            batch.into_iter().zip(&adv).map(|(r, &advantage)| GrpoSequence { sample: r.sample, advantage }).collect();
+        let lr = crate::optim::lr_at(cfg.adamw.lr, step, cfg.warmup_steps, cfg.steps);
+        let tt = std::time::Instant::now();
+        let stats = update(model, &mut opt, &seqs, &cfg.update, lr)?;
+        let s = stats.last().cloned().unwrap_or(UpdateStats {
+            loss: 0.0,
+            pg_loss: 0.0,
+            kl: 0.0,
+            clip_frac: 0.0,
+            grad_norm: 0.0,
+        });
+        let (reward_mean, reward_std) = mean_std(&rewards);
+        if step == start {
+            first = reward_mean;
+        }
+        last = reward_mean;
+        let done = step + 1;
+        let line = serde_json::json!({
+            "step": done, "loss": s.loss, "pg_loss": s.pg_loss, "kl": s.kl, "clip_frac": s.clip_frac,
+            "grad_norm": s.grad_norm, "reward_mean": reward_mean, "reward_std": reward_std, "format": format,
+            "count": count, "accuracy": accuracy, "spatial": spatial, "completion_length": length,
+            "zero_spread_groups": flat, "reward_errors": errors, "lr": lr, "inner_updates": stats.len(),
+            "rollout_seconds": rollout_seconds, "train_seconds": tt.elapsed().as_secs_f64(),
+        });
+        if !s.loss.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                step: done,
+                value: s.loss,
+                last_checkpoint: run.last_checkpoint_name(),
+            });
+        }
+        for l in &samples_lines {
+            append_line(&run.path(crate::run::SAMPLES), l)?;
+        }
+        if done % cfg.save_every == 0 || done == cfg.steps {
+            run.save_checkpoint(model, Some(&opt), &state_at(done, flat_total), &cfg.model)?;
+        }
+        run.append_metrics(&line)?;
+        if let Some(p) = hooks.progress {
+            p.set_position(done as u64);
+            p.set_message(format!("reward {reward_mean:.3}"));
+        }
+    }
+    if rewards_seen.len() > 1 && rewards_seen.iter().all(|&r| r == rewards_seen[0]) {
+        tracing_warn(&format!(
+            "every reward of the run was {}: GRPO learned nothing (check the reward and the rows)",
+            rewards_seen[0]
+        ));
+    }
+    let metrics = run.read_metrics()?;
+    crate::plot::curve(&run.path("reward.png"), "GRPO reward", &metrics, &["reward_mean", "accuracy", "format"])?;
+    Ok(GrpoSummary {
+        steps: cfg.steps,
+        first_reward: first,
+        last_reward: last,
+        flat_groups: flat_total,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+fn append_line(path: &std::path::Path, v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(Error::io(path))?;
+    writeln!(f, "{v}").and_then(|_| f.flush()).map_err(Error::io(path))
+}

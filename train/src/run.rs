@@ -13,6 +13,7 @@ use tch::Tensor;
 
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
+pub const SAMPLES: &str = "samples.jsonl";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const ADAPTER: &str = "adapter";
 pub const STATE: &str = "trainer_state.json";
@@ -76,15 +77,27 @@ impl RunDir {
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
-    /// Keep only the metrics lines of steps ≤ `step` (a resumed run rewrites what follows).
+    /// Keep only the metrics (and samples) lines of steps ≤ `step` (a resumed run rewrites what follows).
     pub fn truncate_metrics(&self, step: usize) -> Result<()> {
-        let kept: Vec<String> = self
-            .read_metrics()?
-            .into_iter()
-            .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step))
-            .map(|v| v.to_string() + "\n")
-            .collect();
-        st_checkpoint::adapter::write_then_rename(&self.path(METRICS), kept.concat().as_bytes())?;
+        for name in [METRICS, SAMPLES] {
+            let path = self.path(name);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::Io { path, source: e }),
+            };
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .collect();
+            let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+            st_checkpoint::adapter::write_then_rename(&path, body.as_bytes())?;
+        }
         Ok(())
     }
 
@@ -212,4 +225,47 @@ pub fn config_differences(saved: &serde_json::Value, now: &serde_json::Value) ->
             )
         })
         .collect()
+}
+
+/// Begin a run in `run` (refusing a directory that already holds one) or, with `resume`, put the
+/// last checkpoint's adapter and optimizer moments back after checking that its settings equal
+/// `config` (the differences are named). Returns the step to start from and the optimizer.
+pub fn start_or_resume(
+    model: &TextModel,
+    run: &RunDir,
+    config: &serde_json::Value,
+    resume: bool,
+    adamw: &crate::optim::AdamWConfig,
+) -> Result<(usize, AdamW)> {
+    let params: Vec<Tensor> = model.lora_parameters().into_iter().map(|(_, t)| t.shallow_clone()).collect();
+    let mut opt = AdamW::new(adamw.clone(), &params.iter().collect::<Vec<_>>());
+    if !resume {
+        if run.path(METRICS).exists() {
+            return Err(Error::Resume {
+                dir: run.dir.clone(),
+                reason: "the run directory already holds a run: pass --resume to continue it, or choose a new --out"
+                    .into(),
+            });
+        }
+        run.write_config(config)?;
+        return Ok((0, opt));
+    }
+    let Some((dir, state)) = run.latest_checkpoint()? else {
+        return Err(Error::Resume {
+            dir: run.dir.clone(),
+            reason: "no checkpoint to resume from (checkpoints/step-N)".into(),
+        });
+    };
+    let diffs = config_differences(&state.config, config);
+    if !diffs.is_empty() {
+        return Err(Error::Resume {
+            dir: run.dir.clone(),
+            reason: format!("settings differ from the saved run: {}", diffs.join("; ")),
+        });
+    }
+    let adapter = st_checkpoint::LoraAdapter::open(dir.join(ADAPTER))?;
+    crate::sft::copy_adapter(model, &adapter)?;
+    load_optimizer(&dir, model, &mut opt)?;
+    run.truncate_metrics(state.step)?;
+    Ok((state.step, opt))
 }

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, LoraOptions, TextModel};
-use crate::optim::{self, AdamW, AdamWConfig};
+use crate::optim::{self, AdamWConfig};
 use crate::run::{RunDir, TrainerState};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -210,44 +210,7 @@ pub fn train(
     if model.lora_options().is_none() {
         model.add_lora(&cfg.lora, cfg.seed as i64)?;
     }
-    let mut start = 0usize;
-    let params_owned: Vec<Tensor> = model.lora_parameters().into_iter().map(|(_, t)| t.shallow_clone()).collect();
-    let mut opt = AdamW::new(cfg.adamw.clone(), &params_owned.iter().collect::<Vec<_>>());
-    if resume {
-        match run.latest_checkpoint()? {
-            Some((dir, state)) => {
-                let diffs = crate::run::config_differences(&state.config, &config_json);
-                if !diffs.is_empty() {
-                    return Err(Error::Resume {
-                        dir: run.dir.clone(),
-                        reason: format!("settings differ from the saved run: {}", diffs.join("; ")),
-                    });
-                }
-                let adapter = st_checkpoint::LoraAdapter::open(dir.join(crate::run::ADAPTER))?;
-                copy_adapter(model, &adapter)?;
-                let params: Vec<Tensor> = model.lora_parameters().into_iter().map(|(_, t)| t.shallow_clone()).collect();
-                opt = AdamW::new(cfg.adamw.clone(), &params.iter().collect::<Vec<_>>());
-                crate::run::load_optimizer(&dir, model, &mut opt)?;
-                start = state.step;
-                run.truncate_metrics(start)?;
-            }
-            None => {
-                return Err(Error::Resume {
-                    dir: run.dir.clone(),
-                    reason: "no checkpoint to resume from (checkpoints/step-N)".into(),
-                });
-            }
-        }
-    } else {
-        if run.path(crate::run::METRICS).exists() {
-            return Err(Error::Resume {
-                dir: run.dir.clone(),
-                reason: "the run directory already holds a run: pass --resume to continue it, or choose a new --out"
-                    .into(),
-            });
-        }
-        run.write_config(&config_json)?;
-    }
+    let (start, mut opt) = crate::run::start_or_resume(model, run, &config_json, resume, &cfg.adamw)?;
     let params: Vec<Tensor> = model.lora_parameters().into_iter().map(|(_, t)| t.shallow_clone()).collect();
     let params: Vec<&Tensor> = params.iter().collect();
     let base = cfg.model.clone();
