@@ -322,3 +322,58 @@ fn grpo_bad_rollouts_are_clear_errors() {
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success() && stderr.contains("--rollouts"), "{stderr}");
 }
+
+#[test]
+fn grpo_samples_rollouts_from_the_policy() {
+    // Rollouts sampled from the tiny model for the committed rows: with --grammar every one is a
+    // valid response; without it the valid rate is reported (0 for random weights).
+    let tmp = tempfile::tempdir().unwrap();
+    for (grammar, out) in [(true, tmp.path().join("g")), (false, tmp.path().join("n"))] {
+        let mut args: Vec<OsString> = vec![
+            "--model".into(),
+            model("tiny").into(),
+            "--data".into(),
+            synth().into(),
+            "--out".into(),
+            out.clone().into(),
+        ];
+        for a in [
+            "--steps",
+            "2",
+            "--group",
+            "3",
+            "--prompts-per-step",
+            "2",
+            "--max-new-tokens",
+            "120",
+            "--temperature",
+            "1.0",
+            "--lr",
+            "1e-3",
+            "--save-every",
+            "1",
+        ] {
+            args.push(a.into());
+        }
+        if grammar {
+            args.push("--grammar".into());
+        }
+        ok(&st(&args));
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        for l in metrics.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let rate = v["valid_rate"].as_f64().unwrap();
+            if grammar {
+                assert_eq!(rate, 1.0, "{v}");
+                assert_eq!(v["format"].as_f64().unwrap(), 1.0, "{v}");
+            } else {
+                assert!((0.0..=1.0).contains(&rate), "{v}");
+            }
+        }
+        let config: serde_json::Value = serde_json::from_slice(&bytes(&out.join("config.json"))).unwrap();
+        assert_eq!(config["rollouts"]["grammar"], grammar);
+        assert_eq!(config["rollouts"]["source"], "policy");
+        let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+        assert!(samples.lines().count() >= 2 && samples.contains("\"completion\""));
+    }
+}

@@ -1,7 +1,7 @@
 //! `st finetune --sft --model CHECKPOINT_DIR --data ROWS.jsonl --out RUN_DIR [options]`: LoRA
 //! supervised fine-tuning on ground-truth completions (st-train, libtorch through tch), built
-//! in with the `train` feature. Without `--sft`: GRPO; for now on completions given in a file
-//! (`--rollouts FILE`), sampling them from the policy is the next step.
+//! in with the `train` feature. Without `--sft`: GRPO, on rollouts sampled from the policy for
+//! the rows of `--data`, or on completions given in a file (`--rollouts FILE`).
 
 use std::path::PathBuf;
 
@@ -37,6 +37,22 @@ pub struct FinetuneArgs {
     /// GRPO: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.
     #[arg(long, default_value = "token-mean")]
     pub loss_agg: String,
+    /// GRPO: completions sampled per prompt (G) when they come from the policy.
+    #[arg(long, default_value_t = 4)]
+    pub group: usize,
+    /// GRPO rollouts: sampling temperature (SpatialThinker: 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// GRPO rollouts: top-p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// GRPO rollouts: new tokens at most per completion.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// GRPO rollouts constrained by the response grammar (always valid scene graphs); off by
+    /// default, as in the paper.
+    #[arg(long)]
+    pub grammar: bool,
     /// GRPO: dense (SpatialThinker's reward with gating) or sparse (accuracy only).
     #[arg(long, default_value = "dense")]
     pub reward: String,
@@ -94,6 +110,10 @@ pub struct FinetuneArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Start from this PEFT adapter (e.g. an SFT run's `adapter/`) instead of a fresh one; its rank,
+    /// alpha, dropout and targets replace --rank / --alpha / --dropout / --targets.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (same settings required).
     #[arg(long)]
     pub resume: bool,
@@ -214,27 +234,59 @@ fn engine_for(args: &FinetuneArgs) -> anyhow::Result<crate::engine::Engine> {
     Ok(engine)
 }
 
-/// GRPO on the completions of `--rollouts FILE`.
+/// GRPO: rollouts sampled from the policy (`--data`) or given in a file (`--rollouts`).
 #[cfg(feature = "train")]
 fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
     use st_train::grpo::{GrpoConfig, GrpoLossConfig, UpdateConfig};
-    let Some(path) = args.rollouts.clone() else {
-        anyhow::bail!(
-            "GRPO needs --rollouts FILE for now (completions given per prompt); sampling them from the policy is not built yet (docs/TRAINING.md#grpo). Supervised fine-tuning: --sft"
-        );
-    };
     let sparse = match args.reward.as_str() {
         "dense" => false,
         "sparse" => true,
         other => anyhow::bail!("--reward {other:?}: expected dense or sparse"),
     };
-    let file = crate::finetune::rollouts::RolloutFile::open(&path)?;
+    enum Source {
+        File(crate::finetune::rollouts::RolloutFile),
+        Policy(Box<crate::finetune::policy::PolicyRollouts>),
+    }
+    let (source, data, group, rollouts_cfg) = match (&args.rollouts, &args.data) {
+        (Some(path), _) => {
+            let file = crate::finetune::rollouts::RolloutFile::open(path)?;
+            let g = file.group;
+            let cfg =
+                serde_json::json!({ "source": "file", "file": path.display().to_string(), "reward": args.reward });
+            (Source::File(file), path.clone(), g, cfg)
+        }
+        (None, Some(path)) => {
+            let rows = crate::finetune::policy::PolicyRollouts::rows_from(path)?;
+            let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let p = crate::finetune::policy::PolicyRollouts {
+                rows,
+                base,
+                group: args.group,
+                prompts: args.prompts_per_step,
+                max_new_tokens: args.max_new_tokens,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                grammar: args.grammar,
+                sparse,
+                seed: args.seed,
+                cache: Default::default(),
+            };
+            let cfg = serde_json::json!({
+                "source": "policy", "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "grammar": args.grammar, "reward": args.reward,
+            });
+            (Source::Policy(Box::new(p)), path.clone(), args.group, cfg)
+        }
+        (None, None) => {
+            anyhow::bail!("GRPO needs --data ROWS.jsonl (rollouts sampled from the policy) or --rollouts FILE")
+        }
+    };
     let device = st_train::parse_device(&args.device)?;
     let ckpt = st_checkpoint::Checkpoint::open(&args.model)?;
     let engine = engine_for(&args)?;
     let cfg = GrpoConfig {
         steps: args.steps,
-        group: file.group,
+        group,
         prompts_per_step: args.prompts_per_step,
         update: UpdateConfig {
             loss: GrpoLossConfig {
@@ -267,10 +319,19 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
         save_every: args.save_every,
         device: args.device.clone(),
         model: args.model.display().to_string(),
-        data: path.display().to_string(),
-        rollouts: serde_json::json!({ "source": "file", "file": path.display().to_string(), "reward": args.reward }),
+        data: data.display().to_string(),
+        rollouts: rollouts_cfg,
     };
     let mut model = st_train::TextModel::load(&ckpt, &st_train::LoadOptions { device, kind: None })?;
+    let mut cfg = cfg;
+    if let Some(dir) = &args.init_adapter {
+        let adapter = st_checkpoint::LoraAdapter::open(dir)?;
+        st_train::peft::load(&mut model, &adapter, &ckpt.config)?;
+        if let Some(l) = model.lora_options() {
+            cfg.lora = l.clone();
+        }
+        cfg.rollouts["init_adapter"] = serde_json::json!(dir.display().to_string());
+    }
     let run = st_train::run::RunDir::create(&args.out)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -285,7 +346,11 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
     let hooks = st_train::sft::Hooks { progress: Some(&bar), stop: Some(&stop) };
     let mut cache = crate::finetune::samples::ImageCache::default();
     let prompts = cfg.prompts_per_step;
-    let mut next = |step: usize| file.step(&engine, &mut cache, step, prompts, sparse);
+    let mut source = source;
+    let mut next = |policy: &st_train::TextModel, step: usize| match &mut source {
+        Source::File(file) => file.step(&engine, &mut cache, step, prompts, sparse),
+        Source::Policy(p) => p.step(&engine, policy, step),
+    };
     let summary = st_train::grpo::train(&mut model, &cfg, &run, args.resume, &hooks, &mut next)?;
     bar.finish_and_clear();
     println!(

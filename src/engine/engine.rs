@@ -393,15 +393,7 @@ impl Engine {
         let special = self.prompt.tokenizer.special;
         let pos = crate::rope::mrope_positions(&ids, special.image_pad, &[frame.image.grid_thw], merge)?;
         if opts.grammar {
-            // Free text may use at most a quarter of the budget each (an eighth for a free
-            // answer), leaving the rest for the scene, so constrained outputs finish in time.
-            let mut bounds = opts.bounds.clone();
-            let quarter = (opts.max_new_tokens / 4).max(1) as u32;
-            bounds.observe_tokens = bounds.observe_tokens.min(quarter);
-            bounds.think_tokens = bounds.think_tokens.min(quarter);
-            bounds.answer_tokens = bounds.answer_tokens.min((quarter / 2).max(1));
-            let max = u32::try_from(opts.max_new_tokens).unwrap_or(u32::MAX);
-            let spec = OutputSpec::new((w, h), question, bounds).with_max_tokens(max);
+            let spec = OutputSpec::budgeted((w, h), question, &opts.bounds, opts.max_new_tokens);
             sampler.push_front(Box::new(self.grammar_factory()?.matcher(spec)));
         }
 

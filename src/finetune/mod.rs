@@ -3,6 +3,7 @@
 //! embeddings from the exported vision graph through ONNX Runtime, once per image), handed to
 //! st-train's trainers.
 
+pub mod policy;
 pub mod rollouts;
 pub mod samples;
 

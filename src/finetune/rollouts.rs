@@ -91,7 +91,9 @@ impl RolloutFile {
                     let r = reward(c, gt, size, &Weights::default(), &ExactLabels);
                     (r.overall, [r.format, r.count, r.accuracy, r.spatial])
                 };
-                out.push(Rollout { sample, text: c.clone(), reward, components, error: None });
+                let question = row.full_question().unwrap_or_default();
+                let valid = crate::scene::parse_response(c, &crate::scene::Rules::new(prompt.size, &question)).valid;
+                out.push(Rollout { sample, text: c.clone(), reward, components, valid, error: None });
             }
         }
         Ok(out)

@@ -312,6 +312,9 @@ pub struct Rollout {
     pub reward: f64,
     /// The reward's format, count, accuracy and spatial components.
     pub components: [f64; 4],
+    /// Whether the completion is a valid response (every syntactic and semantic rule; the
+    /// runtime's validator).
+    pub valid: bool,
     pub error: Option<String>,
 }
 
@@ -351,7 +354,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
 }
 
-/// GRPO with LoRA: per step, `rollouts(step)` gives `prompts_per_step · group` scored completions
+/// GRPO with LoRA: per step, `rollouts(policy, step)` gives `prompts_per_step · group` scored completions
 /// (prompt by prompt, deterministic in `step` so a resume sees the same ones); group advantages;
 /// [`update`]; metrics, samples and checkpoints in `run` (step 0's adapter is saved before the
 /// first update).
@@ -361,7 +364,7 @@ pub fn train(
     run: &crate::run::RunDir,
     resume: bool,
     hooks: &crate::sft::Hooks<'_>,
-    rollouts: &mut dyn FnMut(usize) -> Result<Vec<Rollout>>,
+    rollouts: &mut dyn FnMut(&TextModel, usize) -> Result<Vec<Rollout>>,
 ) -> Result<GrpoSummary> {
     if cfg.group < 2 {
         group_advantages(&[0.0], cfg.group)?;
@@ -401,7 +404,7 @@ pub fn train(
             break;
         }
         let tr = std::time::Instant::now();
-        let batch = rollouts(step)?;
+        let batch = rollouts(model, step)?;
         let rollout_seconds = tr.elapsed().as_secs_f64();
         if batch.len() != cfg.prompts_per_step * cfg.group {
             return Err(Error::InvalidArgument {
@@ -422,12 +425,13 @@ pub fn train(
         let samples_lines: Vec<serde_json::Value> = batch
             .iter()
             .take(cfg.group.min(4))
-            .map(|r| serde_json::json!({ "step": step + 1, "reward": r.reward, "format": r.components[0], "count": r.components[1], "accuracy": r.components[2], "spatial": r.components[3], "completion": r.text, "error": r.error }))
+            .map(|r| serde_json::json!({ "step": step + 1, "reward": r.reward, "format": r.components[0], "count": r.components[1], "accuracy": r.components[2], "spatial": r.components[3], "valid": r.valid, "completion": r.text, "error": r.error }))
             .collect();
         let comp = |i: usize| batch.iter().map(|r| r.components[i]).sum::<f64>() / batch.len() as f64;
         let (format, count, accuracy, spatial) = (comp(0), comp(1), comp(2), comp(3));
         let length = batch.iter().map(|r| r.sample.target_tokens() as f64).sum::<f64>() / batch.len() as f64;
         let errors = batch.iter().filter(|r| r.error.is_some()).count();
+        let valid_rate = batch.iter().filter(|r| r.valid).count() as f64 / batch.len() as f64;
         let seqs: Vec<GrpoSequence> =
             batch.into_iter().zip(&adv).map(|(r, &advantage)| GrpoSequence { sample: r.sample, advantage }).collect();
         let lr = crate::optim::lr_at(cfg.adamw.lr, step, cfg.warmup_steps, cfg.steps);
@@ -450,7 +454,7 @@ pub fn train(
             "step": done, "loss": s.loss, "pg_loss": s.pg_loss, "kl": s.kl, "clip_frac": s.clip_frac,
             "grad_norm": s.grad_norm, "reward_mean": reward_mean, "reward_std": reward_std, "format": format,
             "count": count, "accuracy": accuracy, "spatial": spatial, "completion_length": length,
-            "zero_spread_groups": flat, "reward_errors": errors, "lr": lr, "inner_updates": stats.len(),
+            "zero_spread_groups": flat, "reward_errors": errors, "valid_rate": valid_rate, "lr": lr, "inner_updates": stats.len(),
             "rollout_seconds": rollout_seconds, "train_seconds": tt.elapsed().as_secs_f64(),
         });
         if !s.loss.is_finite() {

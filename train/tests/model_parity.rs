@@ -99,3 +99,19 @@ fn f16_sources_load_too() {
     let err = rel_err(&last_rows(&logits, want.shape()[0] as i64), &want);
     assert!(err < 1e-4, "f16 source: relative logit error {err:e}");
 }
+
+#[test]
+fn batched_group_sampling_shares_the_prefill_exactly() {
+    // G = 3 rows decoding greedily through the batched cache give the golden greedy tokens each.
+    let (_, m) = load("tiny");
+    let (batch, delta) = golden_batch("tiny");
+    let want: Vec<i64> = npy_i64(&golden_dir("tiny").join("greedy_tokens.npy")).iter().copied().collect();
+    let mut pick = |_: usize, row: &mut [f32]| -> st_train::Result<st_train::generate::Pick> {
+        let (i, _) = row.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        Ok(st_train::generate::Pick { token: i as i64, done: false })
+    };
+    let got = st_train::generate::sample_group(&m, &batch, delta, 3, want.len(), &mut pick).unwrap();
+    for g in got {
+        assert_eq!(g, want);
+    }
+}

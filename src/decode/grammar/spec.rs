@@ -50,6 +50,19 @@ pub struct OutputSpec {
 }
 
 impl OutputSpec {
+    /// The spec for a generation of at most `max_new_tokens`: free text may use at most a quarter
+    /// of the budget each (an eighth for a free answer), leaving the rest for the scene, so
+    /// constrained outputs finish in time.
+    pub fn budgeted(image_size: (u32, u32), question: &str, bounds: &Bounds, max_new_tokens: usize) -> Self {
+        let mut bounds = bounds.clone();
+        let quarter = (max_new_tokens / 4).max(1) as u32;
+        bounds.observe_tokens = bounds.observe_tokens.min(quarter);
+        bounds.think_tokens = bounds.think_tokens.min(quarter);
+        bounds.answer_tokens = bounds.answer_tokens.min((quarter / 2).max(1));
+        let max = u32::try_from(max_new_tokens).unwrap_or(u32::MAX);
+        Self::new(image_size, question, bounds).with_max_tokens(max)
+    }
+
     pub fn new(image_size: (u32, u32), question: &str, bounds: Bounds) -> Self {
         Self { image_size, options: OptionSet::from_question(question), bounds, max_tokens: None }
     }

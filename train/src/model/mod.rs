@@ -76,6 +76,14 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Copy a batch-1 cache to `n` rows (the G rollouts of one prompt share its prefill).
+    pub fn repeat_batch(&mut self, n: i64) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.repeat([n, 1, 1, 1]);
+            *v = v.repeat([n, 1, 1, 1]);
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> i64 {
         self.layers
