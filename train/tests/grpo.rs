@@ -225,7 +225,7 @@ fn grpo_gradients_agree_with_finite_differences() {
         let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
         for (i, (lp, mask)) in logps(m).into_iter().enumerate() {
             let parts = grpo_loss(&lp, &old[i], Some(&reference[i]), &advs[i], &mask, &cfg, Some(&norm)).unwrap();
-            total = total + parts.loss;
+            total += parts.loss;
         }
         total
     };
