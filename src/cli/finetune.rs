@@ -190,16 +190,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     };
     let mut model = st_train::TextModel::load(&ckpt, &st_train::LoadOptions { device, kind: None })?;
     let run = st_train::run::RunDir::create(&args.out)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = std::sync::Arc::clone(&stop);
-        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::Relaxed));
-    }
-    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("sft [{bar:40}] {pos}/{len} steps {msg} {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let (bar, stop) = progress_and_stop("sft", cfg.steps);
     let hooks = Hooks { progress: Some(&bar), stop: Some(&stop) };
     let summary = st_train::sft::train(&mut model, &train.samples, &eval, &cfg, &run, args.resume, &hooks)?;
     bar.finish_and_clear();
@@ -333,16 +324,7 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
         cfg.rollouts["init_adapter"] = serde_json::json!(dir.display().to_string());
     }
     let run = st_train::run::RunDir::create(&args.out)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = std::sync::Arc::clone(&stop);
-        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::Relaxed));
-    }
-    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("grpo [{bar:40}] {pos}/{len} steps {msg} {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let (bar, stop) = progress_and_stop("grpo", cfg.steps);
     let hooks = st_train::sft::Hooks { progress: Some(&bar), stop: Some(&stop) };
     let mut cache = crate::finetune::samples::ImageCache::default();
     let prompts = cfg.prompts_per_step;
@@ -360,4 +342,24 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
     super::write_then_rename(&run.path("summary.json"), &serde_json::to_vec_pretty(&summary)?, "summary")?;
     println!("adapter: {}", run.path("adapter").display());
     Ok(())
+}
+
+/// The progress bar of a run and the flag Ctrl-C sets (the trainer stops after the current step,
+/// leaving the last checkpoint).
+#[cfg(feature = "train")]
+fn progress_and_stop(
+    kind: &str,
+    steps: usize,
+) -> (indicatif::ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{kind} [{{bar:40}}] {{pos}}/{{len}} steps {{msg}} {{elapsed}} (eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    (bar, stop)
 }

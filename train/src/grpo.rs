@@ -395,12 +395,9 @@ pub fn train(
     let t0 = std::time::Instant::now();
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     let mut rewards_seen: Vec<f64> = Vec::new();
-    if let Some(p) = hooks.progress {
-        p.set_length(cfg.steps as u64);
-        p.set_position(start as u64);
-    }
+    hooks.begin(cfg.steps, start);
     for step in start..cfg.steps {
-        if hooks.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+        if hooks.stopped() {
             break;
         }
         let tr = std::time::Instant::now();
@@ -471,10 +468,7 @@ pub fn train(
             run.save_checkpoint(model, Some(&opt), &state_at(done, flat_total), &cfg.model)?;
         }
         run.append_metrics(&line)?;
-        if let Some(p) = hooks.progress {
-            p.set_position(done as u64);
-            p.set_message(format!("reward {reward_mean:.3}"));
-        }
+        hooks.step(done, format!("reward {reward_mean:.3}"));
     }
     if rewards_seen.len() > 1 && rewards_seen.iter().all(|&r| r == rewards_seen[0]) {
         tracing_warn(&format!(

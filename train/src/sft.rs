@@ -190,6 +190,27 @@ pub struct Hooks<'a> {
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
+impl Hooks<'_> {
+    /// A run of `steps` begins at `start`.
+    pub fn begin(&self, steps: usize, start: usize) {
+        if let Some(p) = self.progress {
+            p.set_length(steps as u64);
+            p.set_position(start as u64);
+        }
+    }
+    /// Whether the caller asked to stop.
+    pub fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    /// Step `done` finished.
+    pub fn step(&self, done: usize, message: String) {
+        if let Some(p) = self.progress {
+            p.set_position(done as u64);
+            p.set_message(message);
+        }
+    }
+}
+
 /// Train `model` (LoRA added from the config unless it already has an adapter) on `train`,
 /// writing into `run`; `resume` continues from the last checkpoint there.
 pub fn train(
@@ -227,12 +248,9 @@ pub fn train(
     }
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss, mut tokens_total) = (f64::NAN, f64::NAN, 0usize);
-    if let Some(p) = hooks.progress {
-        p.set_length(cfg.steps as u64);
-        p.set_position(start as u64);
-    }
+    hooks.begin(cfg.steps, start);
     for step in start..cfg.steps {
-        if hooks.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+        if hooks.stopped() {
             break;
         }
         let ts = Instant::now();
@@ -286,10 +304,7 @@ pub fn train(
             run.save_checkpoint(model, Some(&opt), &state_at(done), &base)?;
         }
         run.append_metrics(&line)?;
-        if let Some(p) = hooks.progress {
-            p.set_position(done as u64);
-            p.set_message(format!("loss {loss:.4}"));
-        }
+        hooks.step(done, format!("loss {loss:.4}"));
     }
     let eval_after = if eval.is_empty() { None } else { Some(eval_loss(model, eval)?) };
     let seconds = t0.elapsed().as_secs_f64();
