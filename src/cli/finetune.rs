@@ -167,20 +167,8 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         micro_batch: args.micro_batch.min(args.batch),
         warmup_steps: args.warmup,
         max_grad_norm: args.max_grad_norm,
-        adamw: st_train::optim::AdamWConfig {
-            lr: args.lr.unwrap_or(2e-4),
-            beta1: args.beta1,
-            beta2: args.beta2,
-            eps: 1e-8,
-            weight_decay: args.weight_decay,
-        },
-        lora: st_train::LoraOptions {
-            rank: args.rank,
-            alpha: args.alpha,
-            dropout: args.dropout,
-            rslora: args.rslora,
-            targets: args.targets.clone(),
-        },
+        adamw: args.adamw(2e-4),
+        lora: args.lora(),
         seed: args.seed,
         save_every: args.save_every,
         gradient_checkpointing: args.gradient_checkpointing,
@@ -291,21 +279,9 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
             micro_batch: args.micro_batch,
             max_grad_norm: args.max_grad_norm,
         },
-        adamw: st_train::optim::AdamWConfig {
-            lr: args.lr.unwrap_or(2e-5),
-            beta1: args.beta1,
-            beta2: args.beta2,
-            eps: 1e-8,
-            weight_decay: args.weight_decay,
-        },
+        adamw: args.adamw(2e-5),
         warmup_steps: args.warmup,
-        lora: st_train::LoraOptions {
-            rank: args.rank,
-            alpha: args.alpha,
-            dropout: args.dropout,
-            rslora: args.rslora,
-            targets: args.targets.clone(),
-        },
+        lora: args.lora(),
         seed: args.seed,
         save_every: args.save_every,
         device: args.device.clone(),
@@ -362,4 +338,29 @@ fn progress_and_stop(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     (bar, stop)
+}
+
+#[cfg(feature = "train")]
+impl FinetuneArgs {
+    /// AdamW settings from the flags; `default_lr` when `--lr` is not given.
+    fn adamw(&self, default_lr: f64) -> st_train::optim::AdamWConfig {
+        st_train::optim::AdamWConfig {
+            lr: self.lr.unwrap_or(default_lr),
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: 1e-8,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// LoRA settings from the flags.
+    fn lora(&self) -> st_train::LoraOptions {
+        st_train::LoraOptions {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            rslora: self.rslora,
+            targets: self.targets.clone(),
+        }
+    }
 }
