@@ -323,6 +323,68 @@ fn grpo_bad_rollouts_are_clear_errors() {
     assert!(!e.status.success() && stderr.contains("--rollouts"), "{stderr}");
 }
 
+/// Starts `st finetune ARGS`, sends it SIGINT (Ctrl-C) once `metrics.jsonl` in `out` has two
+/// lines, and returns its output.
+fn interrupt_after_two_steps(args: &[OsString], out: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_st"))
+        .arg("finetune")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(t0.elapsed().as_secs() < 300, "no second step within 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn ctrl_c_saves_the_current_step_and_resume_finishes_the_same_run() {
+    // SFT and GRPO (given rollouts): Ctrl-C after step ≥ 2 of 40 with checkpoints every 100 steps
+    // stops after the current step, saves it as a loadable checkpoint (PEFT adapter included) and
+    // exits 130; --resume then ends with the uninterrupted run's adapter, bit for bit.
+    let tmp = tempfile::tempdir().unwrap();
+    let rollouts = rollouts_file(tmp.path(), 4, false);
+    let common = ["--steps", "40", "--save-every", "100", "--lr", "1e-3", "--warmup", "2"];
+    for kind in ["sft", "grpo"] {
+        let args = |out: &Path, resume: bool| {
+            let mut extra: Vec<&str> = common.to_vec();
+            if kind == "sft" {
+                extra.extend(["--batch", "2", "--micro-batch", "2"]);
+            } else {
+                extra.extend(["--prompts-per-step", "1"]);
+            }
+            if resume {
+                extra.push("--resume");
+            }
+            if kind == "sft" { sft_args(&synth(), out, &extra) } else { grpo_args(&rollouts, out, &extra) }
+        };
+        let (a, b) = (tmp.path().join(format!("{kind}-a")), tmp.path().join(format!("{kind}-b")));
+        ok(&st(&args(&a, false)));
+        let stopped = interrupt_after_two_steps(&args(&b, false), &b);
+        let stderr = String::from_utf8_lossy(&stopped.stderr);
+        assert_eq!(stopped.status.code(), Some(130), "{kind}: {stderr}");
+        let done = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().count();
+        assert!((2..40).contains(&done), "{kind}: {done} steps before the interrupt took effect");
+        let last = format!("step-{done}");
+        assert!(stderr.contains(&format!("checkpoints/{last}; continue with --resume")), "{kind}: {stderr}");
+        let adapter = st_checkpoint::LoraAdapter::open(b.join("checkpoints").join(&last).join("adapter"));
+        assert!(adapter.is_ok(), "{kind}: {:?}", adapter.err());
+        assert_eq!(bytes(&b.join("adapter/adapter_model.safetensors")), {
+            bytes(&b.join("checkpoints").join(&last).join("adapter/adapter_model.safetensors"))
+        });
+        ok(&st(&args(&b, true)));
+        let final_adapter = |d: &Path| bytes(&d.join("adapter/adapter_model.safetensors"));
+        assert_eq!(final_adapter(&a), final_adapter(&b), "{kind}: resumed after Ctrl-C ≠ uninterrupted");
+    }
+}
+
 #[test]
 fn grpo_samples_rollouts_from_the_policy() {
     // Rollouts sampled from the tiny model for the committed rows: with --grammar every one is a

@@ -182,8 +182,8 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let hooks = Hooks { progress: Some(&bar), stop: Some(&stop) };
     let summary = st_train::sft::train(&mut model, &train.samples, &eval, &cfg, &run, args.resume, &hooks)?;
     bar.finish_and_clear();
-    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("interrupted: the last checkpoint is {}; continue with --resume", run.last_checkpoint_name());
+    if summary.interrupted {
+        interrupted(&run);
     }
     let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
     println!(
@@ -311,6 +311,9 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
     };
     let summary = st_train::grpo::train(&mut model, &cfg, &run, args.resume, &hooks, &mut next)?;
     bar.finish_and_clear();
+    if summary.interrupted {
+        interrupted(&run);
+    }
     println!(
         "steps {}  reward {:.4} → {:.4}  zero-spread groups {}  {:.1} s",
         summary.steps, summary.first_reward, summary.last_reward, summary.flat_groups, summary.seconds
@@ -318,6 +321,13 @@ fn grpo(args: FinetuneArgs) -> anyhow::Result<()> {
     super::write_then_rename(&run.path("summary.json"), &serde_json::to_vec_pretty(&summary)?, "summary")?;
     println!("adapter: {}", run.path("adapter").display());
     Ok(())
+}
+
+/// Ctrl-C stopped the run: say where it stands and exit 130 (no summary: the run is not finished).
+#[cfg(feature = "train")]
+fn interrupted(run: &st_train::run::RunDir) -> ! {
+    eprintln!("interrupted: the last checkpoint is {}; continue with --resume", run.last_checkpoint_name());
+    std::process::exit(130);
 }
 
 /// The progress bar of a run and the flag Ctrl-C sets (the trainer stops after the current step,
@@ -329,7 +339,15 @@ fn progress_and_stop(
 ) -> (indicatif::ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = std::sync::Arc::clone(&stop);
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    // The first Ctrl-C stops after the current step (which is then saved); a second one exits at
+    // once (every save is a temp folder + rename, so the last checkpoint stays whole).
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("\ninterrupted twice: exiting now; --resume continues from the last checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and saving it (Ctrl-C again to exit at once)");
+    });
     let bar = indicatif::ProgressBar::new(steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(&format!(

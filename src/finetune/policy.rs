@@ -10,7 +10,6 @@ use crate::data::Row;
 use crate::decode::grammar::{Bounds, OutputSpec};
 use crate::decode::{Sampler, SamplingParams};
 use crate::engine::Engine;
-use crate::reward::{ExactLabels, Weights, reward, sparse_reward};
 use st_train::grpo::Rollout;
 use st_train::sft::SftSample;
 use std::path::{Path, PathBuf};
@@ -127,7 +126,12 @@ impl PolicyRollouts {
             let gt = row.ground_truth.as_deref().unwrap_or_default();
             for c in completions {
                 let toks: Vec<u32> = c.iter().map(|&t| t as u32).collect();
-                let text = tok.decode(&toks, true).map_err(err)?;
+                // Tokens that do not decode (not expected from a well-formed tokenizer) are a
+                // reward error like any other: reward 0, the reason in samples.jsonl.
+                let (text, undecodable) = match tok.decode(&toks, true) {
+                    Ok(t) => (t, None),
+                    Err(e) => (String::new(), Some(format!("the completion's tokens do not decode: {e}"))),
+                };
                 let mut all = ids.clone();
                 all.extend_from_slice(&c);
                 let p = crate::rope::mrope_positions(
@@ -143,17 +147,18 @@ impl PolicyRollouts {
                     ids: all,
                     image_embeds: Some(prompt.embeds.shallow_clone()),
                 };
-                let size = (f64::from(prompt.size.0), f64::from(prompt.size.1));
-                let (reward, components) = if self.sparse {
-                    let r = sparse_reward(&text, gt);
-                    (r, [0.0, 0.0, r, 0.0])
-                } else {
-                    let r = reward(&text, gt, size, &Weights::default(), &ExactLabels);
-                    (r.overall, [r.format, r.count, r.accuracy, r.spatial])
-                };
-                let valid =
-                    crate::scene::parse_response(&text, &crate::scene::Rules::new(prompt.size, &question)).valid;
-                out.push(Rollout { sample, text, reward, components, valid, error: None });
+                let mut scored = crate::reward::score(&text, gt, prompt.size, &question, self.sparse);
+                if let Some(e) = undecodable {
+                    scored = crate::reward::Scored { reward: 0.0, components: [0.0; 4], valid: false, error: Some(e) };
+                }
+                out.push(Rollout {
+                    sample,
+                    text,
+                    reward: scored.reward,
+                    components: scored.components,
+                    valid: scored.valid,
+                    error: scored.error,
+                });
             }
         }
         Ok(out)

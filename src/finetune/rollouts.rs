@@ -6,7 +6,6 @@
 use super::samples::{ImageCache, sequence};
 use crate::data::Row;
 use crate::engine::Engine;
-use crate::reward::{ExactLabels, Weights, reward, sparse_reward};
 use st_train::grpo::Rollout;
 use std::path::{Path, PathBuf};
 
@@ -81,19 +80,18 @@ impl RolloutFile {
                 |e: String| st_train::Error::File { path: self.path.clone(), reason: format!("line {line}: {e}") };
             let prompt = cache.prompt(engine, &base, row).map_err(err)?;
             let gt = row.ground_truth.as_deref().unwrap_or_default();
+            let question = row.full_question().unwrap_or_default();
             for c in completions {
                 let sample = sequence(engine, &prompt, c).map_err(err)?;
-                let size = (f64::from(prompt.size.0), f64::from(prompt.size.1));
-                let (reward, components) = if sparse {
-                    let r = sparse_reward(c, gt);
-                    (r, [0.0, 0.0, r, 0.0])
-                } else {
-                    let r = reward(c, gt, size, &Weights::default(), &ExactLabels);
-                    (r.overall, [r.format, r.count, r.accuracy, r.spatial])
-                };
-                let question = row.full_question().unwrap_or_default();
-                let valid = crate::scene::parse_response(c, &crate::scene::Rules::new(prompt.size, &question)).valid;
-                out.push(Rollout { sample, text: c.clone(), reward, components, valid, error: None });
+                let scored = crate::reward::score(c, gt, prompt.size, &question, sparse);
+                out.push(Rollout {
+                    sample,
+                    text: c.clone(),
+                    reward: scored.reward,
+                    components: scored.components,
+                    valid: scored.valid,
+                    error: scored.error,
+                });
             }
         }
         Ok(out)

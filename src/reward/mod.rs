@@ -5,8 +5,10 @@
 //! obtainable here).
 
 mod ciou;
+mod score;
 
 pub use ciou::ciou;
+pub use score::{Scored, score};
 
 use crate::scene::{SceneGraph, TAGS};
 use serde::{Deserialize, Serialize};

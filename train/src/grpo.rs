@@ -341,7 +341,10 @@ pub struct GrpoConfig {
 /// What a GRPO run reports at its end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrpoSummary {
+    /// Optimizer steps done (all of them unless interrupted).
     pub steps: usize,
+    /// Stopped by the hooks (Ctrl-C) before the last step; the last checkpoint holds the steps done.
+    pub interrupted: bool,
     pub first_reward: f64,
     pub last_reward: f64,
     pub flat_groups: usize,
@@ -395,6 +398,7 @@ pub fn train(
     let t0 = std::time::Instant::now();
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     let mut rewards_seen: Vec<f64> = Vec::new();
+    let (mut finished, mut saved) = (start, start);
     hooks.begin(cfg.steps, start);
     for step in start..cfg.steps {
         if hooks.stopped() {
@@ -421,7 +425,10 @@ pub fn train(
         rewards_seen.extend_from_slice(&rewards);
         let samples_lines: Vec<serde_json::Value> = batch
             .iter()
-            .take(cfg.group.min(4))
+            .enumerate()
+            // The first prompt's group (up to 4), and every completion whose reward failed.
+            .filter(|(i, r)| *i < cfg.group.min(4) || r.error.is_some())
+            .map(|(_, r)| r)
             .map(|r| serde_json::json!({ "step": step + 1, "reward": r.reward, "format": r.components[0], "count": r.components[1], "accuracy": r.components[2], "spatial": r.components[3], "valid": r.valid, "completion": r.text, "error": r.error }))
             .collect();
         let comp = |i: usize| batch.iter().map(|r| r.components[i]).sum::<f64>() / batch.len() as f64;
@@ -466,9 +473,16 @@ pub fn train(
         }
         if done % cfg.save_every == 0 || done == cfg.steps {
             run.save_checkpoint(model, Some(&opt), &state_at(done, flat_total), &cfg.model)?;
+            saved = done;
         }
         run.append_metrics(&line)?;
+        finished = done;
         hooks.step(done, format!("reward {reward_mean:.3}"));
+    }
+    let interrupted = finished < cfg.steps;
+    if interrupted && finished > saved {
+        // Stopped between checkpoints: keep the finished steps (a resume continues from here).
+        run.save_checkpoint(model, Some(&opt), &state_at(finished, flat_total), &cfg.model)?;
     }
     if rewards_seen.len() > 1 && rewards_seen.iter().all(|&r| r == rewards_seen[0]) {
         tracing_warn(&format!(
@@ -479,7 +493,8 @@ pub fn train(
     let metrics = run.read_metrics()?;
     crate::plot::curve(&run.path("reward.png"), "GRPO reward", &metrics, &["reward_mean", "accuracy", "format"])?;
     Ok(GrpoSummary {
-        steps: cfg.steps,
+        steps: finished,
+        interrupted,
         first_reward: first,
         last_reward: last,
         flat_groups: flat_total,

@@ -175,7 +175,10 @@ pub fn eval_loss(model: &TextModel, samples: &[SftSample]) -> Result<f64> {
 /// What a run reports at its end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SftSummary {
+    /// Optimizer steps done (all of them unless interrupted).
     pub steps: usize,
+    /// Stopped by the hooks (Ctrl-C) before the last step; the last checkpoint holds the steps done.
+    pub interrupted: bool,
     pub first_loss: f64,
     pub last_loss: f64,
     pub eval_loss_before: Option<f64>,
@@ -248,6 +251,7 @@ pub fn train(
     }
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss, mut tokens_total) = (f64::NAN, f64::NAN, 0usize);
+    let (mut finished, mut saved) = (start, start);
     hooks.begin(cfg.steps, start);
     for step in start..cfg.steps {
         if hooks.stopped() {
@@ -302,16 +306,24 @@ pub fn train(
                 line["eval_loss"] = serde_json::json!(eval_loss(model, eval)?);
             }
             run.save_checkpoint(model, Some(&opt), &state_at(done), &base)?;
+            saved = done;
         }
         run.append_metrics(&line)?;
+        finished = done;
         hooks.step(done, format!("loss {loss:.4}"));
     }
-    let eval_after = if eval.is_empty() { None } else { Some(eval_loss(model, eval)?) };
+    let interrupted = finished < cfg.steps;
+    if interrupted && finished > saved {
+        // Stopped between checkpoints: keep the finished steps (a resume continues from here).
+        run.save_checkpoint(model, Some(&opt), &state_at(finished), &base)?;
+    }
+    let eval_after = if eval.is_empty() || interrupted { None } else { Some(eval_loss(model, eval)?) };
     let seconds = t0.elapsed().as_secs_f64();
     let metrics = run.read_metrics()?;
     crate::plot::curve(&run.path("loss.png"), "SFT loss", &metrics, &["loss", "eval_loss"])?;
     Ok(SftSummary {
-        steps: cfg.steps,
+        steps: finished,
+        interrupted,
         first_loss,
         last_loss,
         eval_loss_before: eval_before,

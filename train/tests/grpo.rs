@@ -258,3 +258,66 @@ fn grpo_gradients_agree_with_finite_differences() {
         }
     }
 }
+
+#[test]
+fn a_failed_reward_is_counted_kept_in_samples_and_the_run_goes_on() {
+    // The rollout source marks one completion per group as a reward error (reward 0, a reason):
+    // the run trains on, metrics.jsonl counts it, samples.jsonl holds it with its reason even
+    // when it is not among the completions sampled for display.
+    let (mut m, seqs, u) = update_setup();
+    let (update, adamw) = update_cfg(&u, 1);
+    let cfg = st_train::grpo::GrpoConfig {
+        steps: 2,
+        group: seqs.len(),
+        prompts_per_step: 1,
+        update,
+        adamw,
+        warmup_steps: 0,
+        lora: m.lora_options().unwrap().clone(),
+        seed: 3,
+        save_every: 1,
+        device: "cpu".into(),
+        model: "tiny".into(),
+        data: "test".into(),
+        rollouts: serde_json::json!({ "source": "test" }),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = st_train::run::RunDir::create(tmp.path()).unwrap();
+    let last = seqs.len() - 1;
+    let mut source = |_: &st_train::TextModel, _step: usize| {
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| st_train::grpo::Rollout {
+                sample: st_train::sft::SftSample {
+                    ids: s.sample.ids.clone(),
+                    positions: s.sample.positions.clone(),
+                    labels: s.sample.labels.clone(),
+                    image_embeds: s.sample.image_embeds.as_ref().map(|t| t.shallow_clone()),
+                },
+                text: format!("completion {i}"),
+                reward: if i == last { 0.0 } else { i as f64 / 4.0 + 0.1 },
+                components: [1.0, 0.0, 0.0, 0.0],
+                valid: true,
+                error: (i == last).then(|| "the reward function failed (test)".to_string()),
+            })
+            .collect())
+    };
+    let hooks = st_train::sft::Hooks { progress: None, stop: None };
+    let summary = st_train::grpo::train(&mut m, &cfg, &run, false, &hooks, &mut source).unwrap();
+    assert_eq!((summary.steps, summary.interrupted), (2, false));
+    let metrics = std::fs::read_to_string(run.path("metrics.jsonl")).unwrap();
+    for l in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["reward_errors"], 1, "{v}");
+        assert!(v["loss"].as_f64().unwrap().is_finite(), "{v}");
+    }
+    let samples = std::fs::read_to_string(run.path("samples.jsonl")).unwrap();
+    let failed: Vec<serde_json::Value> = samples
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| !v["error"].is_null())
+        .collect();
+    assert_eq!(failed.len(), 2, "{samples}");
+    assert!(failed.iter().all(|v| v["reward"] == 0.0 && v["completion"] == format!("completion {last}")));
+}
