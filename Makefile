@@ -72,7 +72,9 @@ venv-train: $(TRAIN_STAMP)
 # and PEFT, the training numerics, adapters both ways, SFT end to end.
 train-test: venv venv-train
 	$(TRAIN_ENV) $(CARGO) test -p st-train --all-targets
-	$(TRAIN_ENV) $(CARGO) test --features train --test finetune
+	# One test at a time: each runs `st finetune` processes, and two libtorch processes whose OpenMP
+	# threads spin-wait on 2 cores run ~10x slower (91 s serial here).
+	$(TRAIN_ENV) $(CARGO) test --features train --test finetune -- --test-threads=1
 
 # Regenerate the training goldens: PEFT adapters and LoRA logits (tests/fixtures/adapters, goldens/*/peft)
 # and the GRPO objective (goldens/grpo_loss.json).

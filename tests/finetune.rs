@@ -386,6 +386,64 @@ fn ctrl_c_saves_the_current_step_and_resume_finishes_the_same_run() {
 }
 
 #[test]
+fn grpo_raises_the_reward_beyond_its_noise() {
+    // The CI-sized learning check: two GRPO runs on the committed rows with the same seed — the
+    // same prompts and sampling seeds at every step — one at lr 0 (the policy as it is: the noise
+    // of the sampled rewards) and one at lr 5e-3. Over the second half (steps 16-30), the trained
+    // run's mean reward exceeds the untrained one's by more than 2 standard errors of the paired
+    // per-step differences, and by at least 0.03. Measured on this machine (docs/TRAINING.md):
+    // +0.105 (z 2.7), +0.062 (z 2.4), +0.117 (z 5.9) for seeds 1, 2, 3; seed 3 runs here.
+    let tmp = tempfile::tempdir().unwrap();
+    let rewards = |lr: &str| {
+        let out = tmp.path().join(format!("lr-{lr}"));
+        let mut args: Vec<OsString> = vec![
+            "--model".into(),
+            model("tiny").into(),
+            "--data".into(),
+            synth().into(),
+            "--out".into(),
+            out.clone().into(),
+        ];
+        for a in [
+            "--steps",
+            "30",
+            "--group",
+            "4",
+            "--prompts-per-step",
+            "4",
+            "--max-new-tokens",
+            "120",
+            "--temperature",
+            "1.0",
+            "--lr",
+            lr,
+            "--warmup",
+            "2",
+            "--save-every",
+            "100",
+            "--grammar",
+            "--seed",
+            "3",
+        ] {
+            args.push(a.into());
+        }
+        ok(&st(&args));
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reward_mean"].as_f64().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let (base, trained) = (rewards("0"), rewards("5e-3"));
+    assert_eq!(base[0], trained[0], "step 1 samples the same rollouts in both runs");
+    let d: Vec<f64> = base[15..].iter().zip(&trained[15..]).map(|(b, t)| t - b).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let se = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() / n.sqrt();
+    assert!(mean > 2.0 * se && mean >= 0.03, "reward gain {mean:.3} ± {se:.3} (base {base:?}, trained {trained:?})");
+}
+
+#[test]
 fn grpo_samples_rollouts_from_the_policy() {
     // Rollouts sampled from the tiny model for the committed rows: with --grammar every one is a
     // valid response; without it the valid rate is reported (0 for random weights).
