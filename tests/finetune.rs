@@ -444,6 +444,33 @@ fn grpo_raises_the_reward_beyond_its_noise() {
 }
 
 #[test]
+fn grpo_warns_when_every_reward_of_the_run_is_equal() {
+    // Completions that all score 0: the run finishes, every group is zero-spread, and it says
+    // that nothing was learned.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = rollouts_file(tmp.path(), 2, false);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let same: String = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["completions"] = serde_json::json!(["I do not know.", "No idea."]);
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&file, same).unwrap();
+    let run = tmp.path().join("run");
+    let args = ["--steps", "2", "--prompts-per-step", "2", "--save-every", "1"];
+    let out = ok(&st(&grpo_args(&file, &run, &args)));
+    assert!(out.contains("every reward of the run was 0") && out.contains("learned nothing"), "{out}");
+    assert!(out.contains("zero-spread groups 4"), "{out}");
+    // Resumed after step 1: the count includes the groups of step 1.
+    std::fs::remove_dir_all(run.join("checkpoints/step-2")).unwrap();
+    let out = ok(&st(&grpo_args(&file, &run, &[&args[..], &["--resume"]].concat())));
+    assert!(out.contains("zero-spread groups 4"), "{out}");
+}
+
+#[test]
 fn grpo_samples_rollouts_from_the_policy() {
     // Rollouts sampled from the tiny model for the committed rows: with --grammar every one is a
     // valid response; without it the valid rate is reported (0 for random weights).

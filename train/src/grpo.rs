@@ -391,7 +391,11 @@ pub fn train(
         seed: cfg.seed,
         extra: serde_json::json!({ "flat_groups": flat }),
     };
-    let mut flat_total = 0usize;
+    // A resumed run counts the zero-spread groups of the steps before its checkpoint too.
+    let mut flat_total = match start {
+        0 => 0,
+        _ => run.latest_checkpoint()?.and_then(|(_, s)| s.extra["flat_groups"].as_u64()).unwrap_or(0) as usize,
+    };
     if start == 0 {
         run.save_checkpoint(model, Some(&opt), &state_at(0, 0), &cfg.model)?;
     }
