@@ -183,6 +183,34 @@ fn run_draws_streams_and_bench_reports() {
     }
     assert_eq!(v["workload"]["decode_tokens"], 4);
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0 && v["host"]["device"] == "cpu");
+
+    // One round of benches/peers' workload: every measure, and a workload llama.cpp can replay.
+    let out = st()
+        .env("ST_CACHE_DIR", cache.path())
+        .args(["bench", "--peers", "--tokens", "4", "--prompt-tokens", "40", "--max-pixels", "37632", "--model"])
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "decode_tok_s",
+        "decode_image_tok_s",
+        "constrained_tok_s",
+        "prompt_tok_s",
+        "vision_ms",
+        "image_prefill_ms",
+        "ttft_ms",
+        "second_question_ttft_ms",
+    ] {
+        let x = v["measures"][key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key}: {}", v["measures"]);
+    }
+    let w = &v["workload"];
+    assert_eq!(w["long_prompt_ids"].as_array().unwrap().len(), 40);
+    assert!(w["image_prompt_text"].as_str().unwrap().contains("<|vision_start|><|image_pad|><|vision_end|>"));
+    assert_eq!(v["counts"]["decoded_after_image"], 4);
+    assert_eq!(v["counts"]["constrained_valid"], true);
 }
 
 #[test]

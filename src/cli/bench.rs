@@ -31,6 +31,17 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// One round of benches/peers' side-by-side workload, as JSON: decode after a text prompt and
+    /// after the image prompt, a `--prompt-tokens` prefill, vision, image prefill, TTFT, a second
+    /// question, and `--constrained-tokens` under the grammar (`--tokens` decoded; `--runs` unused).
+    #[arg(long)]
+    pub peers: bool,
+    /// Text tokens of the prefill measure of `--peers`.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Token limit of the constrained measure of `--peers`.
+    #[arg(long, default_value_t = 256)]
+    pub constrained_tokens: usize,
 }
 
 /// Median, min and max of one measure over the runs.
@@ -115,6 +126,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         grammar: args.grammar,
         ..Default::default()
     };
+    if args.peers {
+        let t = std::time::Instant::now();
+        let mut round = super::bench_peers::round(
+            &mut engine,
+            &image,
+            &args.question,
+            args.tokens,
+            args.prompt_tokens,
+            args.constrained_tokens,
+        )?;
+        let (host, model) = describe(&engine, &args);
+        round["host"] = host;
+        round["model"] = model;
+        round["seconds"] = serde_json::json!(t.elapsed().as_secs_f64());
+        println!("{round}");
+        return Ok(());
+    }
     let mut cols: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
     let mut workload = serde_json::Value::Null;
     for run in 0..=args.runs {

@@ -2,6 +2,7 @@
 //! `match` over [`Command`].
 
 pub mod bench;
+pub mod bench_peers;
 pub mod data;
 pub mod doctor;
 pub mod eval;
