@@ -22,7 +22,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv venv-train train-test train-goldens qwen-tokenizer fixtures bench fmt clippy clean-venv kernels-check
+.PHONY: all demo test venv venv-train train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -96,6 +96,12 @@ test: venv qwen-tokenizer
 	$(VENV)/bin/python tests/reference/test_exported_graphs.py \
 		target/pytest-export/tiny tests/fixtures/goldens/tiny target/pytest-export/tiny-b tests/fixtures/goldens/tiny-b \
 		target/pytest-export/tiny-std tests/fixtures/goldens/tiny target/pytest-export/tiny-b-std tests/fixtures/goldens/tiny-b
+
+# st and llama.cpp side by side on the 7B-shaped random checkpoint (long: ~40 min on 2 cores, ~30 GB of disk
+# in target/peers-cache; docs/PERFORMANCE.md#peers-side-by-side). PEERS_ARGS for e.g. --quants q4_0 --runs 3.
+peers:
+	test -f target/spatialthinker-7b-random/config.json || models/make-7b-checkpoint
+	benches/peers/run target/spatialthinker-7b-random --out target/peers-7b $(PEERS_ARGS)
 
 bench: venv qwen-tokenizer
 	$(CARGO) bench --bench preprocess

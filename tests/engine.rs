@@ -198,3 +198,45 @@ fn bad_model_directories_and_devices_are_named() {
     let err = Engine::load(&dir, &SessionOptions::default()).err().unwrap().to_string();
     assert!(err.contains("format_version") && err.contains("re-export"), "{err}");
 }
+
+#[test]
+fn exact_speculation_gives_the_same_tokens() {
+    // Prompt-lookup drafts ride in each decoder pass and are kept only as far as the sampler picks
+    // them itself: the tokens equal one-at-a-time decoding, greedy and seeded, with the grammar
+    // and without, on both tiny fixtures and both attention forms. 96 tokens of a random model
+    // repeat themselves enough that drafts are fed and some kept.
+    let questions = ["Is the cat left of the table? (A) yes (B) no", "What is on the table? (A) a cup (B) a cat (C) nothing"];
+    let (mut drafted, mut kept) = (0, 0);
+    for name in ["tiny", "tiny-b"] {
+        for attention in ATTENTION {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut e = engine(name, attention, tmp.path());
+            let frame = e.encode_image(&image("chelsea.png")).unwrap();
+            for q in questions {
+                for grammar in [false, true] {
+                    for seed in [None, Some(7)] {
+                        let sampling = st::decode::SamplingParams {
+                            temperature: seed.map(|_| 1.0),
+                            seed: seed.unwrap_or(0),
+                            ..Default::default()
+                        };
+                        let plain = GenerateOptions { grammar, sampling, ..greedy(96) };
+                        let want = e.ask(&frame, q, &plain).unwrap();
+                        let spec = e.ask(&frame, q, &GenerateOptions { speculate: 6, ..plain.clone() }).unwrap();
+                        let what = format!("{name} {attention:?} grammar {grammar} seed {seed:?} {q:?}");
+                        assert_eq!(spec.token_ids, want.token_ids, "{what}");
+                        assert_eq!(spec.stop, want.stop, "{what}");
+                        assert_eq!(want.timings.draft_tokens, 0);
+                        assert!(spec.timings.accepted_draft_tokens <= spec.timings.draft_tokens);
+                        drafted += spec.timings.draft_tokens;
+                        kept += spec.timings.accepted_draft_tokens;
+                        // Kept drafts save decoder passes; rejected ones never add any.
+                        let passes = |a: &st::engine::Answer| a.timings.decode_ms.len();
+                        assert!(passes(&spec) <= passes(&want), "{what}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(drafted > 0 && kept > 0, "drafts fed {drafted}, kept {kept}");
+}

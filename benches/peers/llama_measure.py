@@ -44,6 +44,7 @@ def main():
         n_threads_batch=a.threads,
         verbose=False,
     )
+    load_s = time.perf_counter() - t_load
     ctx = llm._ctx.ctx
     n_vocab = llm.n_vocab()
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -86,11 +87,10 @@ def main():
     mctx = mtmd.mtmd_init_from_file(a.mmproj.encode(), llm.model, params)
     if mctx is None:
         sys.exit(f"{a.mmproj}: mtmd_init_from_file failed")
-    load_s = time.perf_counter() - t_load
     marker = mtmd.mtmd_default_marker().decode()
     reset()
     t0 = time.perf_counter()
-    bitmap = mtmd.mtmd_helper_bitmap_init_from_file(mctx, w["image"].encode())
+    bitmap = mtmd.mtmd_helper_bitmap_init_from_file(mctx, w["image"].encode(), False)
     if bitmap is None:
         sys.exit(f"{w['image']}: cannot be read")
     text = w["image_prompt_text"]
@@ -131,7 +131,8 @@ def main():
             t = time.perf_counter()
             new_pos = llama_cpp.llama_pos(0)
             r = mtmd.mtmd_helper_decode_image_chunk(
-                mctx, ctx, chunk, embd, llama_cpp.llama_pos(llm.n_tokens), 0, 512, ctypes.byref(new_pos), None, None
+                mctx, ctx, chunk, embd, llama_cpp.llama_pos(llm.n_tokens), 0, 512, ctypes.byref(new_pos),
+                mtmd.mtmd_helper_post_decode_callback(), None,
             )
             if r != 0:
                 sys.exit(f"mtmd_helper_decode_image_chunk failed ({r})")
@@ -150,8 +151,13 @@ def main():
     q_pos, q_toks = question_start
 
     def tokens_after_image(prompt_text):
+        # mtmd keeps the image's closing <|vision_end|> in the text chunk after it (or not).
         tail = prompt_text.split(IMAGE_PART, 1)[1]
-        return llm.tokenize(tail.encode(), add_bos=False, special=True)
+        for head in ("<|vision_end|>", ""):
+            toks = llm.tokenize((head + tail).encode(), add_bos=False, special=True)
+            if toks[:1] == q_toks[:1]:
+                return toks
+        sys.exit("the second prompt does not continue the image chunk as the first does")
 
     # A second question on the same frame: keep the cache up to the longest common prefix.
     second = tokens_after_image(w["second_prompt_text"])

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// question, and `--constrained-tokens` under the grammar (`--tokens` decoded; `--runs` unused).
     #[arg(long)]
     pub peers: bool,
+    /// Exact speculation: up to N prompt-lookup draft tokens per decoder pass (0 = off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub speculate: usize,
     /// Text tokens of the prefill measure of `--peers`.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
@@ -124,6 +127,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_new_tokens: args.tokens.max(2),
         ignore_eos: true,
         grammar: args.grammar,
+        speculate: args.speculate,
         ..Default::default()
     };
     if args.peers {
@@ -135,6 +139,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.tokens,
             args.prompt_tokens,
             args.constrained_tokens,
+            args.speculate,
         )?;
         let (host, model) = describe(&engine, &args);
         round["host"] = host;

@@ -39,6 +39,7 @@ pub fn round(
     tokens: usize,
     prompt_tokens: usize,
     constrained_tokens: usize,
+    speculate: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let tokenizer = engine.prompt.tokenizer.clone();
     // prompt_tok_s: `prompt_tokens` text tokens in one prefill.
@@ -67,7 +68,8 @@ pub fn round(
     engine.rewind(0);
 
     // The image path: a new frame and the SpatialThinker prompt, greedy, `tokens` decoded.
-    let plain = GenerateOptions { max_new_tokens: tokens + 1, ignore_eos: true, grammar: false, ..Default::default() };
+    let plain =
+        GenerateOptions { max_new_tokens: tokens + 1, ignore_eos: true, grammar: false, speculate, ..Default::default() };
     let frame = engine.encode_image(image)?;
     let first = engine.ask(&frame, question, &plain)?;
     let t1 = &first.timings;
@@ -78,7 +80,8 @@ pub fn round(
 
     // constrained_tok_s: to the end of a SpatialThinker-format answer under the grammar, output
     // tokens per second of wall time from the first token to the last.
-    let constrained = GenerateOptions { max_new_tokens: constrained_tokens, grammar: true, ..Default::default() };
+    let constrained =
+        GenerateOptions { max_new_tokens: constrained_tokens, grammar: true, speculate, ..Default::default() };
     let mut stamps: Vec<Instant> = Vec::new();
     let answer = engine.ask_streaming(&frame, question, &constrained, |_| {
         stamps.push(Instant::now());
@@ -110,6 +113,9 @@ pub fn round(
             "second_question_tokens": second.prompt_tokens - second.reused_prompt_tokens,
             "constrained_tokens": answer.token_ids.len(),
             "constrained_valid": answer.response.valid,
+            "constrained_drafted": answer.timings.draft_tokens,
+            "constrained_accepted": answer.timings.accepted_draft_tokens,
+            "speculate": speculate,
         },
         "workload": {
             "long_prompt_ids": long,

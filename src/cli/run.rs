@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Generate without the output grammar (for comparison; the grammar makes every answer valid).
     #[arg(long)]
     pub no_grammar: bool,
+    /// Exact speculation: up to N prompt-lookup draft tokens per decoder pass, each kept only if
+    /// the model picks it itself (the same output; 0 = off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub speculate: usize,
     /// Token budget of the <observe> text under the grammar.
     #[arg(long, default_value_t = Bounds::default().observe_tokens)]
     pub observe_tokens: u32,
@@ -129,6 +133,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         sampling: args.sampling.params(),
         grammar: !args.no_grammar,
         bounds: Bounds { observe_tokens: args.observe_tokens, think_tokens: args.think_tokens, ..Default::default() },
+        speculate: args.speculate,
         ..Default::default()
     };
     let answer = engine.ask_streaming(&frame, &args.question, &opts, |t| {

@@ -4,6 +4,9 @@
 //! and may force tokens, which the engine appends without sampling, several per decoder pass.
 
 pub mod grammar;
+mod lookup;
 mod sampler;
+
+pub use lookup::prompt_lookup;
 
 pub use sampler::{Pick, RepetitionPenalty, Sampler, SamplingParams, Stage, Temperature, TopK, TopP};

@@ -75,6 +75,13 @@ pub struct GenerateOptions {
     /// Token budgets of the free-text sections and sizes of the scene under the grammar (each
     /// free-text budget is also capped at a quarter of `max_new_tokens`).
     pub bounds: Bounds,
+    /// Exact speculation: up to this many prompt-lookup draft tokens ride in each decoder pass
+    /// (0: off). The sampler still picks every token from the model's own logits, position by
+    /// position, and a draft is kept only as far as it agrees, so the output is the same as
+    /// without it (up to the float differences of a multi-token pass); what changes is how many
+    /// tokens one pass over the weights yields.
+    #[serde(default)]
+    pub speculate: usize,
 }
 
 impl Default for GenerateOptions {
@@ -87,6 +94,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             grammar: true,
             bounds: Bounds::default(),
+            speculate: 0,
         }
     }
 }
@@ -114,6 +122,11 @@ pub struct Timings {
     pub decode_ms: Vec<f64>,
     /// Tokens those passes produced.
     pub decode_tokens: usize,
+    /// Speculated draft tokens fed to the decoder, and how many of them the sampler kept.
+    #[serde(default)]
+    pub draft_tokens: usize,
+    #[serde(default)]
+    pub accepted_draft_tokens: usize,
 }
 
 impl Timings {
@@ -437,9 +450,12 @@ impl Engine {
                 None
             })
         };
+        // Prompt-lookup drafts never hold vision tokens (they have no embedding of their own).
+        let no_draft = [special.image_pad, special.vision_start, special.vision_end];
+        let (mut drafted, mut accepted) = (0usize, 0usize);
+        let mut next = sampler.sample(&mut row, &history)?;
+        sampler.accept(next)?;
         let stop = 'generate: loop {
-            let next = sampler.sample(&mut row, &history)?;
-            sampler.accept(next)?;
             let mut step = vec![next];
             if let Some(stop) = push(next, &mut out, &mut history)? {
                 break stop;
@@ -452,10 +468,38 @@ impl Engine {
                     break 'generate stop;
                 }
             }
+            // Exact speculation: draft tokens ride along; each is kept only if the sampler,
+            // given the logits after everything before it, picks it itself.
+            let room = opts.max_new_tokens.saturating_sub(out.len() + 1);
+            let draft = crate::decode::prompt_lookup(&history, 3, 2, opts.speculate.min(room), &no_draft);
+            step.extend_from_slice(&draft);
+            drafted += draft.len();
             let t = Instant::now();
-            let logits = self.forward_tokens(&step, pos.delta, 1)?;
-            row = logits.row(0).to_vec();
+            let logits = self.forward_tokens(&step, pos.delta, draft.len() + 1)?;
             decode_ms.push(ms(t));
+            // Row i holds the logits after the pass's first `step.len() - draft.len() + i` tokens.
+            // A token the grammar forces there is taken as such (no draw from the sampler's RNG,
+            // exactly as without speculation).
+            for i in 0..=draft.len() {
+                let pick = match sampler.forced()?.first() {
+                    Some(&f) => f,
+                    None => sampler.sample(&mut logits.row(i).to_vec(), &history)?,
+                };
+                sampler.accept(pick)?;
+                if i < draft.len() && pick == draft[i] {
+                    accepted += 1;
+                    if let Some(stop) = push(pick, &mut out, &mut history)? {
+                        break 'generate stop;
+                    }
+                    continue;
+                }
+                // The first disagreement (or the token after a fully kept draft) is the next
+                // token; the cache drops the draft positions after the kept ones.
+                let fed = self.cached_tokens();
+                self.rewind(fed - (draft.len() - i));
+                next = pick;
+                break;
+            }
         };
         let raw = self.prompt.tokenizer.decode(&out, true)?;
         let ft = &frame.timings;
@@ -466,6 +510,8 @@ impl Engine {
             prefill_ms,
             decode_tokens: out.len().saturating_sub(1),
             decode_ms,
+            draft_tokens: drafted,
+            accepted_draft_tokens: accepted,
         };
         Ok(Answer {
             response: parse_response(&raw, &Rules::new((w, h), question)),
