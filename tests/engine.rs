@@ -205,7 +205,8 @@ fn exact_speculation_gives_the_same_tokens() {
     // them itself: the tokens equal one-at-a-time decoding, greedy and seeded, with the grammar
     // and without, on both tiny fixtures and both attention forms. 96 tokens of a random model
     // repeat themselves enough that drafts are fed and some kept.
-    let questions = ["Is the cat left of the table? (A) yes (B) no", "What is on the table? (A) a cup (B) a cat (C) nothing"];
+    let questions =
+        ["Is the cat left of the table? (A) yes (B) no", "What is on the table? (A) a cup (B) a cat (C) nothing"];
     let (mut drafted, mut kept) = (0, 0);
     for name in ["tiny", "tiny-b"] {
         for attention in ATTENTION {

@@ -68,8 +68,13 @@ pub fn round(
     engine.rewind(0);
 
     // The image path: a new frame and the SpatialThinker prompt, greedy, `tokens` decoded.
-    let plain =
-        GenerateOptions { max_new_tokens: tokens + 1, ignore_eos: true, grammar: false, speculate, ..Default::default() };
+    let plain = GenerateOptions {
+        max_new_tokens: tokens + 1,
+        ignore_eos: true,
+        grammar: false,
+        speculate,
+        ..Default::default()
+    };
     let frame = engine.encode_image(image)?;
     let first = engine.ask(&frame, question, &plain)?;
     let t1 = &first.timings;
