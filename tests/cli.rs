@@ -160,14 +160,20 @@ fn run_draws_streams_and_bench_reports() {
     assert!(!out.status.success() && stderr.contains("libonnxruntime_providers_cuda.so"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let out = st()
-        .env("ST_CACHE_DIR", cache.path())
-        .args(["bench", "--runs", "2", "--tokens", "4", "--json", "--max-pixels", "37632", "--model"])
-        .arg(&tiny)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `st bench ARGS` on the tiny model, its JSON.
+    let bench = |args: &[&str]| -> serde_json::Value {
+        let out = st()
+            .env("ST_CACHE_DIR", cache.path())
+            .arg("bench")
+            .args(args)
+            .args(["--max-pixels", "37632", "--model"])
+            .arg(&tiny)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = bench(&["--runs", "2", "--tokens", "4", "--json"]);
     for key in [
         "preprocess_ms",
         "vision_ms",
@@ -185,14 +191,7 @@ fn run_draws_streams_and_bench_reports() {
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0 && v["host"]["device"] == "cpu");
 
     // One round of benches/peers' workload: every measure, and a workload llama.cpp can replay.
-    let out = st()
-        .env("ST_CACHE_DIR", cache.path())
-        .args(["bench", "--peers", "--tokens", "4", "--prompt-tokens", "40", "--max-pixels", "37632", "--model"])
-        .arg(&tiny)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["--peers", "--tokens", "4", "--prompt-tokens", "40"]);
     for key in [
         "decode_tok_s",
         "decode_image_tok_s",

@@ -231,6 +231,14 @@ fn grpo_args(rollouts: &Path, out: &Path, extra: &[&str]) -> Vec<OsString> {
     v
 }
 
+/// `st finetune` arguments for GRPO on rollouts sampled from the tiny model for the committed rows.
+fn policy_args(out: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> =
+        vec!["--model".into(), model("tiny").into(), "--data".into(), synth().into(), "--out".into(), out.into()];
+    v.extend(extra.iter().map(OsString::from));
+    v
+}
+
 #[test]
 fn grpo_on_given_rollouts_writes_the_run_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -396,37 +404,30 @@ fn grpo_raises_the_reward_beyond_its_noise() {
     let tmp = tempfile::tempdir().unwrap();
     let rewards = |lr: &str| {
         let out = tmp.path().join(format!("lr-{lr}"));
-        let mut args: Vec<OsString> = vec![
-            "--model".into(),
-            model("tiny").into(),
-            "--data".into(),
-            synth().into(),
-            "--out".into(),
-            out.clone().into(),
-        ];
-        for a in [
-            "--steps",
-            "30",
-            "--group",
-            "4",
-            "--prompts-per-step",
-            "4",
-            "--max-new-tokens",
-            "120",
-            "--temperature",
-            "1.0",
-            "--lr",
-            lr,
-            "--warmup",
-            "2",
-            "--save-every",
-            "100",
-            "--grammar",
-            "--seed",
-            "3",
-        ] {
-            args.push(a.into());
-        }
+        let args = policy_args(
+            &out,
+            &[
+                "--steps",
+                "30",
+                "--group",
+                "4",
+                "--prompts-per-step",
+                "4",
+                "--max-new-tokens",
+                "120",
+                "--temperature",
+                "1.0",
+                "--lr",
+                lr,
+                "--warmup",
+                "2",
+                "--save-every",
+                "100",
+                "--grammar",
+                "--seed",
+                "3",
+            ],
+        );
         ok(&st(&args));
         std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
@@ -476,32 +477,25 @@ fn grpo_samples_rollouts_from_the_policy() {
     // valid response; without it the valid rate is reported (0 for random weights).
     let tmp = tempfile::tempdir().unwrap();
     for (grammar, out) in [(true, tmp.path().join("g")), (false, tmp.path().join("n"))] {
-        let mut args: Vec<OsString> = vec![
-            "--model".into(),
-            model("tiny").into(),
-            "--data".into(),
-            synth().into(),
-            "--out".into(),
-            out.clone().into(),
-        ];
-        for a in [
-            "--steps",
-            "2",
-            "--group",
-            "3",
-            "--prompts-per-step",
-            "2",
-            "--max-new-tokens",
-            "120",
-            "--temperature",
-            "1.0",
-            "--lr",
-            "1e-3",
-            "--save-every",
-            "1",
-        ] {
-            args.push(a.into());
-        }
+        let mut args = policy_args(
+            &out,
+            &[
+                "--steps",
+                "2",
+                "--group",
+                "3",
+                "--prompts-per-step",
+                "2",
+                "--max-new-tokens",
+                "120",
+                "--temperature",
+                "1.0",
+                "--lr",
+                "1e-3",
+                "--save-every",
+                "1",
+            ],
+        );
         if grammar {
             args.push("--grammar".into());
         }
@@ -531,24 +525,23 @@ fn grpo_with_sampled_rollouts_resumes_exactly() {
     // resumed samples the same completions and ends with the same adapter, bit for bit.
     let tmp = tempfile::tempdir().unwrap();
     let run = |out: &Path, resume: bool| {
-        let mut args: Vec<OsString> =
-            vec!["--model".into(), model("tiny").into(), "--data".into(), synth().into(), "--out".into(), out.into()];
-        for a in [
-            "--steps",
-            "2",
-            "--group",
-            "3",
-            "--prompts-per-step",
-            "2",
-            "--max-new-tokens",
-            "60",
-            "--lr",
-            "1e-3",
-            "--save-every",
-            "1",
-        ] {
-            args.push(a.into());
-        }
+        let mut args = policy_args(
+            out,
+            &[
+                "--steps",
+                "2",
+                "--group",
+                "3",
+                "--prompts-per-step",
+                "2",
+                "--max-new-tokens",
+                "60",
+                "--lr",
+                "1e-3",
+                "--save-every",
+                "1",
+            ],
+        );
         if resume {
             args.push("--resume".into());
         }
