@@ -231,6 +231,10 @@ fn grpo_args(rollouts: &Path, out: &Path, extra: &[&str]) -> Vec<OsString> {
     v
 }
 
+/// Two GRPO steps of 2 prompts × 3 sampled rollouts, saved after each.
+const TWO_STEPS: [&str; 10] =
+    ["--steps", "2", "--group", "3", "--prompts-per-step", "2", "--lr", "1e-3", "--save-every", "1"];
+
 /// `st finetune` arguments for GRPO on rollouts sampled from the tiny model for the committed rows.
 fn policy_args(out: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut v: Vec<OsString> =
@@ -477,25 +481,8 @@ fn grpo_samples_rollouts_from_the_policy() {
     // valid response; without it the valid rate is reported (0 for random weights).
     let tmp = tempfile::tempdir().unwrap();
     for (grammar, out) in [(true, tmp.path().join("g")), (false, tmp.path().join("n"))] {
-        let mut args = policy_args(
-            &out,
-            &[
-                "--steps",
-                "2",
-                "--group",
-                "3",
-                "--prompts-per-step",
-                "2",
-                "--max-new-tokens",
-                "120",
-                "--temperature",
-                "1.0",
-                "--lr",
-                "1e-3",
-                "--save-every",
-                "1",
-            ],
-        );
+        let mut args =
+            policy_args(&out, &[&TWO_STEPS[..], &["--max-new-tokens", "120", "--temperature", "1.0"]].concat());
         if grammar {
             args.push("--grammar".into());
         }
@@ -525,23 +512,7 @@ fn grpo_with_sampled_rollouts_resumes_exactly() {
     // resumed samples the same completions and ends with the same adapter, bit for bit.
     let tmp = tempfile::tempdir().unwrap();
     let run = |out: &Path, resume: bool| {
-        let mut args = policy_args(
-            out,
-            &[
-                "--steps",
-                "2",
-                "--group",
-                "3",
-                "--prompts-per-step",
-                "2",
-                "--max-new-tokens",
-                "60",
-                "--lr",
-                "1e-3",
-                "--save-every",
-                "1",
-            ],
-        );
+        let mut args = policy_args(out, &[&TWO_STEPS[..], &["--max-new-tokens", "60"]].concat());
         if resume {
             args.push("--resume".into());
         }
