@@ -4,6 +4,7 @@
 //! image and token counts). Greedy throughout; end-of-turn ignored except in the constrained
 //! measure, which runs to the end of a SpatialThinker-format answer under the grammar.
 
+use crate::decode::{Sampler, SamplingParams};
 use crate::engine::{Engine, GenerateOptions};
 use crate::prompt::{Content, Message};
 use std::ops::ControlFlow;
@@ -20,16 +21,6 @@ const SHORT_QUESTION: &str = "Describe what a robot sees in a busy kitchen.";
 
 /// A second question about the same frame.
 pub const SECOND_QUESTION: &str = "Is the cat above the table? (A) yes (B) no";
-
-fn argmax(row: ndarray::ArrayView1<'_, f32>) -> u32 {
-    let mut best = (0usize, f32::NEG_INFINITY);
-    for (i, &v) in row.iter().enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0 as u32
-}
 
 /// The measures of one round; the keys are those of peers.json (milliseconds, tokens per second).
 pub fn round(
@@ -57,12 +48,16 @@ pub fn round(
     let chat = engine.prompt.template.render(&[Message::user(vec![Content::Text(SHORT_QUESTION.into())])], true)?;
     let short = tokenizer.encode(&chat)?;
     engine.rewind(0);
+    // The runtime's own greedy pick (the sampler chain with default settings).
+    let mut greedy = Sampler::new(&SamplingParams::default())?;
+    let mut history = short.clone();
     let logits = engine.forward_tokens(&short, 0, 1)?;
-    let mut next = argmax(logits.row(0));
+    let mut next = greedy.sample(&mut logits.row(0).to_vec(), &history)?;
     let t = Instant::now();
     for _ in 0..tokens {
+        history.push(next);
         let logits = engine.forward_tokens(&[next], 0, 1)?;
-        next = argmax(logits.row(0));
+        next = greedy.sample(&mut logits.row(0).to_vec(), &history)?;
     }
     let text_decode_s = t.elapsed().as_secs_f64();
     engine.rewind(0);

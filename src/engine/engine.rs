@@ -478,11 +478,13 @@ impl Engine {
             let logits = self.forward_tokens(&step, pos.delta, draft.len() + 1)?;
             decode_ms.push(ms(t));
             // Row i holds the logits after the pass's first `step.len() - draft.len() + i` tokens.
-            // A token the grammar forces there is taken as such (no draw from the sampler's RNG,
-            // exactly as without speculation).
+            // After a kept draft token the grammar may force the next one: it is taken as such (no
+            // draw from the sampler's RNG, exactly as without speculation). Row 0 follows the
+            // forced run drained above, so there is nothing to ask there.
             for i in 0..=draft.len() {
-                let pick = match sampler.forced()?.first() {
-                    Some(&f) => f,
+                let forced = if i == 0 { None } else { sampler.forced()?.first().copied() };
+                let pick = match forced {
+                    Some(f) => f,
                     None => sampler.sample(&mut logits.row(i).to_vec(), &history)?,
                 };
                 sampler.accept(pick)?;

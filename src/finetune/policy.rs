@@ -147,10 +147,12 @@ impl PolicyRollouts {
                     ids: all,
                     image_embeds: Some(prompt.embeds.shallow_clone()),
                 };
-                let mut scored = crate::reward::score(&text, gt, prompt.size, &question, self.sparse);
-                if let Some(e) = undecodable {
-                    scored = crate::reward::Scored { reward: 0.0, components: [0.0; 4], valid: false, error: Some(e) };
-                }
+                let scored = match undecodable {
+                    Some(e) => {
+                        crate::reward::Scored { reward: 0.0, components: [0.0; 4], valid: false, error: Some(e) }
+                    }
+                    None => crate::reward::score(&text, gt, prompt.size, &question, self.sparse),
+                };
                 out.push(Rollout {
                     sample,
                     text,
