@@ -3,6 +3,10 @@
 //! - ai.st.MatMulInt4 gives MatMulNBits' outputs (accuracy_level 0: both f32 compute over the same
 //!   dequantized weights; only the summation order differs, so the bound is f32 accumulation's,
 //!   NMSE ≤ 1e-10), and both agree with the float64 reference.
+//! - ai.st.MatMulInt4 with f16 scales: at accuracy_level 0 the same bits as with the same values in f32;
+//!   at accuracy_level 4 (int8 activations) the bits of `st_kernels::cpu::int4_matmul_int8`, within the
+//!   activation-rounding bound of the float64 reference (NMSE ≤ 1e-4, kernels/tests/cpu_int8.rs) as is
+//!   MatMulNBits at accuracy_level 4.
 //! - ai.st.MatMulFp8 gives DequantizeLinear → Gemm's outputs, per-channel and per-block scales.
 
 #[path = "common/matmul_graphs.rs"]
@@ -49,6 +53,47 @@ fn matmul_int4_equals_matmul_nbits() {
             assert!(
                 e_st <= BOUND && e_nbits <= BOUND && e_pair <= BOUND,
                 "n={n} k={k} block={block} zp={zp} m={m}: {e_st:e} {e_nbits:e} {e_pair:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_int4_with_f16_scales_and_int8_activations() {
+    const INT8_BOUND: f64 = 1e-4;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    for (i, &(n, k, block, zp)) in
+        [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 128, false)].iter().enumerate()
+    {
+        let layout = Int4Layout { n, k, block, zero_points: zp };
+        let w = Int4Data {
+            n,
+            k,
+            block,
+            b: (0..layout.b_len()).map(|_| rng.random()).collect(),
+            scales: (0..layout.scales_len())
+                .map(|_| half::f16::from_f32(rng.random_range(0.01f32..0.1)).to_f32())
+                .collect(),
+            zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
+        };
+        let graph = |name: &str, form| session(&int4_graph(tmp.path(), &format!("{name}{i}"), form, &w), 2);
+        let (mut f32s, mut f16s) = (graph("f32s", Int4Form::St), graph("f16s", Int4Form::StF16(0)));
+        let (mut int8, mut nbits4) = (graph("int8", Int4Form::StF16(4)), graph("nbits4", Int4Form::NBits(4)));
+        let s16: Vec<half::f16> = w.scales.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let view = Int4Weights { layout, b: &w.b, scales: &s16, zero_points: w.zero_points.as_deref() };
+        for m in [1usize, 3, 17] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            assert_eq!(run(&mut f32s, &a, m, k), run(&mut f16s, &a, m, k), "f16 scales, level 0, m={m}");
+            let y = run(&mut int8, &a, m, k);
+            let mut direct = vec![f32::NAN; m * n];
+            st_kernels::cpu::int4_matmul_int8(&a, m, &view, &mut direct, &st_kernels::cpu::Serial).unwrap();
+            assert_eq!(y, direct, "the op runs st_kernels' int8 loop, m={m}");
+            let want = reference::matmul(&f64s(&a), m, n, k, |j, kk| reference::int4_weight(&view, j, kk));
+            let (e_st, e_nbits) = (nmse(f64s(&y), &want), nmse(f64s(&run(&mut nbits4, &a, m, k)), &want));
+            assert!(
+                e_st <= INT8_BOUND && e_nbits <= INT8_BOUND,
+                "n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e}, MatMulNBits level 4 {e_nbits:e}"
             );
         }
     }

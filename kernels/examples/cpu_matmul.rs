@@ -1,30 +1,60 @@
-//! Times st_kernels::cpu on one 7B-shaped int4 matrix outside ORT (serial and threaded).
-//! cargo run --release -p st-kernels --example cpu_matmul -- [n] [k] [m]
-use st_kernels::cpu::{self, Serial, Threads};
+//! Times st_kernels::cpu on one 7B-shaped int4 matrix outside ORT (serial and threaded): the f32 loop
+//! (f32 scales) and each int8-activation build this CPU runs (f16 scales). Each repetition reads a
+//! different copy of the weights (1.5 GB in all), so they come from DRAM as in decoding, not from a
+//! large last-level cache.
+//! cargo run --release -p st-kernels --example cpu_matmul -- [n] [k] [m] [threads]
+use half::f16;
+use st_kernels::cpu::{self, Int8Isa, Serial, Threads};
 use st_kernels::{Int4Layout, Int4Weights};
 use std::time::Instant;
 
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t0.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
-    let (n, k, m) = (
-        args.first().copied().unwrap_or(3584),
-        args.get(1).copied().unwrap_or(3584),
-        args.get(2).copied().unwrap_or(1),
-    );
+    let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let (n, k, m, threads) = (arg(0, 3584), arg(1, 3584), arg(2, 1), arg(3, 2));
     let layout = Int4Layout { n, k, block: 32, zero_points: false };
-    let b: Vec<u8> = (0..layout.b_len()).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
-    let s = vec![0.01f32; layout.scales_len()];
-    let w = Int4Weights { layout, b: &b, scales: &s, zero_points: None };
-    let a = vec![0.5f32; m * k];
+    let copies = (1_500_000_000 / layout.bytes(4)).max(1);
+    let b: Vec<u8> = (0..layout.b_len() * copies).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
+    let s = vec![0.01f32; layout.scales_len() * copies];
+    let s16 = vec![f16::from_f32(0.01); layout.scales_len() * copies];
+    let (bl, sl) = (layout.b_len(), layout.scales_len());
+    let w = |c: usize| Int4Weights {
+        layout,
+        b: &b[c * bl..(c + 1) * bl],
+        scales: &s[c * sl..(c + 1) * sl],
+        zero_points: None,
+    };
+    let w16 = |c: usize| Int4Weights {
+        layout,
+        b: &b[c * bl..(c + 1) * bl],
+        scales: &s16[c * sl..(c + 1) * sl],
+        zero_points: None,
+    };
+    let a: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let mut y = vec![0.0f32; m * n];
-    println!("isa {:?}", cpu::isa());
-    for (name, par) in [("serial", &Serial as &dyn cpu::Parallel), ("2 threads", &Threads(2))] {
-        cpu::int4_matmul(&a, m, &w, &mut y, par).unwrap();
-        let t0 = Instant::now();
-        for _ in 0..10 {
-            cpu::int4_matmul(&a, m, &w, &mut y, par).unwrap();
+    let reps = (4_000_000_000 / layout.bytes(2).max(1) / m.max(1)).clamp(3, 400);
+    println!("n {n} k {k} m {m}, {reps} reps; int8 build {:?}", cpu::int8_isa());
+    let pool = Threads(threads);
+    for (name, par) in [("serial", &Serial as &dyn cpu::Parallel), ("threads", &pool)] {
+        let mut c = 0;
+        let mut next = || {
+            c = (c + 1) % copies;
+            c
+        };
+        let ms = time(reps, || cpu::int4_matmul(&a, m, &w(next()), &mut y, par).unwrap());
+        println!("{name:8} f32 loop, f32 scales: {ms:8.3} ms {:6.1} GB/s", layout.bytes(4) as f64 / ms / 1e6);
+        for isa in Int8Isa::ALL.into_iter().filter(|i| i.available()) {
+            let ms = time(reps, || cpu::int4_matmul_int8_on(isa, &a, m, &w16(next()), &mut y, par).unwrap());
+            println!("{name:8} int8 {isa:10?} f16 scales: {ms:8.3} ms {:6.1} GB/s", layout.bytes(2) as f64 / ms / 1e6);
         }
-        let ms = t0.elapsed().as_secs_f64() * 100.0;
-        println!("{name}: {ms:.3} ms, {:.1} GB/s", layout.bytes(4) as f64 / ms / 1e6);
     }
 }

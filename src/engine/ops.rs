@@ -1,8 +1,12 @@
 //! st's ONNX Runtime custom operators (domain [`DOMAIN`]), the fused weight-only matmuls that
 //! `st export --target cuda` writes for the quantized linears:
 //!
-//! - `ai.st.MatMulInt4(A, B, scales[, zero_points])`, attributes `K`, `N`, `block_size`: MatMulNBits'
-//!   inputs and layout exactly (bits = 4), so the same initializers serve both ops.
+//! - `ai.st.MatMulInt4(A, B, scales[, zero_points])`, attributes `K`, `N`, `block_size` and optional
+//!   `accuracy_level`: MatMulNBits' inputs and layout (bits = 4), with scales in f32 (as MatMulNBits
+//!   takes them with f32 activations) or f16 (an eighth fewer bytes per weight at block 32; registered
+//!   as a second kernel of the same name). `accuracy_level` 4 quantizes the activations to int8 per
+//!   group of 32 and runs the integer loop (`st_kernels::cpu::int8`: the CPU default `st export`
+//!   writes); 0 or absent runs the f32 loop. The CUDA kernels take f32 scales only.
 //! - `ai.st.MatMulFp8(A, W, scales)`, attributes `K`, `N`, `block_size` (0 = per-channel scales):
 //!   `W` is `[N, K]` E4M3FN bytes (stored as uint8), scales `[N]` or `[N, ceil(K / block_size)]`.
 //!
@@ -29,7 +33,7 @@ pub fn commit_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// The domain with both operators, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(MatMulInt4)?.add(MatMulFp8)
+    OperatorDomain::new(DOMAIN)?.add(MatMulInt4::F32)?.add(MatMulInt4::F16)?.add(MatMulFp8)
 }
 
 fn attr(kctx: &KernelContext<'_>, op: &str, name: &str) -> ort::Result<usize> {
@@ -82,11 +86,23 @@ fn u8_input<'a>(ctx: &'a ComputeContext, idx: usize, op: &str, what: &str) -> or
     ctx.input(idx)?.ok_or_else(|| ort::Error::new(format!("{op}: input {what} missing")))
 }
 
-pub struct MatMulInt4;
+/// `ai.st.MatMulInt4` on the CPU, one registration per scale type.
+#[derive(Clone, Copy)]
+pub struct MatMulInt4 {
+    f16_scales: bool,
+}
+impl MatMulInt4 {
+    pub const F32: MatMulInt4 = MatMulInt4 { f16_scales: false };
+    pub const F16: MatMulInt4 = MatMulInt4 { f16_scales: true };
+}
+#[derive(Clone, Copy)]
 pub struct Int4Kernel {
     k: usize,
     n: usize,
     block: usize,
+    /// accuracy_level 4: int8 activations.
+    int8: bool,
+    f16_scales: bool,
 }
 
 impl Operator for MatMulInt4 {
@@ -95,10 +111,11 @@ impl Operator for MatMulInt4 {
         "MatMulInt4"
     }
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let scales = if self.f16_scales { TensorElementType::Float16 } else { TensorElementType::Float32 };
         [
             OperatorInput::required(TensorElementType::Float32),
             OperatorInput::required(TensorElementType::Uint8),
-            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(scales),
             OperatorInput::optional(TensorElementType::Uint8),
         ]
     }
@@ -107,7 +124,17 @@ impl Operator for MatMulInt4 {
     }
     fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<Int4Kernel> {
         let op = "MatMulInt4";
-        Ok(Int4Kernel { k: attr(kctx, op, "K")?, n: attr(kctx, op, "N")?, block: attr(kctx, op, "block_size")? })
+        let level: i64 = kctx.get("accuracy_level").unwrap_or(0);
+        if !matches!(level, 0 | 4) {
+            return Err(ort::Error::new(format!("{op}: accuracy_level {level} (expected 0 = f32 or 4 = int8)")));
+        }
+        Ok(Int4Kernel {
+            k: attr(kctx, op, "K")?,
+            n: attr(kctx, op, "N")?,
+            block: attr(kctx, op, "block_size")?,
+            int8: level == 4,
+            f16_scales: self.f16_scales,
+        })
     }
 }
 
@@ -117,16 +144,31 @@ impl Kernel for Int4Kernel {
         let b = u8_input(ctx, 1, op, "B")?;
         let (_, b) = b.try_extract_tensor::<u8>()?;
         let s = u8_input(ctx, 2, op, "scales")?;
-        let (_, s) = s.try_extract_tensor::<f32>()?;
         let zp_value = if ctx.num_inputs()? > 3 { ctx.input(3)? } else { None };
         let zp = match &zp_value {
             Some(v) => Some(v.try_extract_tensor::<u8>()?.1),
             None => None,
         };
         let layout = Int4Layout { n: self.n, k: self.k, block: self.block, zero_points: zp.is_some() };
-        let w = Int4Weights { layout, b, scales: s, zero_points: zp };
         let pool = OrtPool(ctx);
-        run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool))
+        if self.f16_scales {
+            let (_, scales) = s.try_extract_tensor::<half::f16>()?;
+            let w = Int4Weights { layout, b, scales, zero_points: zp };
+            if self.int8 {
+                return run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool));
+            }
+            // The f32 loop takes f32 scales: convert this call's (an eighth of the weight bytes).
+            let scales: Vec<f32> = scales.iter().map(|v| v.to_f32()).collect();
+            let w = Int4Weights { layout, b, scales: &scales, zero_points: zp };
+            return run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool));
+        }
+        let (_, scales) = s.try_extract_tensor::<f32>()?;
+        let w = Int4Weights { layout, b, scales, zero_points: zp };
+        if self.int8 {
+            run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool))
+        } else {
+            run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool))
+        }
     }
 }
 
@@ -250,20 +292,21 @@ pub mod cuda {
             Some(EP)
         }
         fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-            super::MatMulInt4.inputs()
+            super::MatMulInt4::F32.inputs()
         }
         fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-            super::MatMulInt4.outputs()
+            super::MatMulInt4::F32.outputs()
         }
         fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaInt4> {
-            Ok(CudaInt4(super::MatMulInt4.create_kernel(kctx)?, self.0))
+            Ok(CudaInt4(super::MatMulInt4::F32.create_kernel(kctx)?, self.0))
         }
     }
     pub struct CudaInt4(Int4Kernel, usize);
     impl Kernel for CudaInt4 {
         fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
             let op = "MatMulInt4";
-            let Int4Kernel { k, n, block } = self.0;
+            // accuracy_level does not apply: the GEMV runs in f32, the GEMM in bf16 (docs/KERNELS.md).
+            let Int4Kernel { k, n, block, .. } = self.0;
             let dev = device(ctx, op)?;
             let (m, a, y) = io(ctx, op, k, n)?;
             if m == 0 {

@@ -22,8 +22,10 @@ pub struct Int4Data {
 pub enum Int4Form {
     /// com.microsoft.MatMulNBits with this accuracy_level.
     NBits(i64),
-    /// ai.st.MatMulInt4.
+    /// ai.st.MatMulInt4 with f32 scales, no accuracy_level (the f32 loop).
     St,
+    /// ai.st.MatMulInt4 with the scales stored as f16 and this accuracy_level.
+    StF16(i64),
 }
 
 pub enum Fp8Form {
@@ -59,7 +61,13 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
         name,
         |g, a| {
             let b = g.weight("B", DataType::Uint8, &[n, kb, block / 2], &w.b).unwrap();
-            let s = g.weight("scales", DataType::Float, &[n * kb], &f32_bytes(&w.scales)).unwrap();
+            let s = match form {
+                Int4Form::StF16(_) => {
+                    let h: Vec<u8> = w.scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+                    g.weight("scales", DataType::Float16, &[n * kb], &h).unwrap()
+                }
+                _ => g.weight("scales", DataType::Float, &[n * kb], &f32_bytes(&w.scales)).unwrap(),
+            };
             let mut inputs = vec![a.to_string(), b, s];
             if let Some(z) = &w.zero_points {
                 inputs.push(g.weight("zero_points", DataType::Uint8, &[z.len()], z).unwrap());
@@ -85,6 +93,16 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
                     .remove(0),
                 Int4Form::St => g
                     .node_n("MatMulInt4", "MatMulInt4", ST_DOMAIN, &refs, &[("K", k), ("N", n), ("block_size", bl)], 1)
+                    .remove(0),
+                Int4Form::StF16(level) => g
+                    .node_n(
+                        "MatMulInt4",
+                        "MatMulInt4",
+                        ST_DOMAIN,
+                        &refs,
+                        &[("K", k), ("N", n), ("block_size", bl), ("accuracy_level", Attr::Int(level))],
+                        1,
+                    )
                     .remove(0),
             }
         },

@@ -3,6 +3,12 @@
 //! scratch tile (L1-resident) and runs every activation row over it. Full-size f32 weights never exist,
 //! unlike ORT's DequantizeLinear → MatMul, which folds fp8 weights to f32 at load (4× the memory).
 //! Compiled three times, for AVX-512, AVX2+FMA and the baseline target, picked at run time.
+//!
+//! [`int8`]: int4 weights with the activations quantized to int8 (the decode GEMV).
+
+pub mod int8;
+
+pub use int8::{Int4Scale, Int8Isa, int4_matmul_int8, int4_matmul_int8_on, int8_isa};
 
 use crate::error::Result;
 use crate::layout::{Fp8Scales, Fp8Weights, Int4Weights, check_io};
