@@ -1,7 +1,7 @@
-//! `st export --precision int4` (MatMulNBits) and `fp8` (E4M3FN + DequantizeLinear) against the
-//! reference run on the same
+//! `st export --precision int4` (ai.st.MatMulInt4 with f16 scales, the CPU default, and MatMulNBits) and
+//! `fp8` (E4M3FN + DequantizeLinear) against the reference run on the same
 //! quantize-dequantized weights (tests/reference/quant.py mirrors export/src/quant/), so
-//! the bound measures the graph, not the rounding. With accuracy_level 0 ORT computes in f32:
+//! the bound measures the graph, not the rounding. With accuracy_level 0 both compute in f32:
 //! bound 1e-4 as for fp32. With accuracy_level 4 (int8 activations, the CPU default) the error
 //! of activation quantization adds; its bound is 3e-2, and both errors are printed, with the
 //! error against the unquantized reference, for docs/PARITY.md.
@@ -11,19 +11,26 @@ mod common;
 use common::pipeline::{export, prefill, rel_err};
 use common::{golden, read_npy};
 use ndarray::Array2;
-use st_export::{ExportOptions, NBitsScheme, Precision, Target};
+use st_export::{ExportOptions, Int4Op, NBitsScheme, Precision, Target};
 
 fn check(name: &str, block: usize, symmetric: bool) {
     let scheme = format!("int4-b{block}-{}", if symmetric { "sym" } else { "asym" });
     let want: Array2<f32> = read_npy(&golden(&format!("{name}/{scheme}/logits.npy")));
     let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
-    // Target::Cuda writes st's fused ai.st.MatMulInt4 (here on ORT's CPU provider, f32 compute): the
-    // fp32 bound, like MatMulNBits at accuracy_level 0.
-    for (target, accuracy_level, bound) in [(Target::Cpu, 0, 1e-4), (Target::Cpu, 4, 3e-2), (Target::Cuda, 0, 1e-4)] {
+    // Target::Cuda writes st's fused ai.st.MatMulInt4 with f32 scales (here on ORT's CPU provider, f32
+    // compute): the fp32 bound, like accuracy_level 0 on the CPU.
+    for (target, op, accuracy_level, bound) in [
+        (Target::Cpu, Int4Op::St, 0, 1e-4),
+        (Target::Cpu, Int4Op::St, 4, 3e-2),
+        (Target::Cpu, Int4Op::NBits, 0, 1e-4),
+        (Target::Cpu, Int4Op::NBits, 4, 3e-2),
+        (Target::Cuda, Int4Op::St, 0, 1e-4),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         // lm_head f32 here: the golden quantizes only the decoder's linears.
         let mut opts = ExportOptions::new(Precision::Int4);
         opts.target = target;
+        opts.linear.int4_op = op;
         opts.linear.int4 = NBitsScheme { bits: 4, block, symmetric };
         opts.linear.accuracy_level = accuracy_level;
         opts.linear.lm_head = Precision::Fp32;
@@ -31,13 +38,14 @@ fn check(name: &str, block: usize, symmetric: bool) {
         let (logits, _) = prefill(&mut g, name, want.nrows() as i64);
         let err = rel_err(&logits, &want);
         eprintln!(
-            "{name} {scheme} target {target} accuracy_level {accuracy_level}: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
+            "{name} {scheme} target {target} {op} accuracy_level {accuracy_level}: vs dequantized reference {err:.3e}, vs unquantized reference {:.3e}",
             rel_err(&logits, &unquantized)
         );
-        assert!(err <= bound, "{name} {scheme} {target} level {accuracy_level}: {err} > {bound}");
+        assert!(err <= bound, "{name} {scheme} {target} {op} level {accuracy_level}: {err} > {bound}");
         let decoder = std::fs::read(tmp.path().join(name).join("decoder.onnx")).unwrap();
         let fused = decoder.windows(10).any(|w| w == b"MatMulInt4");
-        assert_eq!(fused, target == Target::Cuda, "{name} {target}: ai.st.MatMulInt4 present = {fused}");
+        let want_fused = target == Target::Cuda || op == Int4Op::St;
+        assert_eq!(fused, want_fused, "{name} {target} {op}: ai.st.MatMulInt4 present = {fused}");
     }
 }
 

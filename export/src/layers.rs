@@ -23,8 +23,42 @@ pub struct LinearOptions {
     /// MatMulNBits `accuracy_level`: 0 = unset (fp32 compute on CPU), 4 = int8 activations.
     pub accuracy_level: i64,
     /// Write st's fused ops (`ai.st.MatMulInt4` for 4-bit linears, `ai.st.MatMulFp8`) instead of
-    /// MatMulNBits / DequantizeLinear→Gemm (`--target cuda`).
+    /// MatMulNBits / DequantizeLinear→Gemm (`--target cuda`; f32 scales, as its CUDA kernels take).
     pub fused_ops: bool,
+    /// The operator of the 4-bit linears on `--target cpu` (TensorRT always gets MatMulNBits).
+    pub int4_op: Int4Op,
+}
+
+/// How a 4-bit linear is written for the CPU provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Int4Op {
+    /// `ai.st.MatMulInt4` with f16 scales and `accuracy_level` (st's int8-activation loop at 4):
+    /// MatMulNBits' bytes less an eighth at block 32, read in place (no prepacked copy).
+    #[default]
+    St,
+    /// `com.microsoft.MatMulNBits` with f32 scales (ORT's MLAS kernels; ties the scale type to the
+    /// activations').
+    NBits,
+}
+
+impl std::fmt::Display for Int4Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Int4Op::St => "st",
+            Int4Op::NBits => "nbits",
+        })
+    }
+}
+
+impl std::str::FromStr for Int4Op {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "st" => Ok(Int4Op::St),
+            "nbits" => Ok(Int4Op::NBits),
+            _ => Err(format!("{s:?} is not an int4 operator (st or nbits)")),
+        }
+    }
 }
 
 impl Default for LinearOptions {
@@ -35,6 +69,7 @@ impl Default for LinearOptions {
             int8: NBitsScheme { bits: 8, block: 32, symmetric: true },
             accuracy_level: 4,
             fused_ops: false,
+            int4_op: Int4Op::St,
         }
     }
 }
@@ -320,17 +355,37 @@ impl<'w> Builder<'w> {
         let b = b?;
         self.weights.release(weight);
         self.progress.tensor_done(t.source_bytes());
-        let s = self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?;
+        // ai.st.MatMulInt4 on the CPU keeps the scales in f16: the quantizer rounds them to f16
+        // already, so this loses nothing.
+        let st_cpu = scheme.bits == 4 && !self.linear.fused_ops && self.linear.int4_op == Int4Op::St;
+        if st_cpu && !matches!(self.linear.accuracy_level, 0 | 4) {
+            return Err(Error::InvalidOption {
+                name: "accuracy_level",
+                reason: format!(
+                    "{} with ai.st.MatMulInt4 (0 = f32, 4 = int8 activations; 1–3 need --int4-op nbits)",
+                    self.linear.accuracy_level
+                ),
+            });
+        }
+        let s = if st_cpu {
+            let h: Vec<u8> = scales.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+            self.g.weight(&format!("{prefix}.weight_scales_f16"), DataType::Float16, &[n * kb], &h)?
+        } else {
+            self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?
+        };
         let mut inputs = vec![x.to_string(), b, s];
         if !scheme.symmetric {
             let name = format!("{prefix}.weight_zero_points");
             inputs.push(self.g.weight(&name, DataType::Uint8, &[zero_points.len()], &zero_points)?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        if self.linear.fused_ops && scheme.bits == 4 {
-            // ai.st.MatMulInt4 reads MatMulNBits' inputs as they are.
-            let attrs =
-                [("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(block as i64))];
+        if (self.linear.fused_ops || st_cpu) && scheme.bits == 4 {
+            // ai.st.MatMulInt4 reads MatMulNBits' inputs as they are (scales in f16 on the CPU).
+            let mut attrs =
+                vec![("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(block as i64))];
+            if st_cpu {
+                attrs.push(("accuracy_level", Attr::Int(self.linear.accuracy_level)));
+            }
             return Ok(self
                 .g
                 .node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", crate::graph::ST_DOMAIN, &refs, &attrs, 1)

@@ -24,7 +24,7 @@ pub mod onnx {
 }
 
 pub use error::{Error, Result};
-pub use layers::LinearOptions;
+pub use layers::{Int4Op, LinearOptions};
 pub use quant::nbits::NBitsScheme;
 pub use recipe::Recipe;
 pub use text::Attention;

@@ -11,6 +11,7 @@
 //! block = 32
 //! symmetric = true
 //! accuracy_level = 4
+//! op = "st"                 # or "nbits" (com.microsoft.MatMulNBits)
 //! [[override]]
 //! pattern = "model.layers.27.mlp.*"   # glob over linear names (no ".weight")
 //! precision = "int8"
@@ -39,6 +40,7 @@ pub struct Int4Section {
     pub block: Option<usize>,
     pub symmetric: Option<bool>,
     pub accuracy_level: Option<i64>,
+    pub op: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +80,12 @@ impl Recipe {
             opts.linear.int4.block = s.block.unwrap_or(opts.linear.int4.block);
             opts.linear.int4.symmetric = s.symmetric.unwrap_or(opts.linear.int4.symmetric);
             opts.linear.accuracy_level = s.accuracy_level.unwrap_or(opts.linear.accuracy_level);
+            if let Some(op) = &s.op {
+                opts.linear.int4_op = op.parse().map_err(|reason: String| Error::Recipe {
+                    path: path.to_path_buf(),
+                    reason: format!("int4.op: {reason}"),
+                })?;
+            }
         }
         for o in &self.overrides {
             globset::Glob::new(&o.pattern).map_err(|e| Error::Recipe {

@@ -243,7 +243,15 @@ fn write_all(
             g: Graph::new(name, external),
             weights: &ckpt.weights,
             precision,
-            linear: crate::layers::LinearOptions { fused_ops: opts.target == Target::Cuda, ..opts.linear },
+            linear: crate::layers::LinearOptions {
+                fused_ops: opts.target == Target::Cuda,
+                int4_op: if opts.target == Target::TensorRt {
+                    crate::layers::Int4Op::NBits
+                } else {
+                    opts.linear.int4_op
+                },
+                ..opts.linear
+            },
             progress: &progress,
             overrides: &overrides,
             attention: opts.attention,
@@ -276,8 +284,13 @@ fn write_all(
             precision.insert("lm_head".into(), head);
             if opts.precision == Precision::Int4 {
                 let s = opts.linear.int4;
+                let op = match (opts.target, opts.linear.int4_op) {
+                    (Target::Cuda, _) => "ai.st.MatMulInt4, f32 scales",
+                    (Target::Cpu, crate::layers::Int4Op::St) => "ai.st.MatMulInt4, f16 scales",
+                    _ => "MatMulNBits, f32 scales",
+                };
                 let scheme = format!(
-                    "block {} {}, accuracy_level {}",
+                    "block {} {}, accuracy_level {}, {op}",
                     s.block,
                     if s.symmetric { "symmetric" } else { "asymmetric" },
                     opts.linear.accuracy_level

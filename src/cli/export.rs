@@ -1,4 +1,4 @@
-//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L] [--lora ADAPTER_DIR]`.
+//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L] [--int4-op st|nbits] [--lora ADAPTER_DIR]`.
 
 use std::path::PathBuf;
 
@@ -30,9 +30,13 @@ pub struct ExportArgs {
     /// Vision tower precision, fp32 or fp16 (default: fp16 under int4/fp8).
     #[arg(long)]
     pub vision: Option<st_export::Precision>,
-    /// int4: MatMulNBits accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU; default 4).
+    /// int4: accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU; default 4).
     #[arg(long)]
     pub accuracy_level: Option<i64>,
+    /// int4 on --target cpu: st (ai.st.MatMulInt4, f16 scales, st's int8 loop; default) or nbits
+    /// (com.microsoft.MatMulNBits, f32 scales).
+    #[arg(long)]
+    pub int4_op: Option<st_export::Int4Op>,
     /// Decoder attention: gqa (GroupQueryAttention, KV cache appended in place; default except for
     /// tensorrt) or standard (plain ONNX ops, any provider).
     #[arg(long)]
@@ -64,6 +68,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     if let Some(level) = args.accuracy_level {
         opts.linear.accuracy_level = level;
+    }
+    if let Some(op) = args.int4_op {
+        opts.linear.int4_op = op;
     }
     opts.target = args.target;
     opts.attention = match (args.attention.as_deref(), args.target) {
