@@ -13,6 +13,8 @@ TRAIN_VENV := .venv-train
 TRAIN_STAMP := $(TRAIN_VENV)/.installed-torch-2.11.0
 # tch builds against the venv's torch (torch-sys reads it through `python`).
 TRAIN_ENV = LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(CURDIR)/$(TRAIN_VENV) PATH="$(CURDIR)/$(TRAIN_VENV)/bin:$$PATH"
+PY_VENV := .venv-py
+PY_STAMP := $(PY_VENV)/.installed
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.installed
 CARGO ?= cargo
@@ -22,7 +24,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv venv-train train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
+.PHONY: all demo test venv venv-train venv-py python-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -76,6 +78,20 @@ train-test: venv venv-train
 	# threads spin-wait on 2 cores run ~10x slower (91 s serial here).
 	$(TRAIN_ENV) $(CARGO) test --features train --test finetune -- --test-threads=1
 
+# The Python package (python/, pyo3 + maturin, abi3): the wheel built into .venv-py and its pytest suite.
+$(PY_STAMP): python/requirements-test.txt
+	$(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q --disable-pip-version-check -r python/requirements-test.txt
+	touch $@
+
+venv-py: $(PY_STAMP)
+
+python-test: venv venv-py
+	rm -rf target/wheels
+	$(PY_VENV)/bin/maturin build -q --profile dev --manifest-path python/Cargo.toml -i $(PY_VENV)/bin/python -o target/wheels
+	$(PY_VENV)/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/st-*.whl
+	$(PY_VENV)/bin/python -m pytest -q python/tests
+
 # Regenerate the training goldens: PEFT adapters and LoRA logits (tests/fixtures/adapters, goldens/*/peft)
 # and the GRPO objective (goldens/grpo_loss.json).
 train-goldens: venv-train
@@ -84,8 +100,10 @@ train-goldens: venv-train
 
 test: venv qwen-tokenizer
 	$(CARGO) fmt --all -- --check
-	$(CARGO) test --workspace --exclude st-train --all-targets
-	$(CARGO) test --workspace --exclude st-train --doc
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(CARGO) test --workspace --exclude st-train --exclude st-python --all-targets
+	$(CARGO) test --workspace --exclude st-train --exclude st-python --doc
+	$(MAKE) python-test
 	$(MAKE) train-test
 	$(MAKE) kernels-check
 	rm -rf target/pytest-export

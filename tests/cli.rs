@@ -153,6 +153,19 @@ fn run_draws_streams_and_bench_reports() {
     for o in v["scene"]["objects"].as_array().unwrap() {
         assert!(o["bbox"].as_array().unwrap().iter().all(|x| x.is_u64()), "{o}");
     }
+    // No flag but the model, as a new user runs it: the default token budget fits the context (tiny-b's
+    // is smaller than prompt + 2048) and the grammar never dead-ends (tiny's greedy run once declared
+    // every completion of an id prefix).
+    for m in [model("tiny-b"), tiny.clone()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+            .env("ST_CACHE_DIR", cache.path())
+            .args([chelsea.to_str().unwrap(), QUESTION, "--json", "--model", m.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", m.display(), String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["valid"] == true, "{v}");
+    }
     // Unavailable device without fallback: a clear error naming the provider library.
     let args = [chelsea.to_str().unwrap(), QUESTION, "--device", "cuda", "--model", tiny.to_str().unwrap()];
     let out = Command::new(env!("CARGO_BIN_EXE_st-run")).env("ST_CACHE_DIR", cache.path()).args(args).output().unwrap();

@@ -21,7 +21,7 @@ fn engine(name: &str, attention: st_export::Attention, out: &std::path::Path) ->
 
 /// Greedy and unconstrained, as transformers' `generate` (the grammar has its own tests).
 fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: n, grammar: false, ..Default::default() }
+    GenerateOptions { max_new_tokens: Some(n), grammar: false, ..Default::default() }
 }
 
 const ATTENTION: [st_export::Attention; 2] = [st_export::Attention::GroupQuery, st_export::Attention::Standard];
@@ -240,4 +240,38 @@ fn exact_speculation_gives_the_same_tokens() {
         }
     }
     assert!(drafted > 0 && kept > 0, "drafts fed {drafted}, kept {kept}");
+}
+
+#[test]
+fn the_default_token_budget_fits_the_context() {
+    // No budget given: what the context leaves (tiny-b's context of 2048 is less than its prompt plus
+    // the default budget of 2048), so the defaults always run.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny-b", st_export::Attention::GroupQuery, tmp.path());
+    let frame = e.encode_image(&image("chelsea.png")).unwrap();
+    let context = e.model().manifest.config.text.max_position_embeddings;
+    let unbounded = GenerateOptions { grammar: false, ignore_eos: true, max_new_tokens: None, ..Default::default() };
+    let mut n = 0;
+    let out = e
+        .ask_streaming(&frame, QUESTION, &unbounded, |_| {
+            n += 1;
+            if n == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+    assert!(out.prompt_tokens + st::engine::DEFAULT_MAX_NEW_TOKENS > context, "the check needs a small context");
+    assert_eq!(out.token_ids.len(), 4);
+    // An explicit budget that does not fit is still an error.
+    let explicit = GenerateOptions { max_new_tokens: Some(st::engine::DEFAULT_MAX_NEW_TOKENS), ..unbounded };
+    assert!(e.ask(&frame, QUESTION, &explicit).unwrap_err().to_string().contains("exceed the model's context"));
+
+    use st::engine::{DEFAULT_MAX_NEW_TOKENS, new_token_budget};
+    assert_eq!(new_token_budget(None, 328, 2048).unwrap(), 2048 - 328);
+    assert_eq!(new_token_budget(None, 10, 1 << 20).unwrap(), DEFAULT_MAX_NEW_TOKENS);
+    assert_eq!(new_token_budget(Some(100), 328, 2048).unwrap(), 100);
+    assert_eq!(new_token_budget(Some(1720), 328, 2048).unwrap(), 1720);
+    let err = new_token_budget(Some(1721), 328, 2048).unwrap_err().to_string();
+    assert!(err.contains("328 prompt tokens + 1721 new exceed the model's context of 2048"), "{err}");
+    assert!(new_token_budget(Some(0), 3, 2048).unwrap_err().to_string().contains("at least 1"));
+    let err = new_token_budget(None, 2048, 2048).unwrap_err().to_string();
+    assert!(err.contains("no room") && err.contains("2048"), "{err}");
 }

@@ -232,3 +232,28 @@ fn the_matcher_counts_tokens_forces_bytes_and_keeps_errors() {
     let mut logits = vec![0.0f32; vocab + 1];
     assert!(st::decode::Stage::apply(&mut m, &mut logits, &[]).is_err());
 }
+
+#[test]
+fn an_id_prefix_whose_every_completion_is_declared_is_refused() {
+    // Found by st-run's defaults on the tiny model: with `x.28` and `x.280`–`x.289` declared (and at
+    // most 3 digits), `x.28` has no continuation, so its `8` must be refused where it is written.
+    let r = rules(640, 600, Q2);
+    let obj = |id: &str| format!("{{\"id\": \"{id}\", \"bbox\": [0, 0, 5, 5]}}");
+    let mut ids: Vec<String> = (0..10).map(|d| format!("x.28{d}")).collect();
+    ids.push("x.28".into());
+    let declared: Vec<String> = ids.iter().map(|id| obj(id)).collect();
+    let prefix = format!("{HEAD}{}, {{\"id\": \"x.2", declared.join(", "));
+    assert_eq!(accepted(&r, &prefix), prefix.len());
+    assert_eq!(accepted(&r, &format!("{prefix}8")), prefix.len(), "x.28 has no completion left");
+    assert_eq!(accepted(&r, &format!("{prefix}7\"")), prefix.len() + 2);
+    assert_eq!(accepted(&r, &format!("{prefix}\"")), prefix.len() + 1);
+    // One completion left (x.289 not declared): `8` is accepted, and then only `9`.
+    let mut fewer = ids.clone();
+    fewer.retain(|id| id != "x.289");
+    let declared: Vec<String> = fewer.iter().map(|id| obj(id)).collect();
+    let prefix = format!("{HEAD}{}, {{\"id\": \"x.28", declared.join(", "));
+    assert_eq!(accepted(&r, &prefix), prefix.len());
+    assert_eq!(accepted(&r, &format!("{prefix}\"")), prefix.len());
+    assert_eq!(accepted(&r, &format!("{prefix}5")), prefix.len());
+    assert_eq!(accepted(&r, &format!("{prefix}9\"")), prefix.len() + 2);
+}

@@ -61,7 +61,7 @@ fn every_constrained_output_is_valid() {
                         ..Default::default()
                     };
                     let opts = GenerateOptions {
-                        max_new_tokens: 1024,
+                        max_new_tokens: Some(1024),
                         sampling,
                         bounds: bounds.clone(),
                         ..Default::default()
@@ -74,7 +74,7 @@ fn every_constrained_output_is_valid() {
                     objects += again.scene.map_or(0, |s| s.objects.len());
                     valid += 1;
                     if run % 10 == 0 {
-                        let free = GenerateOptions { grammar: false, max_new_tokens: 128, ..opts };
+                        let free = GenerateOptions { grammar: false, max_new_tokens: Some(128), ..opts };
                         let b = e.ask(frame, q, &free).unwrap();
                         free_runs += 1;
                         free_valid += usize::from(b.response.valid);
@@ -107,7 +107,9 @@ fn short_token_limits_still_end_in_a_valid_answer() {
         let max_new_tokens = [120, 250, 400, 700][run % 4];
         let sampling =
             SamplingParams { temperature: Some(rng.random_range(0.7..=2.0)), seed: rng.random(), ..Default::default() };
-        let a = e.ask(&frame, q, &GenerateOptions { max_new_tokens, sampling, ..Default::default() }).unwrap();
+        let a = e
+            .ask(&frame, q, &GenerateOptions { max_new_tokens: Some(max_new_tokens), sampling, ..Default::default() })
+            .unwrap();
         assert!(a.response.valid, "run {run} (limit {max_new_tokens}): {:?}\n{}", a.response.reasons, a.raw);
         assert!(a.token_ids.len() <= max_new_tokens);
     }

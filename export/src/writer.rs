@@ -192,10 +192,18 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
     let result = write_all(&ckpt, &tmp, opts, lora.as_ref());
     match result {
-        Ok(manifest) => {
-            std::fs::rename(&tmp, out).map_err(Error::io(out))?;
-            Ok(manifest)
-        }
+        Ok(manifest) => match std::fs::rename(&tmp, out) {
+            Ok(()) => Ok(manifest),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                // Another export of the same output finished first (rename never replaces a
+                // non-empty directory): what is there is a whole export, not ours.
+                if out.is_dir() {
+                    return Err(Error::OutputExists { path: out.to_path_buf() });
+                }
+                Err(Error::io(out)(e))
+            }
+        },
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
@@ -203,9 +211,13 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     }
 }
 
+/// `.OUT.partial-PID-N`: unique per process and per export within it, so two threads exporting the
+/// same checkpoint at once (two engines opened together) never write into one directory.
 fn partial_dir(out: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    out.with_file_name(format!(".{name}.partial-{}-{n}", std::process::id()))
 }
 
 fn write_all(

@@ -124,7 +124,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/chelsea.png"));
     let opts = GenerateOptions {
-        max_new_tokens: args.tokens.max(2),
+        max_new_tokens: Some(args.tokens.max(2)),
         ignore_eos: true,
         grammar: args.grammar,
         speculate: args.speculate,

@@ -64,7 +64,7 @@ pub fn round(
 
     // The image path: a new frame and the SpatialThinker prompt, greedy, `tokens` decoded.
     let plain = GenerateOptions {
-        max_new_tokens: tokens + 1,
+        max_new_tokens: Some(tokens + 1),
         ignore_eos: true,
         grammar: false,
         speculate,
@@ -75,13 +75,13 @@ pub fn round(
     let t1 = &first.timings;
     let image_decode_ms: f64 = t1.decode_ms.iter().sum();
     // A second question on the same frame: its time to first token.
-    let one = GenerateOptions { max_new_tokens: 1, ..plain.clone() };
+    let one = GenerateOptions { max_new_tokens: Some(1), ..plain.clone() };
     let second = engine.ask(&frame, SECOND_QUESTION, &one)?;
 
     // constrained_tok_s: to the end of a SpatialThinker-format answer under the grammar, output
     // tokens per second of wall time from the first token to the last.
     let constrained =
-        GenerateOptions { max_new_tokens: constrained_tokens, grammar: true, speculate, ..Default::default() };
+        GenerateOptions { max_new_tokens: Some(constrained_tokens), grammar: true, speculate, ..Default::default() };
     let mut stamps: Vec<Instant> = Vec::new();
     let answer = engine.ask_streaming(&frame, question, &constrained, |_| {
         stamps.push(Instant::now());

@@ -25,8 +25,9 @@ pub struct EvalArgs {
     /// Append per-row records here and resume from it.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    #[arg(long, default_value_t = 1024)]
-    pub max_new_tokens: usize,
+    /// New tokens per row [default: 2048, or what the context leaves after the prompt if less].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     #[arg(long)]
     pub no_grammar: bool,
     #[command(flatten)]

@@ -43,8 +43,9 @@ pub struct RunArgs {
     /// Print tokens to stderr as they are generated.
     #[arg(long)]
     pub stream: bool,
-    #[arg(long, default_value_t = 2048)]
-    pub max_new_tokens: usize,
+    /// At most this many new tokens [default: 2048, or what the context leaves after the prompt if less].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -150,11 +151,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         draw(&engine, &args.image, &answer, out)?;
     }
     if args.json {
-        let mut v = serde_json::to_value(&answer)?;
-        v["image"] = serde_json::json!({
-            "path": args.image, "original_size": frame.image.original_size, "resized_size": frame.image.resized_size,
-        });
-        v["model"] = serde_json::json!({"dir": engine.model().dir, "device": engine.model().device.to_string()});
+        let mut v = answer.to_json(&frame, engine.model());
+        v["image"]["path"] = serde_json::json!(args.image);
         v["timings"]["load_ms"] = load_ms.into();
         println!("{v}");
     } else {

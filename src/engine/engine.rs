@@ -60,10 +60,42 @@ impl Frame {
     }
 }
 
+/// The new-token budget when none is given: SpatialThinker's evaluation setting.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 2048;
+
+/// The new-token budget of a generation after `prompt` tokens in a context of `context`: the
+/// explicit `requested` one if it fits (an error naming the figures if not), else what the context
+/// leaves, at most [`DEFAULT_MAX_NEW_TOKENS`].
+pub fn new_token_budget(requested: Option<usize>, prompt: usize, context: usize) -> Result<usize> {
+    let room = context.saturating_sub(prompt);
+    match requested {
+        Some(0) => Err(Error::InvalidArgument { name: "max_new_tokens", reason: "must be at least 1".into() }),
+        Some(n) if prompt + n > context => Err(Error::InvalidArgument {
+            name: "max_new_tokens",
+            reason: format!("{prompt} prompt tokens + {n} new exceed the model's context of {context}"),
+        }),
+        Some(n) => Ok(n),
+        None if room == 0 => Err(Error::InvalidArgument {
+            name: "question",
+            reason: format!("the prompt's {prompt} tokens leave no room in the model's context of {context}"),
+        }),
+        None => {
+            if room < DEFAULT_MAX_NEW_TOKENS {
+                tracing::debug!(
+                    "new-token budget {room}: what the context of {context} leaves after {prompt} prompt tokens"
+                );
+            }
+            Ok(room.min(DEFAULT_MAX_NEW_TOKENS))
+        }
+    }
+}
+
 /// Settings of one generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOptions {
-    pub max_new_tokens: usize,
+    /// At most this many new tokens; `None`: as many as the context leaves after the prompt, at most
+    /// [`DEFAULT_MAX_NEW_TOKENS`]. An explicit value the context cannot hold is an error.
+    pub max_new_tokens: Option<usize>,
     pub sampling: SamplingParams,
     /// Reuse the frame's prefix KV (off: prefill the whole prompt, for comparison).
     pub reuse_prefix: bool,
@@ -85,10 +117,11 @@ pub struct GenerateOptions {
 }
 
 impl Default for GenerateOptions {
-    /// SpatialThinker's evaluation settings: greedy, up to 2048 new tokens.
+    /// SpatialThinker's evaluation settings: greedy, up to 2048 new tokens (fewer where the context
+    /// leaves less).
     fn default() -> Self {
         Self {
-            max_new_tokens: 2048,
+            max_new_tokens: None,
             sampling: SamplingParams::default(),
             reuse_prefix: true,
             ignore_eos: false,
@@ -160,6 +193,19 @@ pub struct Answer {
     pub reused_prompt_tokens: usize,
     pub stop: StopReason,
     pub timings: Timings,
+}
+
+impl Answer {
+    /// The answer as `st-run --json` prints it: the answer's own fields plus the frame's image sizes
+    /// (`image.original_size`, `image.resized_size`) and the model (`model.dir`, `model.device`).
+    pub fn to_json(&self, frame: &Frame, model: &ExportedModel) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["image"] = serde_json::json!({
+            "original_size": frame.image.original_size, "resized_size": frame.image.resized_size,
+        });
+        v["model"] = serde_json::json!({"dir": model.dir, "device": model.device.to_string()});
+        v
+    }
 }
 
 pub struct Engine {
@@ -237,6 +283,14 @@ impl Engine {
     pub fn encode_image(&mut self, path: &Path) -> Result<Frame> {
         let t = Instant::now();
         let image = self.preprocessor.load(path)?;
+        self.encode(image, ms(t))
+    }
+
+    /// Decode an encoded image held in memory (PNG, JPEG, … bytes) and encode it as a frame;
+    /// `source_name` names it in errors.
+    pub fn encode_bytes(&mut self, bytes: &[u8], source_name: &str) -> Result<Frame> {
+        let t = Instant::now();
+        let image = self.preprocessor.load_bytes(bytes, source_name)?;
         self.encode(image, ms(t))
     }
 
@@ -385,28 +439,16 @@ impl Engine {
         mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<Answer> {
         let mut sampler = Sampler::new(&opts.sampling)?;
-        if opts.max_new_tokens == 0 {
-            return Err(Error::InvalidArgument { name: "max_new_tokens", reason: "must be at least 1".into() });
-        }
         let (w, h) = frame.image.original_size;
         let text = self.prompt.spatialthinker_prompt(w, h, question)?;
         let merge = self.preprocessor.geometry.merge_size;
         let ids = self.prompt.encode(&text, &[frame.image.num_image_tokens(merge)])?;
         let limit = self.model.manifest.config.text.max_position_embeddings;
-        if ids.len() + opts.max_new_tokens > limit {
-            return Err(Error::InvalidArgument {
-                name: "max_new_tokens",
-                reason: format!(
-                    "{} prompt tokens + {} new exceed the model's context of {limit}",
-                    ids.len(),
-                    opts.max_new_tokens
-                ),
-            });
-        }
+        let max_new = new_token_budget(opts.max_new_tokens, ids.len(), limit)?;
         let special = self.prompt.tokenizer.special;
         let pos = crate::rope::mrope_positions(&ids, special.image_pad, &[frame.image.grid_thw], merge)?;
         if opts.grammar {
-            let spec = OutputSpec::budgeted((w, h), question, &opts.bounds, opts.max_new_tokens);
+            let spec = OutputSpec::budgeted((w, h), question, &opts.bounds, max_new);
             sampler.push_front(Box::new(self.grammar_factory()?.matcher(spec)));
         }
 
@@ -417,7 +459,7 @@ impl Engine {
             _ => 0,
         };
         self.state.restore(&self.model, &frame.prefix_kv, valid, reuse)?;
-        self.state.reserve(&self.model, ids.len() + opts.max_new_tokens)?;
+        self.state.reserve(&self.model, ids.len() + max_new)?;
 
         let t = Instant::now();
         let embeds = self.prompt_embeds(&ids, reuse, &frame.embeds)?;
@@ -444,7 +486,7 @@ impl Engine {
                 Some(StopReason::Callback)
             } else if stops.contains(&t) && !opts.ignore_eos {
                 Some(StopReason::EndOfTurn)
-            } else if out.len() == opts.max_new_tokens {
+            } else if out.len() == max_new {
                 Some(StopReason::MaxNewTokens)
             } else {
                 None
@@ -470,7 +512,7 @@ impl Engine {
             }
             // Exact speculation: draft tokens ride along; each is kept only if the sampler,
             // given the logits after everything before it, picks it itself.
-            let room = opts.max_new_tokens.saturating_sub(out.len() + 1);
+            let room = max_new.saturating_sub(out.len() + 1);
             let draft = crate::decode::prompt_lookup(&history, 3, 2, opts.speculate.min(room), &no_draft);
             step.extend_from_slice(&draft);
             drafted += draft.len();

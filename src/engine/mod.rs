@@ -13,6 +13,9 @@ pub mod ort_lib;
 
 pub use decoder::{DecoderState, KvSnapshot};
 pub use device::Device;
-pub use engine::{Answer, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent};
+pub use engine::{
+    Answer, DEFAULT_MAX_NEW_TOKENS, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent,
+    new_token_budget,
+};
 pub use model::{ExportedModel, SessionOptions};
 pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

@@ -257,6 +257,7 @@ mod x86 {
 
     /// Pair `p` of groups (weight bytes `raw`) into accumulator `slot` of each activation row.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // the loop's registers, passed to an always-inlined body
     unsafe fn step<D: Dot, const R: usize>(
         p: usize,
         raw: __m256i,

@@ -354,15 +354,16 @@ impl SceneRules {
                         if !dot
                             && s.buf.len() < bounds.max_label_bytes as usize
                             && (s.buf.is_empty() || !s.finishing) => {}
-                    b'.' if !dot && !s.buf.is_empty() => n.phase = Phase::Id { dot: true },
-                    b'0'..=b'9' if dot && digits < bounds.max_id_digits as usize => {
-                        // At the last digit allowed, an id already declared would be a dead end.
-                        if digits + 1 == bounds.max_id_digits as usize {
-                            let mut id = s.buf.clone();
-                            id.try_push(b).ok()?;
-                            if s.declared.iter().any(|d| **d == id[..]) {
-                                return None;
-                            }
+                    b'.' | b'0'..=b'9' if (b == b'.' && !dot && !s.buf.is_empty()) || (b != b'.' && dot) => {
+                        // The id prefix must still complete to an id not yet declared.
+                        let mut id = s.buf.clone();
+                        id.try_push(b).ok()?;
+                        let digits = if b == b'.' { 0 } else { digits + 1 };
+                        if !id_completable(&id, digits, bounds.max_id_digits as usize, &s.declared) {
+                            return None;
+                        }
+                        if b == b'.' {
+                            n.phase = Phase::Id { dot: true };
                         }
                     }
                     b'"' if dot && digits > 0 => {
@@ -495,4 +496,31 @@ impl Recognizer for SceneRecognizer<'_> {
             None => false,
         }
     }
+}
+
+/// Whether the id prefix `id` (ending in its `digits` digits after the dot) can still become an id
+/// that is not in `declared`: the ids it can become (itself if it has a digit, and every extension by
+/// up to `max_digits` digits in all) outnumber the declared ones among them. Ids are unique, so the
+/// count is exact; without it a prefix such as `x.28` with `x.28` and `x.280`–`x.289` declared
+/// would be accepted and then have no continuation.
+fn id_completable(id: &[u8], digits: usize, max_digits: usize, declared: &[Box<[u8]>]) -> bool {
+    if digits > max_digits {
+        return false;
+    }
+    let mut possible: u64 = u64::from(digits > 0);
+    let mut width: u64 = 1;
+    for _ in digits..max_digits {
+        width = width.saturating_mul(10);
+        possible = possible.saturating_add(width);
+    }
+    let taken = declared
+        .iter()
+        .filter(|d| {
+            d.len() >= id.len()
+                && d.starts_with(id)
+                && d[id.len()..].iter().all(u8::is_ascii_digit)
+                && digits + (d.len() - id.len()) <= max_digits
+        })
+        .count() as u64;
+    taken < possible
 }

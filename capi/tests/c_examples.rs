@@ -1,0 +1,106 @@
+//! The C examples built with the system compiler against libst.so and run on the tiny model:
+//! examples/c/ask.c's answer equals the Rust API's for the same inputs, and examples/c/errors.c
+//! drives every error path under valgrind with no error and no leak reported.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo put the libst.so built with this test: target/<profile>/deps beside the test binary
+/// (`cargo test` builds the cdylib there without copying it up to target/<profile>).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    assert!(deps.join("libst.so").exists(), "no libst.so in {}", deps.display());
+    deps
+}
+
+/// Compile `examples/c/<name>.c` into `out`.
+fn compile(name: &str, out: &Path) -> PathBuf {
+    let lib = lib_dir();
+    let exe = out.join(name);
+    let status = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
+        .arg(root().join(format!("examples/c/{name}.c")))
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lst")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("the system C compiler `cc`");
+    assert!(status.success(), "cc {name}.c failed");
+    exe
+}
+
+fn tiny() -> PathBuf {
+    root().join("tests/fixtures/models/tiny")
+}
+
+const QUESTION: &str = "Is the cat to the left of the table? (A) yes (B) no";
+
+#[test]
+fn the_c_example_answers_as_the_rust_api_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile("ask", tmp.path());
+    let image = root().join("tests/fixtures/images/chelsea.png");
+    let out = Command::new(&exe)
+        .env("ST_CACHE_DIR", tmp.path().join("cache"))
+        .arg(tiny())
+        .arg(&image)
+        .arg(QUESTION)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["valid: yes", "same text: yes", "live handles: 0", "frame: 451x300"] {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
+    let json = stdout.lines().find_map(|l| l.strip_prefix("json: ")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+
+    // The same question through the Rust API: the same tokens and text.
+    unsafe { std::env::set_var("ST_CACHE_DIR", tmp.path().join("cache")) };
+    let opts = st_core::engine::SessionOptions { threads: Some(1), ..Default::default() };
+    let mut engine = st_core::engine::Engine::open(&tiny(), &opts).unwrap();
+    let frame = engine.encode_image(&image).unwrap();
+    let options = st_core::engine::GenerateOptions { max_new_tokens: Some(400), ..Default::default() };
+    let want = engine.ask(&frame, QUESTION, &options).unwrap();
+    assert_eq!(v["raw"], want.raw.as_str());
+    assert_eq!(v["token_ids"], serde_json::json!(want.token_ids));
+    assert_eq!(v["valid"], true);
+    let objects = want.response.scene.as_ref().map_or(0, |s| s.objects.len());
+    assert!(stdout.contains(&format!("objects: {objects}\n")), "{stdout}");
+}
+
+#[test]
+fn the_c_error_paths_hold_under_valgrind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile("errors", tmp.path());
+    let corrupt = tmp.path().join("corrupt.png");
+    let mut png = std::fs::read(root().join("tests/fixtures/images/chelsea.png")).unwrap();
+    png.truncate(200);
+    std::fs::write(&corrupt, png).unwrap();
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    assert!(valgrind.is_ok_and(|o| o.status.success()), "valgrind is needed (make test installs it)");
+    let out = Command::new("valgrind")
+        .args(["--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite"])
+        .args(["--show-leak-kinds=definite", "--track-origins=no", "-q"])
+        .arg(format!("--suppressions={}", root().join("capi/tests/valgrind.supp").display()))
+        .arg(&exe)
+        .arg(tiny())
+        .arg(&corrupt)
+        .env("ST_CACHE_DIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status.code());
+    assert!(stdout.contains("0 failures") && !stdout.contains("FAIL"), "{stdout}");
+}
