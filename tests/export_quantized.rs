@@ -1,4 +1,4 @@
-//! `st export --precision int4` (ai.st.MatMulInt4 with f16 scales, the CPU default, and MatMulNBits) and
+//! `st export --precision int4` (MatMulNBits, the CPU default, and ai.st.MatMulInt4 with f16 scales) and
 //! `fp8` (E4M3FN + DequantizeLinear) against the reference run on the same
 //! quantize-dequantized weights (tests/reference/quant.py mirrors export/src/quant/), so
 //! the bound measures the graph, not the rounding. With accuracy_level 0 both compute in f32:

@@ -20,11 +20,17 @@ fn lib_dir() -> PathBuf {
 
 /// Compile `examples/c/<name>.c` into `out`.
 fn compile(name: &str, out: &Path) -> PathBuf {
+    compile_file(&root().join(format!("examples/c/{name}.c")), out)
+}
+
+/// Compile one C file against include/st.h and libst.so into `out`.
+fn compile_file(src: &Path, out: &Path) -> PathBuf {
     let lib = lib_dir();
+    let name = src.file_stem().unwrap().to_str().unwrap();
     let exe = out.join(name);
     let status = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
-        .arg(root().join(format!("examples/c/{name}.c")))
+        .arg(src)
         .arg("-I")
         .arg(root().join("include"))
         .arg("-L")
@@ -103,4 +109,21 @@ fn the_c_error_paths_hold_under_valgrind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status.code());
     assert!(stdout.contains("0 failures") && !stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn the_readme_c_snippet_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let after = &readme[readme.find("## From C").unwrap()..];
+    let start = after.find("```c\n").unwrap() + 5;
+    let body = &after[start..start + after[start..].find("```").unwrap()];
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("readme.c");
+    std::fs::write(&src, format!("#include <stdio.h>\n#include \"st.h\"\nint main(void) {{\n{body}return 0;\n}}\n"))
+        .unwrap();
+    let exe = compile_file(&src, tmp.path());
+    let out = Command::new(&exe).current_dir(root()).env("ST_CACHE_DIR", tmp.path().join("cache")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().last().is_some_and(|l| l.starts_with("(A)") || l.starts_with("(B)")), "{stdout}");
 }

@@ -33,11 +33,12 @@ pub struct LinearOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Int4Op {
     /// `ai.st.MatMulInt4` with f16 scales and `accuracy_level` (st's int8-activation loop at 4):
-    /// MatMulNBits' bytes less an eighth at block 32, read in place (no prepacked copy).
-    #[default]
+    /// MatMulNBits' bytes less an eighth at block 32, read in place (no prepacked copy: ~2 GB less
+    /// memory on the 7B), slower than MLAS at prefill (docs/PERFORMANCE.md).
     St,
     /// `com.microsoft.MatMulNBits` with f32 scales (ORT's MLAS kernels; ties the scale type to the
-    /// activations').
+    /// activations'): the default, faster in every measure of the 7B side-by-side run.
+    #[default]
     NBits,
 }
 
@@ -69,7 +70,7 @@ impl Default for LinearOptions {
             int8: NBitsScheme { bits: 8, block: 32, symmetric: true },
             accuracy_level: 4,
             fused_ops: false,
-            int4_op: Int4Op::St,
+            int4_op: Int4Op::NBits,
         }
     }
 }

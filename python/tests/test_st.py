@@ -180,3 +180,18 @@ def test_version_and_stubs_ship():
     assert st.__version__
     pkg = Path(st.__file__).parent
     assert (pkg / "_native.pyi").exists() and (pkg / "py.typed").exists()
+
+
+def readme_block(heading: str, lang: str) -> str:
+    """The first ```lang block after `heading` in the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index(f"```{lang}\n") + len(lang) + 4
+    return after[start:after.index("```", start)]
+
+
+def test_the_readme_python_snippet_runs(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    exec(compile(readme_block("## From Python", "python"), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "True" in out  # answer.valid under the grammar
