@@ -23,13 +23,15 @@ fn compile(name: &str, out: &Path) -> PathBuf {
     compile_file(&root().join(format!("examples/c/{name}.c")), out)
 }
 
-/// Compile one C file against include/st.h and libst.so into `out`.
+/// Compile one C (or, for `.cpp`, C++17) file against include/ and libst.so into `out`.
 fn compile_file(src: &Path, out: &Path) -> PathBuf {
     let lib = lib_dir();
     let name = src.file_stem().unwrap().to_str().unwrap();
     let exe = out.join(name);
-    let status = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
+    let cpp = src.extension().is_some_and(|e| e == "cpp");
+    let (compiler, std) = if cpp { ("c++", "-std=c++17") } else { ("cc", "-std=c11") };
+    let status = Command::new(compiler)
+        .args([std, "-Wall", "-Wextra", "-Werror", "-g"])
         .arg(src)
         .arg("-I")
         .arg(root().join("include"))
@@ -40,8 +42,8 @@ fn compile_file(src: &Path, out: &Path) -> PathBuf {
         .arg("-o")
         .arg(&exe)
         .status()
-        .expect("the system C compiler `cc`");
-    assert!(status.success(), "cc {name}.c failed");
+        .unwrap_or_else(|e| panic!("the system compiler `{compiler}`: {e}"));
+    assert!(status.success(), "{compiler} {} failed", src.display());
     exe
 }
 
@@ -126,4 +128,23 @@ fn the_readme_c_snippet_runs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.lines().last().is_some_and(|l| l.starts_with("(A)") || l.starts_with("(B)")), "{stdout}");
+}
+
+#[test]
+fn the_cpp_wrappers_free_every_handle_and_throw_st_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_file(&root().join("examples/c/ask.cpp"), tmp.path());
+    let image = root().join("tests/fixtures/images/chelsea.png");
+    let out = Command::new(&exe)
+        .env("ST_CACHE_DIR", tmp.path().join("cache"))
+        .arg(tiny())
+        .arg(&image)
+        .arg(QUESTION)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["valid: yes", "error as expected: ST_STATUS_IO: /nonexistent.png", "live handles: 0"] {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
 }
