@@ -119,16 +119,23 @@ def test_two_threads_ask_at_once_and_the_gil_is_released(engine, frame):
             got[s] = e.ask(frame, QUESTION, max_new_tokens=40, temperature=1.0, seed=s).token_ids
 
     threads = [threading.Thread(target=work, args=(clones[i], seeds[i::2])) for i in range(2)]
-    ticks = 0
     for t in threads:
         t.start()
-    while any(t.is_alive() for t in threads):
-        ticks += 1  # the main thread runs Python while the model runs
-        time.sleep(0.001)
     for t in threads:
         t.join()
     assert got == want
-    assert ticks > 10
+
+    # While one long generation runs, the main thread keeps running Python: with the GIL held through
+    # the call it could not take a single step until the call returned.
+    ticks = 0
+    worker = threading.Thread(target=lambda: engine.ask(frame, QUESTION, max_new_tokens=400, grammar=False))
+    worker.start()
+    started = time.perf_counter()
+    while worker.is_alive():
+        ticks += 1
+    elapsed = time.perf_counter() - started
+    worker.join()
+    assert elapsed > 0.02 and ticks > 1000, (elapsed, ticks)
 
 
 def test_errors_are_exceptions_with_st_messages(engine, frame, tmp_path):
