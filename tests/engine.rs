@@ -275,3 +275,46 @@ fn the_default_token_budget_fits_the_context() {
     let err = new_token_budget(None, 2048, 2048).unwrap_err().to_string();
     assert!(err.contains("no room") && err.contains("2048"), "{err}");
 }
+
+/// Eight engine clones sharing one loaded model ask at once, each a different sampled question: every
+/// answer equals the single-threaded one for the same seed, and is valid under the grammar. The short
+/// form runs one round per thread; `ST_THREAD_ROUNDS=N` runs N (the long form, docs/RELIABILITY.md).
+#[test]
+fn eight_threads_sharing_one_model_answer_as_one_thread_does() {
+    let rounds: u64 = std::env::var("ST_THREAD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny", st_export::Attention::GroupQuery, tmp.path());
+    let frames = [e.encode_image(&image("chelsea.png")).unwrap(), e.encode_image(&image("astronaut.png")).unwrap()];
+    const QUESTIONS: [&str; 2] = [QUESTION, "Where is the astronaut? (A) left (B) right (C) center"];
+    let opts = |seed: u64| GenerateOptions {
+        max_new_tokens: Some(96),
+        sampling: st::decode::SamplingParams { temperature: Some(1.0), top_p: 0.9, seed, ..Default::default() },
+        ..Default::default()
+    };
+    let job = |seed: u64| ((seed % 2) as usize, QUESTIONS[(seed / 2 % 2) as usize]);
+    let want: Vec<Vec<u32>> = (0..16)
+        .map(|seed| {
+            let (f, q) = job(seed);
+            e.ask(&frames[f], q, &opts(seed)).unwrap().token_ids
+        })
+        .collect();
+    let want = std::sync::Arc::new(want);
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (mut e, frames, want) = (e.clone(), frames.clone(), want.clone());
+            std::thread::spawn(move || {
+                for round in 0..rounds {
+                    for seed in [(t + round) % 16, (t + 8 + round) % 16] {
+                        let (f, q) = job(seed);
+                        let a = e.ask(&frames[f], q, &opts(seed)).unwrap();
+                        assert!(a.response.valid, "thread {t} seed {seed}: {:?}", a.response.reasons);
+                        assert_eq!(a.token_ids, want[seed as usize], "thread {t} round {round} seed {seed}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
