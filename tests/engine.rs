@@ -318,3 +318,38 @@ fn eight_threads_sharing_one_model_answer_as_one_thread_does() {
         h.join().unwrap();
     }
 }
+
+/// An export whose files were damaged or mixed up: a clear error naming the file, quickly.
+#[test]
+fn damaged_exports_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    st_export::export(&model("tiny"), &a, &Default::default()).unwrap();
+    st_export::export(&model("tiny-b"), &b, &Default::default()).unwrap();
+    let load = |dir: &std::path::Path| {
+        let t = std::time::Instant::now();
+        let err = Engine::load(dir, &SessionOptions::default()).err().map(|e| e.to_string());
+        (err, t.elapsed())
+    };
+    // A truncated external-data file.
+    let data = a.join("decoder.onnx.data");
+    let len = std::fs::metadata(&data).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let (err, took) = load(&a);
+    // ONNX Runtime checks each external initializer against the data file's length (pinned 1.31.1):
+    // the error names the graph, the tensor and the bounds.
+    let err = err.expect("a truncated decoder.onnx.data must not load");
+    assert!(err.contains("decoder.onnx") && err.contains("weight") && err.contains("out of bounds"), "{err}");
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    // A graph from another export (tiny-b's decoder in tiny's directory).
+    std::fs::remove_dir_all(&a).unwrap();
+    st_export::export(&model("tiny"), &a, &Default::default()).unwrap();
+    for f in ["decoder.onnx", "decoder.onnx.data"] {
+        std::fs::copy(b.join(f), a.join(f)).unwrap();
+    }
+    let (err, _) = load(&a);
+    let err = err.expect("another export's decoder must not load");
+    assert!(err.contains("decoder"), "{err}");
+}

@@ -83,7 +83,48 @@ fn open_graph(
         },
     });
     drop(commit_guard);
-    Ok(Graph { name, session: Mutex::new(session?) })
+    let session = session?;
+    check_signature(&path, "input", &spec.inputs, session.inputs())?;
+    check_signature(&path, "output", &spec.outputs, session.outputs())?;
+    Ok(Graph { name, session: Mutex::new(session) })
+}
+
+/// The graph's inputs or outputs against the manifest's: the same names in order and the same fixed
+/// sizes, so a graph file from another export (another model's dims) is named at load, not met as a
+/// shape error mid-generation.
+fn check_signature(
+    path: &Path,
+    what: &str,
+    want: &[st_checkpoint::manifest::IoSpec],
+    got: &[ort::value::Outlet],
+) -> Result<()> {
+    let bad = |reason: String| Error::Ort {
+        context: path.display().to_string(),
+        reason: format!("{reason}: the graph does not belong to this export's manifest.json; re-export the model"),
+    };
+    let names = |v: Vec<&str>| v.join(", ");
+    if want.len() != got.len() || want.iter().zip(got).any(|(w, g)| w.name != g.name()) {
+        return Err(bad(format!(
+            "{what}s [{}] where the manifest lists [{}]",
+            names(got.iter().map(|g| g.name()).collect()),
+            names(want.iter().map(|w| w.name.as_str()).collect())
+        )));
+    }
+    for (w, g) in want.iter().zip(got) {
+        let Some(shape) = g.dtype().tensor_shape() else { continue };
+        let fixed = |i: usize| w.shape.get(i).and_then(serde_json::Value::as_i64);
+        let mismatch = shape.len() != w.shape.len()
+            || shape.iter().enumerate().any(|(i, &d)| fixed(i).is_some_and(|f| d >= 0 && d != f));
+        if mismatch {
+            return Err(bad(format!(
+                "{what} `{}` has shape {:?} where the manifest says {:?}",
+                w.name,
+                &shape[..],
+                w.shape
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl ExportedModel {
