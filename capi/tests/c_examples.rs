@@ -53,30 +53,42 @@ fn tiny() -> PathBuf {
 
 const QUESTION: &str = "Is the cat to the left of the table? (A) yes (B) no";
 
+/// Run an example as `EXE MODEL IMAGE QUESTION` on the tiny model and chelsea.png; it must succeed and
+/// print each of `wants`. Returns its stdout.
+fn ask_tiny(exe: &Path, tmp: &Path, wants: &[&str]) -> String {
+    let out = Command::new(exe)
+        .env("ST_CACHE_DIR", tmp.join("cache"))
+        .arg(tiny())
+        .arg(root().join("tests/fixtures/images/chelsea.png"))
+        .arg(QUESTION)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in wants {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
+    stdout
+}
+
 #[test]
 fn the_c_example_answers_as_the_rust_api_does() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile("ask", tmp.path());
     let image = root().join("tests/fixtures/images/chelsea.png");
-    let out = Command::new(&exe)
-        .env("ST_CACHE_DIR", tmp.path().join("cache"))
-        .arg(tiny())
-        .arg(&image)
-        .arg(QUESTION)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["valid: yes", "same text: yes", "live handles: 0", "frame: 451x300"] {
-        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
-    }
+    let stdout = ask_tiny(&exe, tmp.path(), &["valid: yes", "same text: yes", "live handles: 0", "frame: 451x300"]);
     let json = stdout.lines().find_map(|l| l.strip_prefix("json: ")).unwrap();
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
 
-    // The same question through the Rust API: the same tokens and text.
-    unsafe { std::env::set_var("ST_CACHE_DIR", tmp.path().join("cache")) };
+    // The same question through the Rust API, on the export the C example made in its cache: the same
+    // tokens and text.
+    let export = std::fs::read_dir(tmp.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("manifest.json").is_file())
+        .unwrap();
     let opts = st_core::engine::SessionOptions { threads: Some(1), ..Default::default() };
-    let mut engine = st_core::engine::Engine::open(&tiny(), &opts).unwrap();
+    let mut engine = st_core::engine::Engine::load(&export, &opts).unwrap();
     let frame = engine.encode_image(&image).unwrap();
     let options = st_core::engine::GenerateOptions { max_new_tokens: Some(400), ..Default::default() };
     let want = engine.ask(&frame, QUESTION, &options).unwrap();
@@ -134,17 +146,5 @@ fn the_readme_c_snippet_runs() {
 fn the_cpp_wrappers_free_every_handle_and_throw_st_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile_file(&root().join("examples/c/ask.cpp"), tmp.path());
-    let image = root().join("tests/fixtures/images/chelsea.png");
-    let out = Command::new(&exe)
-        .env("ST_CACHE_DIR", tmp.path().join("cache"))
-        .arg(tiny())
-        .arg(&image)
-        .arg(QUESTION)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["valid: yes", "error as expected: ST_STATUS_IO: /nonexistent.png", "live handles: 0"] {
-        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
-    }
+    ask_tiny(&exe, tmp.path(), &["valid: yes", "error as expected: ST_STATUS_IO: /nonexistent.png", "live handles: 0"]);
 }
