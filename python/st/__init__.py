@@ -160,11 +160,7 @@ class Engine:
         min_pixels: Optional[int] = None,
         max_pixels: Optional[int] = None,
         ort_lib: Optional[Union[str, "os.PathLike[str]"]] = None,
-        _native_engine: Optional[_native.Engine] = None,
     ) -> None:
-        if _native_engine is not None:
-            self._engine = _native_engine
-            return
         self._engine = _native.Engine(
             os.fspath(model),
             threads=threads,
@@ -177,7 +173,9 @@ class Engine:
 
     def clone(self) -> "Engine":
         """Another engine over the same loaded weights with its own KV cache (for another thread)."""
-        return Engine("", _native_engine=self._engine.clone())
+        clone = Engine.__new__(Engine)
+        clone._engine = self._engine.clone()
+        return clone
 
     @property
     def model_dir(self) -> str:

@@ -81,11 +81,11 @@ def test_frames_from_arrays_pil_and_bytes_equal_the_file(engine, frame):
     pil = Image.open(CHELSEA).convert("RGB")
     array = np.asarray(pil)
     assert array.shape == (300, 451, 3)
-    for image in [array, pil, CHELSEA.read_bytes(), str(CHELSEA), np.ascontiguousarray(array[:, :, :])]:
+    for image in [array, pil, CHELSEA.read_bytes(), str(CHELSEA)]:
         f = engine.encode(image)
         assert f.size == (451, 300)
         assert engine.ask(f, QUESTION, max_new_tokens=24, grammar=False).token_ids == want
-    # A non-contiguous view (every other column reversed twice) is copied in C order.
+    # A non-contiguous view (columns reversed, then reversed back as a strided view) is copied in C order.
     flipped = np.ascontiguousarray(array[:, ::-1])[:, ::-1]
     assert engine.ask(engine.encode(flipped), QUESTION, max_new_tokens=24, grammar=False).token_ids == want
     # PIL RGBA goes through st's own decoder (composited over white), as an RGBA file would.
