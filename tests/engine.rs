@@ -353,3 +353,29 @@ fn damaged_exports_are_named() {
     let err = err.expect("another export's decoder must not load");
     assert!(err.contains("decoder"), "{err}");
 }
+
+#[test]
+fn chat_messages_through_the_template_answer_as_ask_does() {
+    // ask's tokens are checked against transformers above; the same conversation given as
+    // messages must render, encode and generate identically.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny", st_export::Attention::GroupQuery, tmp.path());
+    let frame = e.encode_image(&image("chelsea.png")).unwrap();
+    let want = e.ask(&frame, QUESTION, &greedy(24)).unwrap();
+    let (w, h) = frame.image.original_size;
+    let text = st::prompt::spatialthinker_text(w, h, QUESTION).unwrap();
+    let messages = [st::prompt::Message::user(vec![st::prompt::Content::Image, st::prompt::Content::Text(text)])];
+    let got = e.chat_streaming(Some(&frame), &messages, &greedy(24), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!((got.token_ids, got.prompt_tokens), (want.token_ids, want.prompt_tokens));
+    // Text only: no frame, a prompt without vision tokens.
+    let hello = [st::prompt::Message::user(vec![st::prompt::Content::Text("Say hello.".into())])];
+    let a = e.chat_streaming(None, &hello, &greedy(6), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!((a.token_ids.len(), a.reused_prompt_tokens), (6, 0));
+    let b = e.chat_streaming(None, &hello, &greedy(6), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(a.token_ids, b.token_ids);
+    // Image parts and frames must agree; the grammar needs ask.
+    assert!(e.chat_streaming(None, &messages, &greedy(6), |_| ControlFlow::Continue(())).is_err());
+    assert!(e.chat_streaming(Some(&frame), &hello, &greedy(6), |_| ControlFlow::Continue(())).is_err());
+    let constrained = GenerateOptions { grammar: true, ..greedy(6) };
+    assert!(e.chat_streaming(None, &hello, &constrained, |_| ControlFlow::Continue(())).is_err());
+}

@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => st::cli::eval::run(args),
         Command::Data(args) => st::cli::data::run(args),
         Command::Doctor(args) => st::cli::doctor::run(args),
+        Command::Serve(args) => st::cli::serve::run(args),
         Command::Finetune(args) => st::cli::finetune::run(args),
     }
 }

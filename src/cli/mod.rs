@@ -11,6 +11,7 @@ pub mod finetune;
 pub mod inspect;
 pub mod reward;
 pub mod run;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ pub enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Report which ONNX Runtime library is found and whether it loads.
     Doctor(doctor::DoctorArgs),
+    /// Serve the model over HTTP: OpenAI-compatible chat completions, /v1/scene, /metrics (docs/SERVING.md).
+    Serve(serve::ServeArgs),
 }
 
 /// Pixel budget of the resized image, shared by the commands that preprocess.

@@ -12,7 +12,7 @@ use crate::decode::grammar::{Bounds, GrammarFactory, OutputSpec};
 use crate::decode::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::preprocess::{ImageNorm, PatchGeometry, PixelBounds, PreprocessOptions, PreprocessedImage, Preprocessor};
-use crate::prompt::PromptBuilder;
+use crate::prompt::{Content, MAX_QUESTION_BYTES, Message, PromptBuilder};
 use crate::scene::{Response, Rules, parse_response};
 use image::RgbImage;
 use ndarray::{Array1, Array2, Array3, s};
@@ -436,37 +436,115 @@ impl Engine {
         frame: &Frame,
         question: &str,
         opts: &GenerateOptions,
-        mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+        on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<Answer> {
-        let mut sampler = Sampler::new(&opts.sampling)?;
         let (w, h) = frame.image.original_size;
         let text = self.prompt.spatialthinker_prompt(w, h, question)?;
         let merge = self.preprocessor.geometry.merge_size;
         let ids = self.prompt.encode(&text, &[frame.image.num_image_tokens(merge)])?;
+        let grammar = opts.grammar.then_some(question);
+        let g = self.generate(Some(frame), ids, grammar, opts, on_token)?;
+        Ok(g.into_answer((w, h), question))
+    }
+
+    /// Generate after `messages` rendered through the checkpoint's own chat template, as they are
+    /// (no SpatialThinker instruction): a general chat turn, with `frame` as the image of the one
+    /// [`Content::Image`](crate::prompt::Content::Image) part if there is one. The grammar needs
+    /// SpatialThinker's prompt (`opts.grammar` must be off here; [`Engine::ask`] has it).
+    pub fn chat_streaming(
+        &mut self,
+        frame: Option<&Frame>,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Answer> {
+        if opts.grammar {
+            return Err(Error::InvalidArgument {
+                name: "grammar",
+                reason: "constrains SpatialThinker's response format: use ask (the SpatialThinker prompt) for it"
+                    .into(),
+            });
+        }
+        let images = messages.iter().flat_map(|m| &m.content).filter(|c| matches!(c, Content::Image)).count();
+        if images != usize::from(frame.is_some()) {
+            return Err(Error::Prompt {
+                reason: format!(
+                    "the messages have {images} image parts but {} frames were given",
+                    u8::from(frame.is_some())
+                ),
+            });
+        }
+        let text = self.prompt.template.render(messages, true)?;
+        if text.len() > 4 * MAX_QUESTION_BYTES * messages.len().max(1) {
+            return Err(Error::InvalidArgument {
+                name: "messages",
+                reason: format!("render to {} bytes, above the limit of {MAX_QUESTION_BYTES} per message", text.len()),
+            });
+        }
+        let merge = self.preprocessor.geometry.merge_size;
+        let counts: Vec<usize> = frame.iter().map(|f| f.image.num_image_tokens(merge)).collect();
+        let ids = self.prompt.encode(&text, &counts)?;
+        let question = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .and_then(|m| {
+                m.content.iter().rev().find_map(|c| if let Content::Text(t) = c { Some(t.as_str()) } else { None })
+            })
+            .unwrap_or("");
+        let size = frame.map_or((0, 0), |f| f.image.original_size);
+        let g = self.generate(frame, ids, None, opts, on_token)?;
+        Ok(g.into_answer(size, question))
+    }
+
+    /// Prefill `ids` (the frame's prefix KV reused as far as it matches) and decode through the
+    /// sampling chain; with `grammar` (the question) the output follows SpatialThinker's format.
+    fn generate(
+        &mut self,
+        frame: Option<&Frame>,
+        ids: Vec<u32>,
+        grammar: Option<&str>,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Generated> {
+        let mut sampler = Sampler::new(&opts.sampling)?;
+        let merge = self.preprocessor.geometry.merge_size;
         let limit = self.model.manifest.config.text.max_position_embeddings;
         let max_new = new_token_budget(opts.max_new_tokens, ids.len(), limit)?;
         let special = self.prompt.tokenizer.special;
-        let pos = crate::rope::mrope_positions(&ids, special.image_pad, &[frame.image.grid_thw], merge)?;
-        if opts.grammar {
-            let spec = OutputSpec::budgeted((w, h), question, &opts.bounds, max_new);
+        let grids: Vec<[usize; 3]> = frame.iter().map(|f| f.image.grid_thw).collect();
+        let pos = crate::rope::mrope_positions(&ids, special.image_pad, &grids, merge)?;
+        if let (Some(question), Some(frame)) = (grammar, frame) {
+            let spec = OutputSpec::budgeted(frame.image.original_size, question, &opts.bounds, max_new);
             sampler.push_front(Box::new(self.grammar_factory()?.matcher(spec)));
         }
 
         // Reuse the frame's prefix KV as far as it matches; at least one token is prefilled.
-        let reuse = if opts.reuse_prefix { common_prefix(&frame.prefix_ids, &ids).min(ids.len() - 1) } else { 0 };
-        let valid = match self.resident.take() {
-            Some((id, n)) if id == frame.id => n.min(reuse),
-            _ => 0,
-        };
-        self.state.restore(&self.model, &frame.prefix_kv, valid, reuse)?;
-        self.state.reserve(&self.model, ids.len() + max_new)?;
-
         let t = Instant::now();
-        let embeds = self.prompt_embeds(&ids, reuse, &frame.embeds)?;
-        let logits = self.state.forward(&self.model, embeds, pos.ids.slice(s![.., reuse..]).to_owned(), 1)?;
-        self.resident = Some((frame.id, reuse));
+        let (reuse, logits) = match frame {
+            Some(frame) => {
+                let reuse =
+                    if opts.reuse_prefix { common_prefix(&frame.prefix_ids, &ids).min(ids.len() - 1) } else { 0 };
+                let valid = match self.resident.take() {
+                    Some((id, n)) if id == frame.id => n.min(reuse),
+                    _ => 0,
+                };
+                self.state.restore(&self.model, &frame.prefix_kv, valid, reuse)?;
+                self.state.reserve(&self.model, ids.len() + max_new)?;
+                let embeds = self.prompt_embeds(&ids, reuse, &frame.embeds)?;
+                let logits = self.state.forward(&self.model, embeds, pos.ids.slice(s![.., reuse..]).to_owned(), 1)?;
+                self.resident = Some((frame.id, reuse));
+                (reuse, logits)
+            }
+            None => {
+                self.resident = None;
+                self.state.truncate(0);
+                self.state.reserve(&self.model, ids.len() + max_new)?;
+                let embeds = self.embed_tokens(&ids)?;
+                (0, self.state.forward(&self.model, embeds, pos.ids.clone(), 1)?)
+            }
+        };
         let prefill_ms = ms(t);
-
         let stops = self.end_of_turn();
         let mut history = ids.clone();
         let mut out: Vec<u32> = Vec::new();
@@ -546,7 +624,7 @@ impl Engine {
             }
         };
         let raw = self.prompt.tokenizer.decode(&out, true)?;
-        let ft = &frame.timings;
+        let ft = frame.map(|f| f.timings.clone()).unwrap_or_default();
         let timings = Timings {
             preprocess_ms: ft.preprocess_ms,
             vision_ms: ft.vision_ms,
@@ -557,14 +635,30 @@ impl Engine {
             draft_tokens: drafted,
             accepted_draft_tokens: accepted,
         };
-        Ok(Answer {
-            response: parse_response(&raw, &Rules::new((w, h), question)),
-            raw,
-            token_ids: out,
-            prompt_tokens: ids.len(),
-            reused_prompt_tokens: reuse,
-            stop,
-            timings,
-        })
+        Ok(Generated { raw, token_ids: out, prompt_tokens: ids.len(), reused_prompt_tokens: reuse, stop, timings })
+    }
+}
+
+/// What [`Engine::generate`] produced, before the response is parsed.
+struct Generated {
+    raw: String,
+    token_ids: Vec<u32>,
+    prompt_tokens: usize,
+    reused_prompt_tokens: usize,
+    stop: StopReason,
+    timings: Timings,
+}
+
+impl Generated {
+    fn into_answer(self, size: (u32, u32), question: &str) -> Answer {
+        Answer {
+            response: parse_response(&self.raw, &Rules::new(size, question)),
+            raw: self.raw,
+            token_ids: self.token_ids,
+            prompt_tokens: self.prompt_tokens,
+            reused_prompt_tokens: self.reused_prompt_tokens,
+            stop: self.stop,
+            timings: self.timings,
+        }
     }
 }
