@@ -15,6 +15,8 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-torch-2.11.0
 TRAIN_ENV = LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(CURDIR)/$(TRAIN_VENV) PATH="$(CURDIR)/$(TRAIN_VENV)/bin:$$PATH"
 PY_VENV := .venv-py
 PY_STAMP := $(PY_VENV)/.installed
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.installed
 CARGO ?= cargo
@@ -24,7 +26,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv venv-train venv-py python-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
+.PHONY: all demo test venv venv-train venv-py python-test venv-serve serve-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -92,6 +94,19 @@ python-test: venv venv-py
 	$(PY_VENV)/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/st-*.whl
 	$(PY_VENV)/bin/python -m pytest -q python/tests
 
+# `st serve` through the official OpenAI client and httpx on the loopback: completions, streams,
+# /v1/scene against st-run --json, errors, a disconnect, a 64-client load test, SIGTERM.
+$(SERVE_STAMP): serve/tests/requirements.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --disable-pip-version-check -r serve/tests/requirements.txt
+	touch $@
+
+venv-serve: $(SERVE_STAMP)
+
+serve-test: venv venv-serve
+	$(CARGO) build -q --bins
+	$(SERVE_VENV)/bin/python -m pytest -q -s serve/tests
+
 # Regenerate the training goldens: PEFT adapters and LoRA logits (tests/fixtures/adapters, goldens/*/peft)
 # and the GRPO objective (goldens/grpo_loss.json).
 train-goldens: venv-train
@@ -104,6 +119,7 @@ test: venv qwen-tokenizer
 	$(CARGO) test --workspace --exclude st-train --exclude st-python --all-targets
 	$(CARGO) test --workspace --exclude st-train --exclude st-python --doc
 	$(MAKE) python-test
+	$(MAKE) serve-test
 	$(MAKE) train-test
 	$(MAKE) kernels-check
 	rm -rf target/pytest-export

@@ -29,9 +29,22 @@ fn text_files() -> Vec<PathBuf> {
     }
     let r = root();
     let mut out = vec![r.join("README.md"), r.join("Makefile"), r.join("Cargo.toml")];
-    for d in
-        ["src", "export", "checkpoint", "kernels", "train", "tests", "docs", "models", "benches", "examples", ".ci"]
-    {
+    for d in [
+        "src",
+        "export",
+        "checkpoint",
+        "kernels",
+        "train",
+        "capi",
+        "python",
+        "serve",
+        "tests",
+        "docs",
+        "models",
+        "benches",
+        "examples",
+        ".ci",
+    ] {
         walk(&r.join(d), &mut out);
     }
     out

@@ -303,7 +303,14 @@ impl Relay {
         let mut next = Some(first);
         let mut status = 200;
         let mut log = None;
-        while let Some(event) = next.take().or(rx.recv().await) {
+        loop {
+            let event = match next.take() {
+                Some(e) => e,
+                None => match rx.recv().await {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
             let sent = match event {
                 Event::Token(text) => tx.send(chunk(json!({"content": text}), None)).await,
                 Event::Done(f) => {

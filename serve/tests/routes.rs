@@ -322,3 +322,58 @@ async fn a_full_queue_answers_503_with_retry_after_and_never_waits() {
     let (_, v, _) = call(&s, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!((v["queue_depth"].as_i64(), v["busy_workers"].as_i64()), (Some(0), Some(0)), "{v}");
 }
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn a_stream_carries_every_token_then_done() {
+    let s = state(&[], None);
+    let mut body = chat_body(
+        json!([image_part(&chelsea()), {"type": "text", "text": "Is the cat left of the table? (A) yes (B) no"}]),
+    );
+    body["max_tokens"] = json!(200);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body["st"] = json!({"observe_tokens": 16, "think_tokens": 16});
+    let response = router(Arc::clone(&s)).oneshot(post("/v1/chat/completions", &body)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let data = sse_data(&String::from_utf8_lossy(&bytes));
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()).map(str::to_string))
+        .collect();
+    let want = library_answer();
+    assert_eq!(text, want["raw"].as_str().unwrap());
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], want["token_ids"].as_array().unwrap().len());
+}
+
+#[tokio::test]
+async fn a_client_dropping_the_stream_stops_its_generation() {
+    let s = state(&[], None);
+    let mut body = chat_body(json!("Count to a million."));
+    body["st"] = json!({"template": "chat"});
+    body["max_tokens"] = json!(4000);
+    body["stream"] = json!(true);
+    let response = router(Arc::clone(&s)).oneshot(post("/v1/chat/completions", &body)).await.unwrap();
+    let mut stream = response.into_body();
+    for _ in 0..3 {
+        stream.frame().await.unwrap().unwrap();
+    }
+    drop(stream);
+    // The worker notices at its next token; wait for it to finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.metrics.busy_workers.get() > 0 || s.metrics.generated_tokens.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the generation did not stop");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let generated = s.metrics.generated_tokens.get();
+    assert!(generated < 4000, "{generated} tokens generated for a client that left");
+}
