@@ -219,6 +219,18 @@ def test_a_client_leaving_mid_stream_stops_its_generation(server):
     assert r.usage.completion_tokens == 4
 
 
+def test_a_client_leaving_before_the_answer_stops_its_generation(server):
+    server.idle()
+    before = server.metric("st_generated_tokens_total")
+    body = {"model": "tiny", "max_tokens": 4000, "st": {"template": "chat"},
+            "messages": [{"role": "user", "content": "Count to a million."}]}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=0.05)
+    server.idle()
+    generated = server.metric("st_generated_tokens_total") - before
+    assert generated < 4000, generated  # 0 when the worker had not taken it yet: skipped
+
+
 def test_load_every_request_is_answered(server):
     """64 clients, 256 requests, 2 workers and a queue of 4: each request gets 200 or 503, none is lost
     or hangs, and the server's memory comes back to where it was."""
