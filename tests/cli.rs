@@ -280,3 +280,33 @@ fn finetune_without_the_train_feature_says_how_to_get_it() {
     let first = stderr.lines().next().unwrap_or_default();
     assert!(first.contains("`train` feature") && first.contains("make venv-train"), "{stderr}");
 }
+
+#[test]
+fn questions_with_control_characters_or_invalid_utf8_are_handled() {
+    use std::os::unix::ffi::OsStrExt;
+    let chelsea = image("chelsea.png");
+    let tiny = model("tiny");
+    // Invalid UTF-8 on the command line: clap's clear usage error (exit 2), no panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .arg(&chelsea)
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe is it left?"))
+        .arg("--model")
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid UTF-8") && !stderr.contains("panicked"), "{stderr}");
+    // Control characters and an escape sequence are text like any other: a valid answer.
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .arg(&chelsea)
+        .arg("ctrl \u{1}\u{7}\u{1b}[31m\t is it left? (A) yes (B) no")
+        .args(["--json", "--max-new-tokens", "120", "--observe-tokens", "8", "--think-tokens", "8", "--model"])
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true, "{v}");
+}
