@@ -376,6 +376,9 @@ fn chat_messages_through_the_template_answer_as_ask_does() {
     // Image parts and frames must agree; the grammar needs ask.
     assert!(e.chat_streaming(None, &messages, &greedy(6), |_| ControlFlow::Continue(())).is_err());
     assert!(e.chat_streaming(Some(&frame), &hello, &greedy(6), |_| ControlFlow::Continue(())).is_err());
+    let long = [st::prompt::Message::user(vec![st::prompt::Content::Text("x".repeat(70_000))])];
+    let e2 = e.chat_streaming(None, &long, &greedy(6), |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(e2.to_string().contains("messages"), "{e2}");
     let constrained = GenerateOptions { grammar: true, ..greedy(6) };
     assert!(e.chat_streaming(None, &hello, &constrained, |_| ControlFlow::Continue(())).is_err());
 }

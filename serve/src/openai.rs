@@ -145,12 +145,18 @@ pub fn bounds(observe_tokens: Option<u32>, think_tokens: Option<u32>) -> Bounds 
 }
 
 fn fresh_seed() -> u64 {
+    let h = unique_hash();
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+/// A hash no other call in any process gets (time, process id and a counter): fresh seeds, response ids.
+pub fn unique_hash() -> blake3::Hash {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let h = blake3::hash(&[now.as_nanos().to_le_bytes().as_slice(), &n.to_le_bytes()].concat());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
+    let pid = u64::from(std::process::id());
+    blake3::hash(&[now.as_nanos().to_le_bytes().as_slice(), &n.to_le_bytes(), &pid.to_le_bytes()].concat())
 }
 
 /// Refuse the OpenAI fields this server does not implement when they ask for something.

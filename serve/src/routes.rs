@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_stream::wrappers::ReceiverStream;
@@ -237,14 +237,8 @@ async fn finished(rx: &mut UnboundedReceiver<Event>) -> Result<Box<Finished>, Ap
     }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
 fn completion_id() -> String {
-    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let h = blake3::hash(
-        &[unix_now().to_le_bytes(), n.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat(),
-    );
-    format!("chatcmpl-{}", &h.to_hex()[..24])
+    format!("chatcmpl-{}", &openai::unique_hash().to_hex()[..24])
 }
 
 async fn chat_completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {

@@ -60,6 +60,10 @@ impl Frame {
     }
 }
 
+/// Most text bytes a [`Engine::chat_streaming`] conversation may hold (four questions' worth; the
+/// context limit is enforced later in tokens).
+pub const MAX_MESSAGES_BYTES: usize = 4 * MAX_QUESTION_BYTES;
+
 /// The new-token budget when none is given: SpatialThinker's evaluation setting.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 2048;
 
@@ -474,13 +478,15 @@ impl Engine {
                 ),
             });
         }
-        let text = self.prompt.template.render(messages, true)?;
-        if text.len() > 4 * MAX_QUESTION_BYTES * messages.len().max(1) {
+        let bytes: usize =
+            messages.iter().flat_map(|m| &m.content).map(|c| if let Content::Text(t) = c { t.len() } else { 0 }).sum();
+        if bytes > MAX_MESSAGES_BYTES {
             return Err(Error::InvalidArgument {
                 name: "messages",
-                reason: format!("render to {} bytes, above the limit of {MAX_QUESTION_BYTES} per message", text.len()),
+                reason: format!("hold {bytes} bytes of text, above the limit of {MAX_MESSAGES_BYTES}"),
             });
         }
+        let text = self.prompt.template.render(messages, true)?;
         let merge = self.preprocessor.geometry.merge_size;
         let counts: Vec<usize> = frame.iter().map(|f| f.image.num_image_tokens(merge)).collect();
         let ids = self.prompt.encode(&text, &counts)?;
