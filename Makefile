@@ -26,7 +26,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: all demo test venv venv-train venv-py python-test venv-serve serve-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
+.PHONY: fuzz-smoke fuzz fuzz-build all demo test venv venv-train venv-py python-test venv-serve serve-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -136,6 +136,43 @@ test: venv qwen-tokenizer
 peers:
 	test -f target/spatialthinker-7b-random/config.json || models/make-7b-checkpoint
 	benches/peers/run target/spatialthinker-7b-random --out target/peers-7b $(PEERS_ARGS)
+
+# cargo-fuzz (libFuzzer) targets in fuzz/ (docs/RELIABILITY.md#fuzzing). cargo-fuzz passes nightly flags
+# (-Zsanitizer=address, sanitizer coverage); the stable toolchain takes them with RUSTC_BOOTSTRAP=1.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT := .cache/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+FUZZ_ENV = RUSTC_BOOTSTRAP=1 PATH="$(CURDIR)/$(CARGO_FUZZ_ROOT)/bin:$$PATH"
+FUZZ_TARGETS := image config safetensors manifest response reward_line grammar capi serve_chat serve_scene
+FUZZ_CORPUS := target/fuzz-corpus
+# Per target: seconds for fuzz-smoke; FUZZ_SECONDS / FUZZ_RUNS for the long runs of `make fuzz`.
+FUZZ_SMOKE_SECONDS ?= 12
+FUZZ_SECONDS ?= 3600
+FUZZ_RUNS ?= 10000000
+FUZZ_FLAGS := -rss_limit_mb=2048 -malloc_limit_mb=1200 -timeout=30 -print_final_stats=1
+
+$(CARGO_FUZZ_ROOT)/bin/cargo-fuzz:
+	$(CARGO) install -q --locked --root $(CARGO_FUZZ_ROOT) cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz-build: venv $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
+	$(FUZZ_ENV) cargo fuzz build -O --debug-assertions
+	$(CARGO) run -q --bin st -- export tests/fixtures/models/tiny target/fuzz-export/tiny >/dev/null
+	$(CARGO) run -q --bin st -- export tests/fixtures/models/tiny-b target/fuzz-export/tiny-b >/dev/null
+	fuzz/seed $(FUZZ_CORPUS) target/fuzz-export/tiny target/fuzz-export/tiny-b
+
+# Each target for FUZZ_SMOKE_SECONDS from its corpus (part of `make test`); a crash fails it and leaves
+# the input in fuzz/artifacts/TARGET/.
+fuzz-smoke: fuzz-build
+	for t in $(FUZZ_TARGETS); do \
+		$(FUZZ_ENV) cargo fuzz run -O --debug-assertions $$t $(FUZZ_CORPUS)/$$t -- \
+			-max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_FLAGS) 2>&1 | tail -n 12 || exit 1; \
+	done
+
+# The long runs: each target until FUZZ_RUNS executions or FUZZ_SECONDS (figures: docs/RELIABILITY.md).
+fuzz: fuzz-build
+	for t in $(FUZZ_TARGETS); do \
+		$(FUZZ_ENV) cargo fuzz run -O --debug-assertions $$t $(FUZZ_CORPUS)/$$t -- \
+			-runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) 2>&1 | tail -n 12 || exit 1; \
+	done
 
 bench: venv qwen-tokenizer
 	$(CARGO) bench --bench preprocess

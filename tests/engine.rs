@@ -243,6 +243,39 @@ fn exact_speculation_gives_the_same_tokens() {
 }
 
 #[test]
+fn a_token_limit_below_the_shortest_valid_answer_is_refused_and_the_bound_suffices() {
+    // Found by the 10,000-run property test: 64 tokens could not hold even the shortest answer to
+    // a question with long non-ASCII options in the tiny tokenizer, and the output was cut off before
+    // `</answer>`. Now such a limit is refused up front, and the bound itself always suffices.
+    use st::decode::grammar::{Bounds, OutputSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = engine("tiny", st_export::Attention::GroupQuery, tmp.path());
+    let frame = e.encode_image(&image("chelsea.png")).unwrap();
+    let q = "Which is closest to the camera? (A) 🙂 the smiling one (B) 日本語のテキスト (C) 0";
+    let bounds = Bounds::default();
+    let need = |max: usize| {
+        let spec = OutputSpec::budgeted(frame.image.original_size, q, &bounds, max);
+        e.grammar_factory().unwrap().matcher(spec).min_tokens()
+    };
+    let n = need(64);
+    assert!(n > 40 && n < 200, "{n}");
+    let opts = |max: usize, seed: u64| GenerateOptions {
+        max_new_tokens: Some(max),
+        sampling: st::decode::SamplingParams { temperature: Some(1.5), seed, ..Default::default() },
+        ..Default::default()
+    };
+    let err = e.ask(&frame, q, &opts(n - 1, 0)).unwrap_err().to_string();
+    assert!(err.contains("max_new_tokens") && err.contains(&format!("({n} tokens")), "{err}");
+    for seed in 0..24 {
+        let a = e.ask(&frame, q, &opts(n, seed)).unwrap();
+        assert!(a.response.valid, "seed {seed}: {:?}\n{}", a.response.reasons, a.raw);
+        assert!(a.token_ids.len() <= n);
+    }
+    // The engine keeps working after the refusal.
+    assert!(e.ask(&frame, q, &opts(400, 1)).unwrap().response.valid);
+}
+
+#[test]
 fn the_default_token_budget_fits_the_context() {
     // No budget given: what the context leaves (tiny-b's context of 2048 is less than its prompt plus
     // the default budget of 2048), so the defaults always run.

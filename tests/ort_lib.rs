@@ -19,14 +19,21 @@ fn search_order_and_error() {
 
     let r = resolve_from(Some(&explicit), Some(&env), &venvs).unwrap();
     assert_eq!((r.path, r.found_by), (explicit.clone(), "--ort-lib"));
-    let r = resolve_from(Some(Path::new("/nope.so")), Some(&env), &venvs).unwrap();
+    let r = resolve_from(None, Some(&env), &venvs).unwrap();
     assert_eq!((r.path, r.found_by), (env.clone(), "ORT_DYLIB_PATH"));
-    let r = resolve_from(None, Some(Path::new("/nope.so")), &venvs).unwrap();
+    let r = resolve_from(None, None, &venvs).unwrap();
     assert_eq!((r.path, r.found_by), (capi.join("libonnxruntime.so.1.31.1"), "project venv"));
 
-    let e = resolve_from(Some(Path::new("/nope.so")), None, &venvs[..1]).unwrap_err().to_string();
-    for needle in ["/nope.so", "ORT_DYLIB_PATH (unset)", "libonnxruntime.so.1.31.1", "make venv", "onnxruntime==1.31.1"]
-    {
+    // A library asked for by name that is not there is an error naming it, never another library.
+    let e = resolve_from(Some(Path::new("/nope.so")), Some(&env), &venvs).unwrap_err().to_string();
+    for needle in ["--ort-lib /nope.so (no such file)", "make venv"] {
+        assert!(e.contains(needle), "missing {needle:?} in: {e}");
+    }
+    let e = resolve_from(None, Some(dir.path()), &venvs).unwrap_err().to_string();
+    assert!(e.contains(&format!("ORT_DYLIB_PATH {} (not a file)", dir.path().display())), "{e}");
+
+    let e = resolve_from(None, None, &venvs[..1]).unwrap_err().to_string();
+    for needle in ["ORT_DYLIB_PATH (unset)", "libonnxruntime.so.1.31.1", "make venv", "onnxruntime==1.31.1"] {
         assert!(e.contains(needle), "missing {needle:?} in: {e}");
     }
 }

@@ -349,12 +349,19 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory, synced and renamed.
+/// Write `bytes` to `path` through a temporary file in the same directory, synced and renamed; on
+/// an error the temporary file is removed and `path` is as it was.
 pub fn write_then_rename(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .map_err(Error::io(&tmp))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(Error::io(path)));
+    if written.is_err() {
+        // A full disk or an unwritable directory leaves nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -78,6 +78,16 @@ impl Manifest {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let raw: serde_json::Value = read_json(&path)?;
+        Self::from_value(raw, path)
+    }
+
+    /// Parse the text of a manifest read from `path` (named in errors).
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let raw = serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        Self::from_value(raw, path.to_path_buf())
+    }
+
+    fn from_value(raw: serde_json::Value, path: std::path::PathBuf) -> Result<Self> {
         let version = raw.get("format_version").and_then(|v| v.as_u64());
         if version != Some(FORMAT_VERSION as u64) {
             return Err(Error::InvalidField {

@@ -7,12 +7,12 @@ use crate::frames::FrameCache;
 use crate::images::{ImageInput, ImageSources};
 use crate::metrics::Metrics;
 use crate::openai::{self, ChatRequest};
-use crate::scene::SceneRequest;
+use crate::scene;
 use crate::workers::{Event, Finished, Job, Pool, Prompt};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path as UrlPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -340,19 +340,7 @@ impl Relay {
 
 async fn scene(State(s): State<Shared>, req: Request) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (fields, upload) = if is_multipart {
-        multipart_scene(Multipart::from_request(req, &()).await.map_err(|e| ApiError::Malformed(e.body_text()))?, &s)
-            .await?
-    } else {
-        let body = Bytes::from_request(req, &()).await.map_err(|e| body_error(e, s.max_body_bytes))?;
-        let r: SceneRequest = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(e.to_string()))?;
-        (r, None)
-    };
+    let (fields, upload) = scene::read_request(req, &s.sources, s.max_body_bytes).await?;
     if let Some(m) = &fields.model {
         s.check_model(m)?;
     }
@@ -363,30 +351,6 @@ async fn scene(State(s): State<Shared>, req: Request) -> Result<Response, ApiErr
     let mut response = Json(body).into_response();
     response.extensions_mut().insert(GenerationLog::of(&f));
     Ok(response)
-}
-
-async fn multipart_scene(mut form: Multipart, s: &AppState) -> Result<(SceneRequest, Option<ImageInput>), ApiError> {
-    let mut fields = SceneRequest::default();
-    let mut upload = None;
-    let too_big = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit: s.max_body_bytes }
-        } else {
-            ApiError::Malformed(e.body_text())
-        }
-    };
-    while let Some(field) = form.next_field().await.map_err(too_big)? {
-        let name = field.name().unwrap_or_default().to_string();
-        if name == "image" && field.file_name().is_some() {
-            let file = field.file_name().unwrap_or("upload").to_string();
-            let bytes = field.bytes().await.map_err(too_big)?;
-            upload = Some(s.sources.take_bytes(bytes.to_vec(), &file, "image")?);
-        } else {
-            let text = field.text().await.map_err(too_big)?;
-            fields.set_field(&name, text)?;
-        }
-    }
-    Ok((fields, upload))
 }
 
 async fn models(State(s): State<Shared>) -> Json<serde_json::Value> {

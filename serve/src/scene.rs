@@ -4,6 +4,9 @@
 use crate::error::ApiError;
 use crate::images::{ImageInput, ImageSources};
 use crate::openai::{bounds, sampling};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{StatusCode, header};
 use serde::Deserialize;
 use st::engine::GenerateOptions;
 
@@ -50,6 +53,47 @@ pub fn question_with_options(question: &str, options: &[String]) -> Result<Strin
         q.push_str(&format!(" ({letter}) {o}"));
     }
     Ok(q)
+}
+
+/// The fields of a `/v1/scene` request, JSON or multipart, and the uploaded image if it came as a
+/// multipart file; bodies above `max_body_bytes` are refused (the router's body limit).
+pub async fn read_request(
+    req: Request,
+    sources: &ImageSources,
+    max_body_bytes: usize,
+) -> Result<(SceneRequest, Option<ImageInput>), ApiError> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_big = |status: StatusCode, text: String| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge { limit: max_body_bytes }
+        } else {
+            ApiError::Malformed(text)
+        }
+    };
+    if !is_multipart {
+        let body = Bytes::from_request(req, &()).await.map_err(|e| too_big(e.status(), e.body_text()))?;
+        let r: SceneRequest = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        return Ok((r, None));
+    }
+    let mut form = Multipart::from_request(req, &()).await.map_err(|e| ApiError::Malformed(e.body_text()))?;
+    let mut fields = SceneRequest::default();
+    let mut upload = None;
+    while let Some(field) = form.next_field().await.map_err(|e| too_big(e.status(), e.body_text()))? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" && field.file_name().is_some() {
+            let file = field.file_name().unwrap_or("upload").to_string();
+            let bytes = field.bytes().await.map_err(|e| too_big(e.status(), e.body_text()))?;
+            upload = Some(sources.take_bytes(bytes.to_vec(), &file, "image")?);
+        } else {
+            let text = field.text().await.map_err(|e| too_big(e.status(), e.body_text()))?;
+            fields.set_field(&name, text)?;
+        }
+    }
+    Ok((fields, upload))
 }
 
 impl SceneRequest {

@@ -45,6 +45,13 @@ pub struct BenchArgs {
     /// Token limit of the constrained measure of `--peers`.
     #[arg(long, default_value_t = 256)]
     pub constrained_tokens: usize,
+    /// A soak instead: N sampled, grammar-constrained questions over changing frames, every answer
+    /// validated, RSS and open descriptors compared after the warm-up (JSON; exit 1 on a failure).
+    #[arg(long, value_name = "N")]
+    pub soak: Option<usize>,
+    /// Questions per frame in `--soak`.
+    #[arg(long, default_value_t = 10)]
+    pub soak_per_frame: usize,
 }
 
 /// Median, min and max of one measure over the runs.
@@ -130,6 +137,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         speculate: args.speculate,
         ..Default::default()
     };
+    if let Some(n) = args.soak {
+        let mut report = super::soak::run(&mut engine, n, args.soak_per_frame, args.tokens, args.image.as_deref())?;
+        let (host, model) = describe(&engine, &args);
+        (report["host"], report["model"]) = (host, model);
+        let verdict = super::soak::verdict(&report);
+        report["passed"] = verdict.is_ok().into();
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return verdict.map_err(|reason| anyhow::anyhow!("soak failed: {reason}"));
+    }
     if args.peers {
         let t = std::time::Instant::now();
         let mut round = super::bench_peers::round(

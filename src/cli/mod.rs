@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod reward;
 pub mod run;
 pub mod serve;
+pub mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -134,8 +135,14 @@ pub fn partial_path(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Write `bytes` to `path` through [`partial_path`] and a rename; errors name `what` and the file.
+/// On an error (a full disk, say) the temporary file is removed and `path` is as it was.
 pub fn write_then_rename(path: &std::path::Path, bytes: &[u8], what: &str) -> anyhow::Result<()> {
     let tmp = partial_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| anyhow::anyhow!("{what} {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(|e| anyhow::anyhow!("{what} {}: {e}", tmp.display()))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -29,8 +29,8 @@ struct Line {
     image_size: Option<[f64; 2]>,
 }
 
-/// The score line for one input line.
-fn score(line: &str, sparse: bool) -> serde_json::Value {
+/// The score line for one input line (an `error` field for a line that is not a reward line).
+pub fn score_line(line: &str, sparse: bool) -> serde_json::Value {
     let parsed: Line = match serde_json::from_str(line) {
         Ok(l) => l,
         Err(e) => return serde_json::json!({ "error": format!("not a reward line: {e}") }),
@@ -58,7 +58,7 @@ pub fn run(args: RewardArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let v = score(&line, args.sparse);
+        let v = score_line(&line, args.sparse);
         bad += usize::from(v.get("error").is_some());
         n += 1;
         out.push_str(&v.to_string());

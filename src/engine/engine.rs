@@ -522,7 +522,19 @@ impl Engine {
         let pos = crate::rope::mrope_positions(&ids, special.image_pad, &grids, merge)?;
         if let (Some(question), Some(frame)) = (grammar, frame) {
             let spec = OutputSpec::budgeted(frame.image.original_size, question, &opts.bounds, max_new);
-            sampler.push_front(Box::new(self.grammar_factory()?.matcher(spec)));
+            let matcher = self.grammar_factory()?.matcher(spec);
+            let need = matcher.min_tokens();
+            if max_new < need {
+                return Err(Error::InvalidArgument {
+                    name: "max_new_tokens",
+                    reason: format!(
+                        "{max_new} new tokens cannot hold the shortest valid answer to this question ({need} tokens \
+                         with empty sections and the longest option); allow more, shorten the options, or turn the \
+                         grammar off"
+                    ),
+                });
+            }
+            sampler.push_front(Box::new(matcher));
         }
 
         // Reuse the frame's prefix KV as far as it matches; at least one token is prefilled.

@@ -55,25 +55,26 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     pythons.into_iter().map(|p| p.join("site-packages/onnxruntime/capi").join(lib_name())).find(|p| p.is_file())
 }
 
-/// Find the library without loading it: `explicit`, then `ORT_DYLIB_PATH`, then the project venv.
+/// Find the library without loading it: `explicit`, else `ORT_DYLIB_PATH`, else the project venv. A
+/// library named by `explicit` or `ORT_DYLIB_PATH` that is not there is an error, not a fallback.
 pub fn resolve_ort_library(explicit: Option<&Path>) -> Result<OrtLibrary> {
     resolve_from(explicit, std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new), &venv_candidates())
 }
 
 /// The search itself, over given inputs (testable without touching the environment).
 pub fn resolve_from(explicit: Option<&Path>, env_path: Option<&Path>, venvs: &[PathBuf]) -> Result<OrtLibrary> {
-    let mut tried = Vec::new();
-    if let Some(p) = explicit {
+    // A library asked for by name is that library or an error: falling back to another one would
+    // run a build the user did not choose (the CPU wheel instead of a GPU build, say).
+    let chosen = explicit.map(|p| (p, "--ort-lib")).or(env_path.map(|p| (p, "ORT_DYLIB_PATH")));
+    if let Some((p, found_by)) = chosen {
         if p.is_file() {
-            return Ok(OrtLibrary { path: p.to_path_buf(), found_by: "--ort-lib" });
+            return Ok(OrtLibrary { path: p.to_path_buf(), found_by });
         }
-        tried.push(format!("--ort-lib {} (no such file)", p.display()));
+        let what = if p.exists() { "not a file" } else { "no such file" };
+        let tried = format!("{found_by} {} ({what})", p.display());
+        return Err(Error::OrtNotFound { tried, install: INSTALL_HINT });
     }
-    match env_path {
-        Some(p) if p.is_file() => return Ok(OrtLibrary { path: p.to_path_buf(), found_by: "ORT_DYLIB_PATH" }),
-        Some(p) => tried.push(format!("ORT_DYLIB_PATH={} (no such file)", p.display())),
-        None => tried.push("ORT_DYLIB_PATH (unset)".into()),
-    }
+    let mut tried = vec!["ORT_DYLIB_PATH (unset)".to_string()];
     if let Some(path) = venvs.iter().find_map(|v| find_in_venv(v)) {
         return Ok(OrtLibrary { path, found_by: "project venv" });
     }
@@ -98,9 +99,27 @@ pub fn init_ort(explicit: Option<&Path>) -> Result<&'static OrtRuntime> {
     }
     let library = resolve_ort_library(explicit)?;
     let ort_err = |reason: String| Error::Ort { context: format!("loading {}", library.path.display()), reason };
-    let builder = ort::init_from(&library.path).map_err(|e| ort_err(e.to_string()))?;
+    let builder = ort::init_from(&library.path).map_err(|e| ort_err(load_failure(&library.path, e.to_string())))?;
     let environment = builder.with_name("st").build().map_err(|e| ort_err(e.to_string()))?;
     Ok(LOADED.get_or_init(|| OrtRuntime { library, environment }))
+}
+
+/// ort's reason for a library that would not load, with what the file is when dlopen refused it.
+fn load_failure(path: &Path, reason: String) -> String {
+    if !reason.contains("dlopen") {
+        return reason;
+    }
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    match read {
+        Ok(()) if head == *b"\x7fELF" => format!(
+            "{reason} (an ELF file that the dynamic loader refused: another architecture, or a missing dependency; `ldd {}` tells)",
+            path.display()
+        ),
+        _ => format!(
+            "{reason}: not a shared library (no ELF header); point --ort-lib or ORT_DYLIB_PATH at libonnxruntime.so.1.31.1"
+        ),
+    }
 }
 
 /// ONNX Runtime's own build string (version, commit), after [`init_ort`].

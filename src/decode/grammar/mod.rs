@@ -92,7 +92,9 @@ impl GrammarFactory {
     pub fn matcher(&self, spec: OutputSpec) -> SceneMatcher {
         let rules = Arc::new(SceneRules::new(spec));
         let mut state = rules.initial();
-        state.finishing = rules.spec.max_tokens.is_some_and(|m| m <= rules.finish_reserve());
+        if rules.spec.max_tokens.is_some_and(|m| m <= rules.finish_reserve()) {
+            state.finish();
+        }
         SceneMatcher { state, rules, factory: self.clone(), error: None, committed: 0 }
     }
 }
@@ -229,32 +231,41 @@ impl SceneMatcher {
 
     /// Bytes the rules force next (each the only byte allowed), up to `max`.
     pub fn forced_bytes(&self, max: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut s = self.state.clone();
-        while out.len() < max {
-            let mut next = None;
-            for b in 0..=255u8 {
-                if let Some(n) = self.rules.step(&s, b) {
-                    if next.is_some() {
-                        return out;
-                    }
-                    next = Some((b, n));
-                }
-            }
-            let Some((b, n)) = next else { return out };
-            out.push(b);
-            s = n;
-        }
-        out
+        forced_from(&self.rules, self.state.clone(), max).0
     }
 
-    /// Tokens to append without sampling: the canonical tokenization of the forced bytes,
-    /// minus its last token (which the model may extend), or the single allowed token.
+    /// An upper bound on the tokens the shortest valid output takes from the start: the path of
+    /// finishing mode (empty sections, no objects) with, at each choice (the option's letter, a free
+    /// answer's first byte), the worst branch — its forced stretches tokenized canonically (as
+    /// [`Self::forced_tokens`] appends them in finishing mode) and two tokens for the choice. A token
+    /// limit below it cannot hold a valid answer; the engine refuses such a limit up front.
+    pub fn min_tokens(&self) -> usize {
+        let mut s = self.rules.initial();
+        s.finish();
+        self.worst_path_tokens(s, 0)
+    }
+
+    fn worst_path_tokens(&self, s: State, depth: usize) -> usize {
+        let (bytes, s) = forced_from(&self.rules, s, 4096);
+        let forced = if bytes.is_empty() { 0 } else { self.factory.env.tokenize_bytes(&bytes).len() };
+        if s.is_done() || depth > 32 {
+            return forced;
+        }
+        let worst =
+            (0..=255u8).filter_map(|b| self.rules.step(&s, b)).map(|n| self.worst_path_tokens(n, depth + 1)).max();
+        forced + worst.map_or(0, |w| 2 + w)
+    }
+
+    /// Tokens to append without sampling: the canonical tokenization of the forced bytes, minus its
+    /// last token (which the model may extend) — all of it in finishing mode, where the shortest
+    /// way to the end counts — or the single allowed token.
     pub fn forced_tokens(&mut self) -> Result<Vec<u32>> {
         self.check()?;
         let bytes = self.forced_bytes(256);
         let mut tokens = if bytes.is_empty() { Vec::new() } else { self.factory.env.tokenize_bytes(&bytes) };
-        tokens.pop();
+        if !self.state.finishing {
+            tokens.pop();
+        }
         if tokens.is_empty() {
             let mask = self.compute_mask()?;
             if mask.num_set() == 1 {
@@ -263,6 +274,26 @@ impl SceneMatcher {
         }
         Ok(tokens)
     }
+}
+
+/// The bytes forced from `s` (each the only byte allowed), up to `max`, and the state after them.
+fn forced_from(rules: &SceneRules, mut s: State, max: usize) -> (Vec<u8>, State) {
+    let mut out = Vec::new();
+    while out.len() < max {
+        let mut next = None;
+        for b in 0..=255u8 {
+            if let Some(n) = rules.step(&s, b) {
+                if next.is_some() {
+                    return (out, s);
+                }
+                next = Some((b, n));
+            }
+        }
+        let Some((b, n)) = next else { break };
+        out.push(b);
+        s = n;
+    }
+    (out, s)
 }
 
 impl crate::decode::Stage for SceneMatcher {

@@ -164,6 +164,12 @@ impl State {
         self.phase == Phase::Done
     }
 
+    /// Hold the state to the shortest way to a complete output, as the matcher does when the tokens
+    /// left come down to [`SceneRules::finish_reserve`].
+    pub fn finish(&mut self) {
+        self.finishing = true;
+    }
+
     /// Inside a predicate: how many more bytes it may take.
     pub fn predicate_room(&self, bounds: &super::spec::Bounds) -> Option<usize> {
         match self.phase {
@@ -237,6 +243,40 @@ impl SceneRules {
         let longest_tail = self.tails.iter().map(Vec::len).max().unwrap_or(0) as u32;
         let text_close = 12;
         80 + id + 2 * id + 60 + 40 + text_close + longest_tail.max(16)
+    }
+
+    /// Bytes that take `s`, held to finishing mode, to a complete output in at most `max_bytes`: the
+    /// first such string in byte order (a depth-first search of at most `max_steps` steps), or `None`.
+    /// Every prefix the rules accept must have one within [`Self::finish_reserve`] bytes — what lets a
+    /// generation whose tokens run out still end valid; the grammar fuzz target and the property tests
+    /// check it.
+    pub fn completion(&self, s: &State, max_bytes: usize, max_steps: usize) -> Option<Vec<u8>> {
+        let mut start = s.clone();
+        start.finish();
+        // The path so far: each state with the next byte to try from it.
+        let mut path: Vec<(State, u16)> = vec![(start, 0)];
+        let mut steps = 0;
+        loop {
+            let depth = path.len();
+            let Some((state, next)) = path.last_mut() else { return None };
+            if state.is_done() {
+                // Each state's last tried byte led to the next state on the path.
+                return Some(path[..depth - 1].iter().map(|(_, b)| (*b - 1) as u8).collect());
+            }
+            if *next > 255 || depth > max_bytes {
+                path.pop();
+                continue;
+            }
+            if steps >= max_steps {
+                return None;
+            }
+            steps += 1;
+            let byte = *next as u8;
+            *next += 1;
+            if let Some(n) = self.step(state, byte) {
+                path.push((n, 0));
+            }
+        }
     }
 
     fn range(&self, s: &State, coord: u8) -> (u32, u32) {
