@@ -310,3 +310,33 @@ fn questions_with_control_characters_or_invalid_utf8_are_handled() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true, "{v}");
 }
+
+#[test]
+fn a_short_soak_answers_validly_with_flat_memory_and_descriptors() {
+    // The short form of `st bench --soak` (the 1,000-question run is recorded in
+    // docs/RELIABILITY.md): 100 sampled, constrained questions over frames changing every 2.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = st()
+        .args(["bench", "--soak", "100", "--soak-per-frame", "2", "--tokens", "96", "--model"])
+        .arg(model("tiny"))
+        .env("ST_CACHE_DIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!((report["questions"].as_u64(), report["invalid"].as_u64()), (Some(100), Some(0)));
+    assert_eq!(report["fds_after_warmup"], report["fds_end"]);
+    assert!(report["rss_growth_pct"].as_f64().unwrap() < st::cli::soak::MAX_RSS_GROWTH_PCT, "{report}");
+    // The verdict fails what it should.
+    let mut bad = report.clone();
+    bad["invalid"] = 1.into();
+    assert!(st::cli::soak::verdict(&bad).unwrap_err().contains("1 invalid"));
+    bad = report.clone();
+    bad["rss_growth_pct"] = 2.5.into();
+    assert!(st::cli::soak::verdict(&bad).unwrap_err().contains("RSS grew 2.50 %"));
+    bad = report;
+    bad["fds_end"] = 99.into();
+    assert!(st::cli::soak::verdict(&bad).unwrap_err().contains("descriptors changed"));
+}

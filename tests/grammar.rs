@@ -296,3 +296,33 @@ fn every_accepted_prefix_has_a_completion_within_the_reserve() {
         }
     }
 }
+
+#[test]
+fn a_free_answer_of_unicode_whitespace_cannot_close() {
+    // Found by the 10,000-run property test: `<answer>\x0b</answer>` was accepted (Rust's
+    // `is_ascii_whitespace` leaves out the vertical tab) while the validator, trimming Unicode
+    // White_Space, calls it empty. The grammar now sees blanks as the validator does.
+    let r = rules(640, 600, "What is next to the cat?");
+    for blank in ["\x0b", " \t\x0c\r\n", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}", " \u{2009} "] {
+        let text = full(OBJ, "", blank);
+        let close = text.rfind("</answer>").unwrap();
+        assert_eq!(accepted(&r, &text), close, "{blank:?} is blank: `<` must be refused");
+    }
+    for visible in ["猫", "\u{3000}猫", "x", "\x01", "é "] {
+        let text = full(OBJ, "", visible);
+        assert_eq!(accepted(&r, &text), text.len(), "{visible:?}");
+        let again = st::scene::parse_response(&text, &st::scene::Rules::new((640, 600), "What is next to the cat?"));
+        assert!(again.valid, "{visible:?}: {:?}", again.reasons);
+    }
+    // Finishing: the answer's one visible byte is ASCII.
+    let head =
+        "<observe></observe>\n<scene>\n{\"objects\": [], \"relationships\": []}\n</scene>\n<think></think>\n<answer>";
+    let mut s = r.initial();
+    for &b in head.as_bytes() {
+        s = r.step(&s, b).unwrap();
+    }
+    s.finish();
+    assert!(r.step(&s, b'\x0b').is_none() && r.step(&s, 0xe7).is_none() && r.step(&s, b' ').is_none());
+    let s = r.step(&s, b'y').unwrap();
+    assert!(r.step(&s, b'e').is_none() && r.step(&s, b'<').is_some());
+}

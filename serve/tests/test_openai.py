@@ -1,7 +1,8 @@
 """`st serve` on the tiny model, through the official OpenAI client and httpx over the loopback
 (`make serve-test` builds the binaries and runs this): plain and streamed completions with an image
 by data URL, text-only chat, /v1/scene equal to `st-run --json`, errors as the client raises them,
-a client disconnecting mid-stream, a bounded load test, and graceful shutdown on SIGTERM."""
+a client disconnecting mid-stream, a bounded load test, a soak (memory and descriptors flat), and
+graceful shutdown on SIGTERM."""
 
 import asyncio
 import base64
@@ -283,6 +284,48 @@ def test_load_every_request_is_answered(server):
           f"RSS {rss_before/2**20:.0f} → {rss_after/2**20:.0f} MiB")
     # Freed buffers may stay with the allocator; 10 % (at least 32 MiB) bounds that, not a leak per request.
     assert rss_after <= rss_before + max(0.10 * rss_before, 32 * 2**20), (rss_before, rss_after)
+
+
+def open_fds(pid: int) -> tuple[int, int]:
+    """(files and pipes, sockets) open in process `pid`: the sockets come and go with connections."""
+    links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    sockets = sum(link.startswith("socket:") for link in links)
+    return len(links) - sockets, sockets
+
+
+def test_soak_memory_and_descriptors_stay_flat(tmp_path):
+    """ST_SERVE_SOAK requests (100 here; 1,000 recorded in docs/RELIABILITY.md), one client after
+    another over five images, sampled with a fresh seed each: every scene valid; after a warm-up of a
+    fifth of the run (at least two rounds of the images), the server's RSS grows < 2 % and its
+    open files stay as they were (sockets: the listener and the client's connection)."""
+    n = int(os.environ.get("ST_SERVE_SOAK", "100"))
+    images = ["chelsea.png", "astronaut.png", "coffee_edge.png", "camera_gray.png", "tiny_10x7.png"]
+    bodies = {i: base64.b64encode((IMAGES / i).read_bytes()).decode() for i in images}
+    s = Server(tmp_path, "--workers", "1", "--frame-cache", "2")
+    try:
+        warm = min(max(n // 5, 2 * len(images)), n // 2)
+        rss_warm = fds_warm = None
+        invalid = []
+        with httpx.Client(timeout=120) as h:
+            for i in range(n):
+                body = {"image": bodies[images[i % len(images)]], "question": "Where is the cat?",
+                        "options": ["left", "right", "über dem Tisch"], "max_new_tokens": 200,
+                        "temperature": 1.0, "seed": i, **ST}
+                v = h.post(f"{s.url}/v1/scene", json=body).json()
+                if not v.get("valid"):
+                    invalid.append((i, v))
+                if i + 1 == warm:
+                    rss_warm, fds_warm = s.rss_bytes(), open_fds(s.proc.pid)
+        rss_end, fds_end = s.rss_bytes(), open_fds(s.proc.pid)
+        growth = (rss_end - rss_warm) / rss_warm * 100
+        print(f"soak: {n} requests, {len(invalid)} invalid; RSS {rss_warm/2**20:.1f} -> {rss_end/2**20:.1f} MiB "
+              f"({growth:+.2f} %) after {warm} warm-up; fds {fds_warm} -> {fds_end}")
+        assert not invalid, invalid[:1]
+        assert growth < 2.0, (rss_warm, rss_end)
+        assert fds_end[0] == fds_warm[0], (fds_warm, fds_end)
+        assert fds_end[1] <= fds_warm[1] + 1, (fds_warm, fds_end)  # the listener and one keep-alive connection
+    finally:
+        s.stop()
 
 
 def _stream_then_sigterm(tmp_path, *args):

@@ -51,7 +51,9 @@ pub fn run(
     extra_image: Option<&Path>,
 ) -> anyhow::Result<serde_json::Value> {
     let images = images(extra_image);
-    let warmup = (questions / 10).max(20).min(questions);
+    // The warm-up covers a tenth of the run and at least one round of every image (each size makes
+    // ONNX Runtime's arenas grow once), at most half the run.
+    let warmup = (questions / 10).max(per_frame.max(1) * images.len()).min(questions / 2).max(1);
     let started = std::time::Instant::now();
     let (mut invalid, mut frames, mut max_rss) = (Vec::new(), 0usize, 0f64);
     let (mut rss_warm, mut fds_warm) = (None, None);

@@ -208,6 +208,33 @@ pub fn is_predicate_byte(b: u8) -> bool {
     !matches!(b, b'"' | b'\\' | 0..0x20 | 0x7f | 0xff)
 }
 
+/// Whether a free answer is still blank after byte `b`, as the validator's `str::trim` sees it
+/// (Unicode White_Space: ASCII's vertical tab and form feed, no-break and ideographic spaces, …): a
+/// multi-byte character is held in `pending` until complete; bytes that are no UTF-8 are visible
+/// (they decode to U+FFFD).
+fn still_blank(pending: &mut ArrayVec<u8, 96>, b: u8) -> bool {
+    if b < 0x80 {
+        pending.clear();
+        return char::from(b).is_whitespace();
+    }
+    if pending.try_push(b).is_err() {
+        pending.clear();
+        return false;
+    }
+    match std::str::from_utf8(pending) {
+        Ok(text) => {
+            let blank = text.chars().all(char::is_whitespace);
+            pending.clear();
+            blank
+        }
+        Err(e) if e.error_len().is_none() => true, // an incomplete character: nothing visible yet
+        Err(_) => {
+            pending.clear();
+            false
+        }
+    }
+}
+
 /// Can a number starting with the digits of `prefix` still end inside `lo..=hi`?
 fn completable(prefix: u32, lo: u32, hi: u32) -> bool {
     let (mut min, mut max) = (u64::from(prefix), u64::from(prefix));
@@ -291,6 +318,7 @@ impl SceneRules {
 
     fn enter_text(s: &mut State, section: Section) {
         s.phase = Phase::Text { section, close: 0 };
+        s.buf.clear();
         s.blank = true;
         s.section_tokens = 0;
         s.force_close = false;
@@ -349,12 +377,16 @@ impl SceneRules {
                     // A free-text answer needs one visible byte before it may close.
                     let needs_text = section == Section::Answer && s.blank;
                     if b != b'<' {
-                        // Closing: only a free answer's first visible byte is still allowed.
-                        let visible_first = needs_text && !b.is_ascii_whitespace();
-                        if (s.force_close || s.finishing) && !visible_first {
-                            return None;
+                        if s.force_close || s.finishing {
+                            // Closing: only a free answer's first visible byte is still allowed, and
+                            // then an ASCII one (a single byte, visible to any reader).
+                            if !(needs_text && b.is_ascii_graphic()) {
+                                return None;
+                            }
+                            n.blank = false;
+                        } else if needs_text {
+                            n.blank = still_blank(&mut n.buf, b);
                         }
-                        n.blank &= b.is_ascii_whitespace();
                         return Some(n);
                     }
                     if needs_text {
