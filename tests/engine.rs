@@ -385,6 +385,22 @@ fn damaged_exports_are_named() {
     let (err, _) = load(&a);
     let err = err.expect("another export's decoder must not load");
     assert!(err.contains("decoder"), "{err}");
+    // A truncated graph file (the protobuf itself, at several lengths), and an empty one.
+    for graph in ["decoder.onnx", "vision.onnx", "embed.onnx"] {
+        for part in [2u64, 1, 0] {
+            std::fs::remove_dir_all(&a).unwrap();
+            st_export::export(&model("tiny"), &a, &Default::default()).unwrap();
+            let len = std::fs::metadata(a.join(graph)).unwrap().len();
+            let cut = [0, len - 1, len / 2][part as usize];
+            let f = std::fs::OpenOptions::new().write(true).open(a.join(graph)).unwrap();
+            f.set_len(cut).unwrap();
+            drop(f);
+            let (err, took) = load(&a);
+            let err = err.unwrap_or_else(|| panic!("{graph} cut to {cut} of {len} bytes must not load"));
+            assert!(err.contains(graph), "{graph} at {cut}: {err}");
+            assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        }
+    }
 }
 
 #[test]

@@ -357,6 +357,61 @@ fn interrupt_after_two_steps(args: &[OsString], out: &Path) -> Output {
 }
 
 #[test]
+fn kill_9_during_checkpoint_saves_leaves_only_whole_checkpoints() {
+    // SIGKILL at several points of an SFT run that saves every step (during and around the saves):
+    // every `checkpoints/step-N` left loads (its PEFT adapter and state), `adapter/` is absent or
+    // loads, a half-written save is only ever a hidden temporary folder, and --resume from what is
+    // left ends with the uninterrupted run's adapter, bit for bit.
+    let tmp = tempfile::tempdir().unwrap();
+    let extra =
+        ["--steps", "6", "--batch", "2", "--micro-batch", "2", "--lr", "1e-3", "--warmup", "2", "--save-every", "1"];
+    let whole = tmp.path().join("whole");
+    ok(&st(&sft_args(&synth(), &whole, &extra)));
+    let adapter = |d: &Path| bytes(&d.join("adapter/adapter_model.safetensors"));
+    for (k, delay_ms) in [(1usize, 0u64), (2, 3), (3, 8), (4, 20)] {
+        let out = tmp.path().join(format!("kill{k}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_st"))
+            .arg("finetune")
+            .args(sft_args(&synth(), &out, &extra))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let metrics = out.join("metrics.jsonl");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < k {
+            assert!(t0.elapsed().as_secs() < 300, "no step {k} within 300 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no handler runs
+        child.wait().unwrap();
+        let checkpoints = out.join("checkpoints");
+        for entry in std::fs::read_dir(&checkpoints).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // a save cut short: hidden, never read as a checkpoint
+            }
+            assert!(name.starts_with("step-"), "kill {k}: {name} in checkpoints/");
+            let a = st_checkpoint::LoraAdapter::open(entry.path().join("adapter"));
+            assert!(a.is_ok(), "kill {k}: {name}: {:?}", a.err());
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.path().join("trainer_state.json")).unwrap())
+                    .unwrap_or_else(|e| panic!("kill {k}: {name}: {e}"));
+            assert!(state.is_object());
+        }
+        if out.join("adapter").exists() {
+            let a = st_checkpoint::LoraAdapter::open(out.join("adapter"));
+            assert!(a.is_ok(), "kill {k}: adapter/: {:?}", a.err());
+        }
+        let mut resume: Vec<&str> = extra.to_vec();
+        resume.push("--resume");
+        ok(&st(&sft_args(&synth(), &out, &resume)));
+        assert_eq!(adapter(&out), adapter(&whole), "kill {k}: resumed ≠ uninterrupted");
+    }
+}
+
+#[test]
 fn ctrl_c_saves_the_current_step_and_resume_finishes_the_same_run() {
     // SFT and GRPO (given rollouts): Ctrl-C after step ≥ 2 of 40 with checkpoints every 100 steps
     // stops after the current step, saves it as a loadable checkpoint (PEFT adapter included) and

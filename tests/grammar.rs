@@ -326,3 +326,20 @@ fn a_free_answer_of_unicode_whitespace_cannot_close() {
     let s = r.step(&s, b'y').unwrap();
     assert!(r.step(&s, b'e').is_none() && r.step(&s, b'<').is_some());
 }
+
+#[test]
+fn an_option_of_any_length_can_be_chosen() {
+    // Found by the `grammar` fuzz target: the chosen answer's bytes were held in a 96-byte buffer, so
+    // an option longer than ~80 bytes (27 CJK characters) could never be completed.
+    for text in ["a".repeat(200), "日本語のテキスト".repeat(12)] {
+        let q = format!("Which? (A) short (B) {text}");
+        let r = rules(64, 48, &q);
+        let answer = format!(" (B) {text} ");
+        let out = format!(
+            "<observe></observe>\n<scene>\n{{\"objects\": [], \"relationships\": []}}\n</scene>\n<think></think>\n<answer>{answer}</answer>"
+        );
+        assert_eq!(accepted(&r, &out), out.len(), "{} bytes of option", text.len());
+        let s = r.initial();
+        assert!(r.completion(&s, r.finish_reserve() as usize, 1 << 22).is_some());
+    }
+}

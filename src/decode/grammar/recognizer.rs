@@ -119,8 +119,12 @@ enum Phase {
     Predicate {
         len: u8,
     },
-    /// The answer after `<answer>`: a prefix (in `buf`) of one of the allowed tails.
-    Choice,
+    /// The answer after `<answer>`: the first `len` bytes of the allowed tail `tail` (and of every
+    /// tail sharing them). Held as a position, not as bytes, so an option of any length fits.
+    Choice {
+        tail: u16,
+        len: u16,
+    },
     Done,
 }
 
@@ -343,7 +347,7 @@ impl SceneRules {
                 if self.tails.is_empty() {
                     return Self::enter_text(s, Section::Answer);
                 }
-                Phase::Choice
+                Phase::Choice { tail: 0, len: 0 }
             }
         };
     }
@@ -519,14 +523,14 @@ impl SceneRules {
                 }
                 _ => return None,
             },
-            Phase::Choice => {
-                n.buf.try_push(b).ok()?;
-                if !self.tails.iter().any(|t| t.starts_with(&n.buf)) {
-                    return None;
-                }
-                if self.tails.iter().any(|t| **t == n.buf[..]) {
-                    n.phase = Phase::Done;
-                }
+            Phase::Choice { tail, len } => {
+                let (len, prefix) = (usize::from(len), &self.tails[usize::from(tail)]);
+                let next = self.tails.iter().position(|t| t.len() > len && t[..len] == prefix[..len] && t[len] == b)?;
+                n.phase = if self.tails[next].len() == len + 1 {
+                    Phase::Done
+                } else {
+                    Phase::Choice { tail: u16::try_from(next).ok()?, len: u16::try_from(len + 1).ok()? }
+                };
             }
             Phase::Done => return None,
         }
