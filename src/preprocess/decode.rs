@@ -91,6 +91,20 @@ fn decode_jpeg_like_pil(bytes: &[u8], is_jpeg: bool, name: &str) -> Result<Optio
     if !is_jpeg {
         return Ok(None);
     }
+    // libjpeg reports a fatal error by unwinding out of its C code (mozjpeg's `unwinding`); not every
+    // such path comes back as an `io::Error` (found by the `image` fuzz target: a corrupt JPEG ended
+    // the process with exit code 101 and no message), so the whole decode is caught here.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_jpeg(bytes, name))).unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("corrupt data");
+        Err(Error::ImageDecode { source_name: name.to_string(), reason: format!("JPEG: {reason}") })
+    })
+}
+
+fn decode_jpeg(bytes: &[u8], name: &str) -> Result<Option<RgbImage>> {
     let jpeg_err =
         |e: std::io::Error| Error::ImageDecode { source_name: name.to_string(), reason: format!("JPEG: {e}") };
     let d = mozjpeg::Decompress::new_mem(bytes).map_err(jpeg_err)?;
