@@ -122,6 +122,7 @@ test: venv qwen-tokenizer
 	$(MAKE) serve-test
 	$(MAKE) train-test
 	$(MAKE) kernels-check
+	$(MAKE) fuzz-smoke
 	rm -rf target/pytest-export
 	for m in tiny tiny-b; do \
 		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; \
@@ -155,23 +156,28 @@ $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz:
 
 fuzz-build: venv $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
 	$(FUZZ_ENV) cargo fuzz build -O --debug-assertions
+	rm -rf target/fuzz-export
 	$(CARGO) run -q --bin st -- export tests/fixtures/models/tiny target/fuzz-export/tiny >/dev/null
 	$(CARGO) run -q --bin st -- export tests/fixtures/models/tiny-b target/fuzz-export/tiny-b >/dev/null
 	fuzz/seed $(FUZZ_CORPUS) target/fuzz-export/tiny target/fuzz-export/tiny-b
 
 # Each target for FUZZ_SMOKE_SECONDS from its corpus (part of `make test`); a crash fails it and leaves
-# the input in fuzz/artifacts/TARGET/.
+# the input in fuzz/artifacts/TARGET/ (move it to fuzz/regressions/TARGET/ with the fix).
 fuzz-smoke: fuzz-build
-	for t in $(FUZZ_TARGETS); do \
+	@for t in $(FUZZ_TARGETS); do \
 		$(FUZZ_ENV) cargo fuzz run -O --debug-assertions $$t $(FUZZ_CORPUS)/$$t -- \
-			-max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_FLAGS) 2>&1 | tail -n 12 || exit 1; \
+			-max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_FLAGS) > target/fuzz-$$t.log 2>&1; s=$$?; \
+		echo "fuzz $$t: $$(grep -h '^Done' target/fuzz-$$t.log)"; \
+		[ $$s -eq 0 ] || { tail -n 80 target/fuzz-$$t.log; exit 1; }; \
 	done
 
 # The long runs: each target until FUZZ_RUNS executions or FUZZ_SECONDS (figures: docs/RELIABILITY.md).
 fuzz: fuzz-build
-	for t in $(FUZZ_TARGETS); do \
+	@for t in $(FUZZ_TARGETS); do \
 		$(FUZZ_ENV) cargo fuzz run -O --debug-assertions $$t $(FUZZ_CORPUS)/$$t -- \
-			-runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) 2>&1 | tail -n 12 || exit 1; \
+			-runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) > target/fuzz-$$t.log 2>&1; s=$$?; \
+		echo "fuzz $$t: $$(grep -h '^Done' target/fuzz-$$t.log)"; \
+		[ $$s -eq 0 ] || { tail -n 80 target/fuzz-$$t.log; exit 1; }; \
 	done
 
 bench: venv qwen-tokenizer

@@ -408,6 +408,16 @@ fn kill_9_during_checkpoint_saves_leaves_only_whole_checkpoints() {
         resume.push("--resume");
         ok(&st(&sft_args(&synth(), &out, &resume)));
         assert_eq!(adapter(&out), adapter(&whole), "kill {k}: resumed ≠ uninterrupted");
+        // The resumed run removed what the killed one left half-written.
+        for d in [out.clone(), checkpoints] {
+            let hidden: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect();
+            assert!(hidden.is_empty(), "kill {k}: left in {}: {hidden:?}", d.display());
+        }
     }
 }
 

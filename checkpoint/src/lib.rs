@@ -20,6 +20,7 @@ pub mod generation;
 pub mod layout;
 pub mod manifest;
 pub mod processor;
+pub mod temp;
 pub mod weights;
 
 pub use adapter::{AdapterConfig, LoraAdapter, LoraPair};

@@ -213,24 +213,12 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
 }
 
 /// Remove the `.OUT.partial-PID-N` directories of exports whose process is gone (killed, or the
-/// machine lost power): they are never taken for a model, but they hold disk. Linux only (`/proc`);
-/// a directory of a live process, or one whose name does not parse, is left alone.
+/// machine lost power): they are never taken for a model, but they hold disk.
 fn remove_stale_partials(out: &Path) {
     let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else { return };
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let prefix = format!(".{}.partial-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    st_checkpoint::temp::remove_dead_temporaries(parent, |n| n.strip_prefix(&prefix)?.split('-').next()?.parse().ok());
 }
 
 /// `.OUT.partial-PID-N`: unique per process and per export within it, so two threads exporting the

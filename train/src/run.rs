@@ -42,8 +42,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl RunDir {
+    /// Create (or reopen, to resume) the run directory; the hidden temporaries of a save that a killed
+    /// process left (`.step-N.tmp-PID`, `.adapter.tmp-PID`, `.NAME.tmp-PID`) are removed.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join(CHECKPOINTS)).map_err(io(dir))?;
+        for d in [dir.to_path_buf(), dir.join(CHECKPOINTS)] {
+            st_checkpoint::temp::remove_dead_temporaries(&d, st_checkpoint::temp::tmp_writer);
+        }
         Ok(Self { dir: dir.to_path_buf() })
     }
 

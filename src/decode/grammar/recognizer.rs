@@ -289,7 +289,7 @@ impl SceneRules {
         let mut steps = 0;
         loop {
             let depth = path.len();
-            let Some((state, next)) = path.last_mut() else { return None };
+            let (state, next) = path.last_mut()?;
             if state.is_done() {
                 // Each state's last tried byte led to the next state on the path.
                 return Some(path[..depth - 1].iter().map(|(_, b)| (*b - 1) as u8).collect());
