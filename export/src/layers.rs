@@ -5,9 +5,9 @@
 use crate::error::{Error, Result};
 use crate::graph::{Attr, Graph};
 use crate::onnx::tensor_proto::DataType;
+use crate::precision::Precision;
 use crate::quant::fp8;
 use crate::quant::nbits::{self, NBitsScheme};
-use crate::writer::Precision;
 use st_checkpoint::Weights;
 use std::io::Write;
 
@@ -86,7 +86,7 @@ pub struct Builder<'w> {
     /// Recipe overrides by linear name (first match wins).
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
     /// How the decoder computes attention.
-    pub attention: crate::text::Attention,
+    pub attention: crate::precision::Attention,
     /// A LoRA adapter merged into the linears it adapts (`st export --lora`).
     pub lora: Option<&'w st_checkpoint::LoraAdapter>,
 }

@@ -11,6 +11,7 @@ pub mod external;
 pub mod graph;
 pub mod layers;
 pub mod lora;
+pub mod precision;
 pub mod quant;
 pub mod recipe;
 pub mod text;
@@ -25,7 +26,7 @@ pub mod onnx {
 
 pub use error::{Error, Result};
 pub use layers::{Int4Op, LinearOptions};
+pub use precision::{Attention, Precision, Target};
 pub use quant::nbits::NBitsScheme;
 pub use recipe::Recipe;
-pub use text::Attention;
-pub use writer::{ExportOptions, Precision, Target, export};
+pub use writer::{ExportOptions, export};

@@ -18,7 +18,8 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::writer::{ExportOptions, Precision};
+use crate::precision::Precision;
+use crate::writer::ExportOptions;
 use serde::Deserialize;
 use std::path::Path;
 

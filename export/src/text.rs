@@ -18,13 +18,14 @@ use crate::error::Result;
 use crate::graph::{Attr, Dim};
 use crate::layers::Builder;
 use crate::onnx::tensor_proto::DataType;
+use crate::precision::Attention;
 use st_checkpoint::ModelConfig;
 
 /// `embed`: Gather rows of `model.embed_tokens.weight`.
 pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let ids = b.g.input("input_ids", DataType::Int64, &[Dim::Sym("batch"), Dim::Sym("seq")]);
     let name = "model.embed_tokens.weight";
-    let out = if b.precision == crate::writer::Precision::Fp16 {
+    let out = if b.precision == crate::precision::Precision::Fp16 {
         // Rows are gathered from the f16 table, then widened: the table stays half size in memory.
         let t = b.weights.get(name)?;
         let shape = t.shape.to_vec();
@@ -40,21 +41,6 @@ pub fn build_embed(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let dims = [Dim::Sym("batch"), Dim::Sym("seq"), Dim::Fixed(c.text.hidden_size)];
     b.g.output(&out, "inputs_embeds", DataType::Float, &dims);
     Ok(())
-}
-
-/// How the decoder computes attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Attention {
-    /// Standard ONNX ops: `attention_bias` input, present = Concat(past, new) (copies the cache
-    /// each step). Runs on every provider.
-    #[default]
-    Standard,
-    /// `com.microsoft.GroupQueryAttention` (do_rotary 0: M-RoPE is applied before it): inputs
-    /// `seqlens_k` i32 [b] (total length − 1) and `total_sequence_length` i32 scalar instead of
-    /// `attention_bias`; causal by token index inside the op. When past and present are bound
-    /// to the same buffer (past sized to the maximum length), ORT appends in place instead of
-    /// copying the cache.
-    GroupQuery,
 }
 
 /// One layer's attention inputs: normalised hidden state, module prefix, cache inputs.

@@ -7,83 +7,12 @@ use crate::external::ExternalData;
 use crate::graph::Graph;
 use crate::layers::Builder;
 use crate::onnx::{ModelProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto};
+use crate::precision::{Precision, Target};
 use prost::Message;
 use st_checkpoint::manifest::{FORMAT_VERSION, GraphSpec, IoSpec, MANIFEST_FILE, Manifest, SourceInfo};
 use st_checkpoint::{Checkpoint, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The execution provider the graphs are written for. `cpu` and `tensorrt` get MatMulNBits for
-/// int4/int8 and DequantizeLinear→Gemm for fp8 (the Q/DQ form TensorRT fuses); `cuda` gets st's
-/// fused ops `ai.st.MatMulInt4` / `ai.st.MatMulFp8` (kernels/), which the runtime registers and
-/// which also run on ORT's CPU provider (weights dequantized inside the matmul, never folded to f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Target {
-    #[default]
-    Cpu,
-    Cuda,
-    TensorRt,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Target::Cpu => "cpu",
-            Target::Cuda => "cuda",
-            Target::TensorRt => "tensorrt",
-        })
-    }
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Target::Cpu),
-            "cuda" => Ok(Target::Cuda),
-            "tensorrt" => Ok(Target::TensorRt),
-            other => Err(format!("unknown target {other:?} (cpu, cuda, tensorrt)")),
-        }
-    }
-}
-
-/// Numeric precision of the exported linear layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Fp16,
-    Int4,
-    /// MatMulNBits with 8 bits; used for lm_head.
-    Int8,
-    Fp8,
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Int4 => "int4",
-            Precision::Int8 => "int8",
-            Precision::Fp8 => "fp8",
-        })
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            "int4" => Ok(Precision::Int4),
-            "int8" => Ok(Precision::Int8),
-            "fp8" => Ok(Precision::Fp8),
-            other => Err(format!("unknown precision {other:?} (fp32, fp16, int4, int8, fp8)")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -98,7 +27,7 @@ pub struct ExportOptions {
     pub target: Target,
     /// Attention in the decoder: GroupQueryAttention (default: the KV cache can be appended in
     /// place) or standard ops (any provider, e.g. TensorRT).
-    pub attention: crate::text::Attention,
+    pub attention: crate::precision::Attention,
     /// Per-linear precision overrides: (glob over HF module names, precision); first match wins.
     pub overrides: Vec<(String, Precision)>,
     /// Show a progress bar (bytes of source tensors processed) on stderr.
@@ -129,7 +58,7 @@ impl ExportOptions {
             embed,
             vision,
             target: Target::Cpu,
-            attention: crate::text::Attention::GroupQuery,
+            attention: crate::precision::Attention::GroupQuery,
             overrides: vec![],
             progress: false,
             lora: None,
