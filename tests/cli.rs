@@ -131,6 +131,7 @@ fn run_draws_streams_and_bench_reports() {
         .env("ST_CACHE_DIR", cache.path())
         .args([chelsea.to_str().unwrap(), QUESTION, "--max-new-tokens", "5", "--stream", "--temperature", "0.8"])
         .args(["--seed", "3", "--top-k", "40", "--draw", drawn.to_str().unwrap(), "--model", tiny.to_str().unwrap()])
+        .arg("--no-grammar")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -138,6 +139,15 @@ fn run_draws_streams_and_bench_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("observe:") && stdout.contains("answer:") && stdout.contains("valid: no"), "{stdout}");
     assert_eq!(image::image_dimensions(&drawn).unwrap(), (451, 300));
+    // With the grammar (the default) 5 tokens cannot hold any valid answer: refused, naming the figures.
+    let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
+        .env("ST_CACHE_DIR", cache.path())
+        .args([chelsea.to_str().unwrap(), QUESTION, "--max-new-tokens", "5", "--model", tiny.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("max_new_tokens: 5 new tokens cannot hold the shortest valid answer"), "{stderr}");
     // A constrained run (the default) is valid, and its JSON carries the parsed scene.
     let out = Command::new(env!("CARGO_BIN_EXE_st-run"))
         .env("ST_CACHE_DIR", cache.path())
