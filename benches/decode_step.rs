@@ -17,7 +17,7 @@ fn bench(c: &mut Criterion) {
     st_export::export(&root.join("tests/fixtures/models/tiny-b"), &dir, &Default::default()).expect("export");
     let mut e = Engine::load(&dir, &SessionOptions { threads: Some(1), ..Default::default() }).expect("load");
     let frame = e.encode_image(&root.join("tests/fixtures/images/chelsea.png")).expect("frame");
-    let one = GenerateOptions { max_new_tokens: Some(1), ..Default::default() };
+    let one = GenerateOptions { max_new_tokens: Some(1), grammar: false, ..Default::default() };
     let a = e.ask(&frame, QUESTION, &one).expect("ask");
     let prompt = e.cached_tokens();
     let delta = {

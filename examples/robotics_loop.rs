@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut engine = Engine::open(&model, &SessionOptions::default())?;
     engine.preprocessor.options.pixels.max_pixels = 256 * 28 * 28; // an edge budget: ≤ 256 image tokens
-    let opts = GenerateOptions { max_new_tokens: Some(64), ..Default::default() };
+    let opts = GenerateOptions { max_new_tokens: Some(256), ..Default::default() };
     for (i, rgb) in rx {
         let t = Instant::now();
         let frame = engine.encode_rgb(&rgb, &format!("camera frame {i}"))?;

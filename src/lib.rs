@@ -14,7 +14,7 @@
 //! use st::engine::{Engine, GenerateOptions, SessionOptions};
 //! let mut engine = Engine::open("tests/fixtures/models/tiny".as_ref(), &SessionOptions::default())?;
 //! let frame = engine.encode_image("tests/fixtures/images/chelsea.png".as_ref())?;
-//! let opts = GenerateOptions { max_new_tokens: Some(32), ..Default::default() };
+//! let opts = GenerateOptions { max_new_tokens: Some(200), ..Default::default() };
 //! for question in ["Is the cat left of the table? (A) yes (B) no", "Where is the cat? (A) left (B) right"] {
 //!     let answer = engine.ask(&frame, question, &opts)?;
 //!     for object in answer.response.scene.iter().flat_map(|scene| &scene.objects) {
