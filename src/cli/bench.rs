@@ -89,8 +89,13 @@ pub struct BenchReport {
 
 /// Peak resident set size of this process (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A kB field of `/proc/self/status` (`VmHWM:`, `VmRSS:`, …), in MiB.
+pub fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }

@@ -20,10 +20,7 @@ const QUESTIONS: [&str; 4] = [
 
 /// Current resident set size (Linux `VmRSS`), MiB.
 pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    super::bench::status_mib("VmRSS:")
 }
 
 /// Open file descriptors of this process (Linux `/proc/self/fd`).
