@@ -110,13 +110,13 @@ def test_ask_stream_yields_the_answer_text(engine, frame):
 
 def test_two_threads_ask_at_once_and_the_gil_is_released(engine, frame):
     seeds = [1, 2, 3, 4]
-    want = {s: engine.ask(frame, QUESTION, max_new_tokens=40, temperature=1.0, seed=s).token_ids for s in seeds}
+    want = {s: engine.ask(frame, QUESTION, max_new_tokens=160, temperature=1.0, seed=s).token_ids for s in seeds}
     got = {}
     clones = [engine.clone(), engine.clone()]
 
     def work(e, mine):
         for s in mine:
-            got[s] = e.ask(frame, QUESTION, max_new_tokens=40, temperature=1.0, seed=s).token_ids
+            got[s] = e.ask(frame, QUESTION, max_new_tokens=160, temperature=1.0, seed=s).token_ids
 
     threads = [threading.Thread(target=work, args=(clones[i], seeds[i::2])) for i in range(2)]
     for t in threads:
@@ -178,7 +178,7 @@ def test_errors_are_exceptions_with_st_messages(engine, frame, tmp_path):
         raise RuntimeError("from the callback")
 
     with pytest.raises(RuntimeError, match="from the callback"):
-        engine._engine.ask(frame, QUESTION, max_new_tokens=8, on_token=boom)
+        engine._engine.ask(frame, QUESTION, max_new_tokens=160, on_token=boom)
     # After every error the engine still answers.
     assert len(engine.ask(frame, QUESTION, max_new_tokens=3, grammar=False).token_ids) == 3
 
