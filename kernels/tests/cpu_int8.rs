@@ -1,5 +1,5 @@
 //! The int8-activation CPU loop (`st_kernels::cpu::int8`), every build this CPU runs, on awkward shapes
-//! (K not a multiple of 64, an odd number of groups, block 32/64/128, with and without zero points,
+//! (K not a multiple of 64, an odd number of groups, 1–3 groups after whole quads, block 32/64/128, with and without zero points,
 //! M = 1–17), against:
 //! - a float64 reference over the same int8-quantized activations, computed here independently: the
 //!   integer dot products are exact, so only f32 accumulation differs (NMSE ≤ 1e-11);
@@ -43,7 +43,7 @@ impl Case {
 }
 
 /// Each group of 32 activations (a row's columns 32g..32g+32) as the kernel is documented to quantize
-/// them: d = max|a|/127, q = round(a/d); returned dequantized, q·d, in f64.
+/// them: d = max|a|/127, q = round(a/d), ties to even; returned dequantized, q·d, in f64.
 fn quantize_groups(a: &[f32], m: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0f64; m * k];
     for i in 0..m {
@@ -52,7 +52,7 @@ fn quantize_groups(a: &[f32], m: usize, k: usize) -> Vec<f64> {
             let d = g.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (j, &v) in g.iter().enumerate() {
-                out[i * k + c0 + j] = (v * inv).round().clamp(-127.0, 127.0) as f64 * d as f64;
+                out[i * k + c0 + j] = (v * inv).round_ties_even().clamp(-127.0, 127.0) as f64 * d as f64;
             }
         }
     }
@@ -78,6 +78,10 @@ fn every_build_matches_the_reference() {
         (5, 96, 32, true),
         (40, 1000, 32, false),
         (17, 160, 32, true),
+        // 10 groups (two left after the 512-bit loop's quads) and 65 (one left, after an odd number
+        // of whole quads).
+        (23, 320, 32, false),
+        (9, 2080, 32, true),
     ] {
         let case = Case::new(&mut rng, n, k, block, zp);
         let w = case.weights();

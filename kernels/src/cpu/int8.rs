@@ -2,7 +2,8 @@
 //! once, as bytes, with integer dot products.
 //!
 //! Each activation row is quantized once per call per group of 32 columns, as MatMulNBits'
-//! `accuracy_level` 4 and llama.cpp's Q8_0 do: d = max|a| / 127, q = round(a / d) ∈ [−127, 127]. With the
+//! `accuracy_level` 4 and llama.cpp's Q8_0 do: d = max|a| / 127, q = round(a / d) ∈ [−127, 127] (ties to even, as
+//! their SIMD forms round). With the
 //! weight's group scale s and zero point z (8 when symmetric) and its nibbles w ∈ [0, 15]:
 //!
 //! ```text
@@ -10,10 +11,11 @@
 //!   = Σ_g s_g d_g · dot_g  −  Σ_g s_g z_g · (d_g Σ_j q_j)
 //! ```
 //!
-//! The first sum runs in the vector loop: 32 weight bytes (two groups of 32 nibbles) load once, split
-//! into low and high nibbles, and meet the activations pre-arranged in the same order ([`Quantized`]),
-//! through `vpmaddubsw`+`vpmaddwd` (AVX2) or one `vpdpbusd` (AVX-512 VNNI / AVX-VNNI); the i32 lanes turn
-//! into f32 scaled by s·d per group. The second sum is a short dot product per row over the groups.
+//! The first sum runs in the vector loop: 64 weight bytes (four groups of 32 nibbles) on AVX-512, 32
+//! (two groups) on AVX2, load once, split into low and high nibbles, and meet the activations
+//! pre-arranged in the same order ([`Quantized`]), through one `vpdpbusd` each (AVX-512 VNNI on 512-bit
+//! registers, AVX-VNNI) or `vpmaddubsw`+`vpmaddwd` (AVX2); the i32 lanes turn into f32 scaled by s·d per
+//! group, the products of one step's groups spread over the lanes by one permute. The second sum is a short dot product per row over the groups.
 //! The i32 dot products are exact; only the f32 sums' order differs between the builds (lanes), so the
 //! builds agree to f32 rounding, and the error against the float64 reference is that of quantizing the
 //! activations (stated in docs/KERNELS.md).
@@ -50,7 +52,7 @@ impl Int4Scale for half::f16 {
 /// The instruction set the int8 loop runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Int8Isa {
-    /// `vpdpbusd` on 256-bit registers (AVX-512 VNNI + VL: Intel since Ice Lake, AMD Zen 4).
+    /// `vpdpbusd` on 512-bit registers (AVX-512 F/BW/VL/VNNI: Intel since Ice Lake, AMD Zen 4).
     Avx512Vnni,
     /// The VEX form of `vpdpbusd` (Intel Alder Lake, AMD Zen 5 without AVX-512 VNNI exposed).
     AvxVnni,
@@ -68,7 +70,9 @@ impl Int8Isa {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma");
             match self {
-                Int8Isa::Avx512Vnni => avx2 && has!("avx512f") && has!("avx512vl") && has!("avx512vnni"),
+                Int8Isa::Avx512Vnni => {
+                    avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
+                }
                 Int8Isa::AvxVnni => avx2 && has!("avxvnni"),
                 Int8Isa::Avx2 => avx2,
                 Int8Isa::Baseline => true,
@@ -87,79 +91,174 @@ pub fn int8_isa() -> Int8Isa {
     Int8Isa::ALL.into_iter().find(|i| i.available()).unwrap_or(Int8Isa::Baseline)
 }
 
-/// Activation rows quantized per group of 32 and laid out like the weights' nibbles: for each pair of
-/// groups (g0, g1), 64 bytes [even columns of g0, even of g1, odd of g0, odd of g1]. Rows are padded
-/// with zeros to whole pairs.
+/// Activation rows quantized per group of 32 and laid out like the weights' nibbles: for each quad of
+/// groups (g0..g3), 128 bytes [even columns of g0, g1, g2, g3, then odd columns of g0, g1, g2, g3], so
+/// that 64 weight bytes (four groups) meet their activations in two contiguous 64-byte loads and 32
+/// (a pair) in two 32-byte loads. Rows are padded with zeros to whole quads.
 pub struct Quantized {
-    pairs: usize,
-    /// `m × pairs × 64`
+    quads: usize,
+    /// `m × quads × 128`
     q: Vec<i8>,
-    /// `m × pairs × 8`: each pair's two scales d as [d0 × 4, d1 × 4] (the i32 lanes' order).
-    d_lanes: Vec<f32>,
+    /// `m × quads × 4`: each group's scale d (zero for padding).
+    d: Vec<f32>,
     /// `m × k_blocks`: Σ over the weight block's groups of d · Σ q (the zero-point term).
     c: Vec<f32>,
 }
 
+/// Group `g`'s quantized values (even columns then odd ones, 16 each) and its scale d; the sum of
+/// its values is returned.
+struct GroupOut<'a> {
+    even: &'a mut [i8; 16],
+    odd: &'a mut [i8; 16],
+}
+
+/// Quantizes one group of 32 values (portable form): d = max|v| / 127 (NaN if any value is not
+/// finite), q = round-half-even(v / d). Returns (d, Σ q).
+#[inline(always)]
+fn quantize_group(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+    let amax = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // A NaN or inf activation makes d non-finite, and so the outputs NaN, as in f32.
+    let finite = vals.iter().fold(true, |ok, v| ok & v.is_finite());
+    let d = if finite { amax / 127.0 } else { f32::NAN };
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i32; 32];
+    for (q, &v) in q.iter_mut().zip(vals) {
+        *q = ((v * inv).round_ties_even() as i32).clamp(-127, 127);
+    }
+    for j in 0..16 {
+        out.even[j] = q[2 * j] as i8;
+        out.odd[j] = q[2 * j + 1] as i8;
+    }
+    (d, q.iter().sum())
+}
+
+/// [`quantize_group`] in AVX2: the same values bit for bit (`vcvtps2dq` rounds half to even under the
+/// default MXCSR, as `round_ties_even`).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quantize_group_avx2(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let p = vals.as_ptr();
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let sign = _mm256_set1_ps(-0.0);
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        // v − v is 0 for finite values and NaN for inf and NaN.
+        // (No closures here: they would not inherit the caller's target features.)
+        let zero = _mm256_setzero_ps();
+        let mut all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        for x in v {
+            all = _mm256_and_ps(all, _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(x, x), zero));
+        }
+        let d = if _mm256_movemask_ps(all) == 0xFF { amax / 127.0 } else { f32::NAN };
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (q, x) in q.iter_mut().zip(v) {
+            *q = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv)), lo), hi);
+        }
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+        let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
+        // i32 → i8 in column order: the packs work per 128-bit lane, the permute restores the order.
+        let b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // Even bytes then odd bytes within each lane, then [evens of both lanes, odds of both].
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+        );
+        let b = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(b, split));
+        _mm_storeu_si128(out.even.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(b));
+        _mm_storeu_si128(out.odd.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256(b, 1));
+        (d, _mm_cvtsi128_si32(s4))
+    }
+}
+
 impl Quantized {
-    /// Quantizes `m` rows of `k` values for weights of `k_blocks` blocks of `per_block` groups of 32.
-    pub fn new(a: &[f32], m: usize, k: usize, k_blocks: usize, per_block: usize) -> Self {
+    /// Quantizes `m` rows of `k` values for weights of `k_blocks` blocks of `per_block` groups of 32,
+    /// per group with the AVX2 form when `avx2` (the caller's CPU has it) or the portable one.
+    #[inline(always)]
+    fn build(a: &[f32], m: usize, k: usize, k_blocks: usize, per_block: usize, avx2: bool) -> Self {
         let groups = k_blocks * per_block;
-        let pairs = groups.div_ceil(2);
-        let mut out = Quantized {
-            pairs,
-            q: vec![0; m * pairs * 64],
-            d_lanes: vec![0.0; m * pairs * 8],
-            c: vec![0.0; m * k_blocks],
-        };
+        let quads = groups.div_ceil(4);
+        let mut out =
+            Quantized { quads, q: vec![0; m * quads * 128], d: vec![0.0; m * quads * 4], c: vec![0.0; m * k_blocks] };
         for i in 0..m {
             let row = &a[i * k..(i + 1) * k];
-            for g in 0..groups {
-                let (c0, c1) = ((32 * g).min(k), (32 * g + 32).min(k));
-                let vals = &row[c0..c1];
-                let amax = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                // A NaN or inf activation makes d non-finite, and so the outputs NaN, as in f32.
-                let amax = if vals.iter().any(|v| !v.is_finite()) { f32::NAN } else { amax };
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let (p, h) = (g / 2, g % 2);
-                let chunk = &mut out.q[(i * pairs + p) * 64..(i * pairs + p + 1) * 64];
-                let mut sum = 0i32;
-                for (j, &v) in vals.iter().enumerate() {
-                    let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                    sum += q as i32;
-                    chunk[if j % 2 == 0 { 16 * h + j / 2 } else { 32 + 16 * h + j / 2 }] = q;
+            let qrow = &mut out.q[i * quads * 128..(i + 1) * quads * 128];
+            for (qd, chunk) in qrow.chunks_exact_mut(128).enumerate() {
+                let (evens, odds) = chunk.split_at_mut(64);
+                for (h, (even, odd)) in evens.chunks_exact_mut(16).zip(odds.chunks_exact_mut(16)).enumerate() {
+                    let g = 4 * qd + h;
+                    if g >= groups {
+                        break;
+                    }
+                    let (c0, c1) = ((32 * g).min(k), (32 * g + 32).min(k));
+                    // The group's values, the missing columns of a last partial group as zeros.
+                    let mut vals = [0.0f32; 32];
+                    vals[..c1 - c0].copy_from_slice(&row[c0..c1]);
+                    let (Ok(even), Ok(odd)) = (<&mut [i8; 16]>::try_from(even), <&mut [i8; 16]>::try_from(odd)) else {
+                        unreachable!()
+                    };
+                    let go = GroupOut { even, odd };
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the caller says the CPU has AVX2.
+                    let (d, sum) =
+                        if avx2 { unsafe { quantize_group_avx2(&vals, go) } } else { quantize_group(&vals, go) };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let (d, sum) = {
+                        let _ = avx2;
+                        quantize_group(&vals, go)
+                    };
+                    out.d[i * quads * 4 + g] = d;
+                    out.c[i * k_blocks + g / per_block] += d * sum as f32;
                 }
-                out.d_lanes[(i * pairs + p) * 8 + 4 * h..(i * pairs + p) * 8 + 4 * h + 4].fill(d);
-                out.c[i * k_blocks + g / per_block] += d * sum as f32;
             }
         }
         out
     }
+
+    /// Quantizes `m` rows of `k` values for weights of `k_blocks` blocks of `per_block` groups of 32
+    /// (portable form).
+    pub fn new(a: &[f32], m: usize, k: usize, k_blocks: usize, per_block: usize) -> Self {
+        Self::build(a, m, k, k_blocks, per_block, false)
+    }
 }
 
 thread_local! {
-    /// A task's block scales as f32, kept per thread and reused so that a task allocates nothing.
-    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A task's scales as f32 (per block, and per group with each row padded to whole quads), kept per
+    /// thread and reused so that a task allocates nothing.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// Σ_g s_g d_g dot_g for up to [`MR`] activation rows starting at `i0` over one weight row
-/// (`groups × 16` bytes; group g's scale is `s[g >> sh]`). Portable form: per group an exact i32 dot
+/// (`groups × 16` bytes; `s` the row's per-group scales). Portable form: per group an exact i32 dot
 /// product.
 #[inline(always)]
-fn row_dots_portable(wb: &[u8], s: &[f32], sh: u32, q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
+fn row_dots_portable(wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
     let mut acc = [0.0f32; MR];
     for g in 0..groups {
-        let (p, h) = (g / 2, g % 2);
+        let (qd, h) = (g / 4, g % 4);
         let bytes = &wb[16 * g..16 * g + 16];
         for (r, acc) in acc[..mr].iter_mut().enumerate() {
             let i = i0 + r;
-            let chunk = &q.q[(i * q.pairs + p) * 64..(i * q.pairs + p + 1) * 64];
+            let chunk = &q.q[(i * q.quads + qd) * 128..(i * q.quads + qd + 1) * 128];
             let mut dotg = 0i32;
             for j in 0..16 {
                 dotg += (bytes[j] & 0xF) as i32 * chunk[16 * h + j] as i32;
-                dotg += (bytes[j] >> 4) as i32 * chunk[32 + 16 * h + j] as i32;
+                dotg += (bytes[j] >> 4) as i32 * chunk[64 + 16 * h + j] as i32;
             }
-            *acc += dotg as f32 * (s[g >> sh] * q.d_lanes[(i * q.pairs + p) * 8 + 4 * h]);
+            *acc += dotg as f32 * (s[g] * q.d[i * q.quads * 4 + g]);
         }
     }
     acc
@@ -170,7 +269,7 @@ mod x86 {
     use super::{MR, Quantized};
 
     /// How far ahead of the loop the weights are prefetched, in bytes.
-    const PREFETCH: usize = 2048;
+    const PREFETCH: usize = 4096;
     use std::arch::x86_64::*;
 
     /// The integer dot product of 32 unsigned weight bytes with 32 signed activation bytes, summed in
@@ -179,19 +278,12 @@ mod x86 {
         unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i;
     }
     pub struct Avx2;
-    pub struct Vnni512;
     pub struct AvxVnni;
     impl Dot for Avx2 {
         #[inline(always)]
         unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
             // |15·127 + 15·127| < 2¹⁵: vpmaddubsw never saturates here.
             unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))) }
-        }
-    }
-    impl Dot for Vnni512 {
-        #[inline(always)]
-        unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
-            unsafe { _mm256_dpbusd_epi32(acc, w, a) }
         }
     }
     impl Dot for AvxVnni {
@@ -201,55 +293,69 @@ mod x86 {
         }
     }
 
-    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row: two groups (32 weight
-    /// bytes) per step, two independent accumulators per activation row.
+    /// Per-row pointers into the quantized activations: int8 values and group scales.
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(q: &Quantized, i0: usize) -> ([*const i8; R], [*const f32; R]) {
+        unsafe {
+            let quads = q.quads;
+            (
+                std::array::from_fn(|r| q.q.as_ptr().add((i0 + r) * quads * 128)),
+                std::array::from_fn(|r| q.d.as_ptr().add((i0 + r) * quads * 4)),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        unsafe {
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+        }
+    }
+
+    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row on 256-bit registers:
+    /// two groups (32 weight bytes) per step, two independent accumulators per activation row.
     ///
     /// # Safety
     /// The CPU has the features `D` uses and AVX2 + FMA; `wb` holds `groups × 16` bytes, `s` the
-    /// row's block scales (group g's is `s[g >> sh]`) and one more readable value (read for a lone last
-    /// group's empty partner), and `q` was built for `groups` groups with rows `i0..i0 + R`.
+    /// row's per-group scales padded to whole quads, and `q` was built for `groups` groups with rows
+    /// `i0..i0 + R`.
     #[inline(always)]
     pub unsafe fn row_dots<D: Dot, const R: usize>(
         wb: &[u8],
         s: &[f32],
-        sh: u32,
         q: &Quantized,
         i0: usize,
         groups: usize,
     ) -> [f32; MR] {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            let pairs = q.pairs;
             let full = groups / 2;
             let wp = wb.as_ptr();
-            let qs: [*const i8; R] = std::array::from_fn(|r| q.q.as_ptr().add((i0 + r) * pairs * 64));
-            let ds: [*const f32; R] = std::array::from_fn(|r| q.d_lanes.as_ptr().add((i0 + r) * pairs * 8));
+            let (qs, ds) = rows::<R>(q, i0);
             let mut p = 0;
             while p + 1 < full {
                 // The weights stream from DRAM once: ask for them PREFETCH bytes ahead (the row's end
                 // runs into the next row, which the task reads next).
                 _mm_prefetch::<_MM_HINT_T0>(wp.add(32 * p + PREFETCH) as *const i8);
-                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, sh, &qs, &ds, &mut acc, 0);
+                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, &qs, &ds, &mut acc, 0);
                 let raw = _mm256_loadu_si256(wp.add(32 * (p + 1)) as *const __m256i);
-                step::<D, R>(p + 1, raw, s, sh, &qs, &ds, &mut acc, 1);
+                step::<D, R>(p + 1, raw, s, &qs, &ds, &mut acc, 1);
                 p += 2;
             }
             if p < full {
-                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, sh, &qs, &ds, &mut acc, 0);
+                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, &qs, &ds, &mut acc, 0);
             }
             if groups % 2 == 1 {
                 // The row's last group alone: its 16 bytes in the low half (the missing group's
-                // activations are zero).
+                // activations, scale and d are zero).
                 let raw = _mm256_zextsi128_si256(_mm_loadu_si128(wp.add(32 * full) as *const __m128i));
-                step::<D, R>(full, raw, s, sh, &qs, &ds, &mut acc, 1);
+                step::<D, R>(full, raw, s, &qs, &ds, &mut acc, 1);
             }
             let mut out = [0.0f32; MR];
             for r in 0..R {
-                let v = _mm256_add_ps(acc[r][0], acc[r][1]);
-                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-                out[r] = _mm_cvtss_f32(h);
+                out[r] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1]));
             }
             out
         }
@@ -257,12 +363,10 @@ mod x86 {
 
     /// Pair `p` of groups (weight bytes `raw`) into accumulator `slot` of each activation row.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)] // the loop's registers, passed to an always-inlined body
     unsafe fn step<D: Dot, const R: usize>(
         p: usize,
         raw: __m256i,
         s: &[f32],
-        sh: u32,
         qs: &[*const i8; R],
         ds: &[*const f32; R],
         acc: &mut [[__m256; 2]; R],
@@ -272,18 +376,92 @@ mod x86 {
             let mask = _mm256_set1_epi8(0x0F);
             let lo = _mm256_and_si256(raw, mask);
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            let sp = s.as_ptr();
-            let sw = _mm256_set_m128(
-                _mm_broadcast_ss(&*sp.add((2 * p + 1) >> sh)),
-                _mm_broadcast_ss(&*sp.add((2 * p) >> sh)),
-            );
+            // The pair's two weight scales, and below its two activation scales: their products
+            // spread to the i32 lanes' order [g0 × 4, g1 × 4].
+            let s2 = _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
+            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
             for r in 0..R {
-                let a = qs[r].add(64 * p);
+                let a = qs[r].add(128 * (p / 2) + 32 * (p % 2));
                 let alo = _mm256_loadu_si256(a as *const __m256i);
-                let ahi = _mm256_loadu_si256(a.add(32) as *const __m256i);
+                let ahi = _mm256_loadu_si256(a.add(64) as *const __m256i);
                 let t = D::dot(D::dot(_mm256_setzero_si256(), lo, alo), hi, ahi);
-                let scale = _mm256_mul_ps(sw, _mm256_loadu_ps(ds[r].add(8 * p)));
+                let sd = _mm_mul_ps(s2, _mm_castpd_ps(_mm_load_sd(ds[r].add(2 * p) as *const f64)));
+                let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd), spread);
                 acc[r][slot] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc[r][slot]);
+            }
+        }
+    }
+
+    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row on 512-bit registers
+    /// (AVX-512 VNNI): four groups (64 weight bytes) per step, two independent accumulators per
+    /// activation row; a last partial quad loads under a byte mask.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI, AVX2 and FMA; otherwise as [`row_dots`].
+    #[inline(always)]
+    pub unsafe fn row_dots512<const R: usize>(
+        wb: &[u8],
+        s: &[f32],
+        q: &Quantized,
+        i0: usize,
+        groups: usize,
+    ) -> [f32; MR] {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            let full = groups / 4;
+            let wp = wb.as_ptr();
+            let (qs, ds) = rows::<R>(q, i0);
+            let mut qd = 0;
+            while qd + 1 < full {
+                _mm_prefetch::<_MM_HINT_T0>(wp.add(64 * qd + PREFETCH) as *const i8);
+                quad::<R>(qd, _mm512_loadu_si512(wp.add(64 * qd) as *const _), s, &qs, &ds, &mut acc, 0);
+                _mm_prefetch::<_MM_HINT_T0>(wp.add(64 * qd + 64 + PREFETCH) as *const i8);
+                quad::<R>(qd + 1, _mm512_loadu_si512(wp.add(64 * qd + 64) as *const _), s, &qs, &ds, &mut acc, 1);
+                qd += 2;
+            }
+            if qd < full {
+                quad::<R>(qd, _mm512_loadu_si512(wp.add(64 * qd) as *const _), s, &qs, &ds, &mut acc, 0);
+            }
+            let rem = groups % 4;
+            if rem > 0 {
+                // The row's last 1–3 groups: their bytes only (the next row's are masked off; the
+                // missing groups' activations, scales and d are zero).
+                let raw = _mm512_maskz_loadu_epi8((1u64 << (16 * rem)) - 1, wp.add(64 * full) as *const i8);
+                quad::<R>(full, raw, s, &qs, &ds, &mut acc, 1);
+            }
+            let mut out = [0.0f32; MR];
+            for r in 0..R {
+                out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            }
+            out
+        }
+    }
+
+    /// Quad `qd` of groups (weight bytes `raw`) into accumulator `slot` of each activation row.
+    #[inline(always)]
+    unsafe fn quad<const R: usize>(
+        qd: usize,
+        raw: __m512i,
+        s: &[f32],
+        qs: &[*const i8; R],
+        ds: &[*const f32; R],
+        acc: &mut [[__m512; 2]; R],
+        slot: usize,
+    ) {
+        unsafe {
+            let mask = _mm512_set1_epi8(0x0F);
+            let lo = _mm512_and_si512(raw, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            let s4 = _mm_loadu_ps(s.as_ptr().add(4 * qd));
+            let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            for r in 0..R {
+                let a = qs[r].add(128 * qd);
+                let alo = _mm512_loadu_si512(a as *const _);
+                let ahi = _mm512_loadu_si512(a.add(64) as *const _);
+                let t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, alo), hi, ahi);
+                let sd = _mm_mul_ps(s4, _mm_loadu_ps(ds[r].add(4 * qd)));
+                let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sd));
+                acc[r][slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[r][slot]);
             }
         }
     }
@@ -301,27 +479,36 @@ enum Loop {
     Portable,
 }
 
-/// [`x86::row_dots`] for `mr` (1..=4) rows, unrolled per count.
+/// One weight row's dots for `mr` (1..=4) activation rows on the chosen loop, unrolled per count.
 ///
 /// # Safety
-/// As [`x86::row_dots`].
-#[cfg(target_arch = "x86_64")]
+/// The CPU has the loop's features; lengths as [`x86::row_dots`] documents.
 #[inline(always)]
-unsafe fn x86_rows<D: x86::Dot>(
-    wb: &[u8],
-    s: &[f32],
-    sh: u32,
-    q: &Quantized,
-    i0: usize,
-    mr: usize,
-    groups: usize,
-) -> [f32; MR] {
+unsafe fn row_dots(lp: Loop, wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
     unsafe {
-        match mr {
-            1 => x86::row_dots::<D, 1>(wb, s, sh, q, i0, groups),
-            2 => x86::row_dots::<D, 2>(wb, s, sh, q, i0, groups),
-            3 => x86::row_dots::<D, 3>(wb, s, sh, q, i0, groups),
-            _ => x86::row_dots::<D, 4>(wb, s, sh, q, i0, groups),
+        match lp {
+            #[cfg(target_arch = "x86_64")]
+            Loop::Avx2 => match mr {
+                1 => x86::row_dots::<x86::Avx2, 1>(wb, s, q, i0, groups),
+                2 => x86::row_dots::<x86::Avx2, 2>(wb, s, q, i0, groups),
+                3 => x86::row_dots::<x86::Avx2, 3>(wb, s, q, i0, groups),
+                _ => x86::row_dots::<x86::Avx2, 4>(wb, s, q, i0, groups),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Loop::AvxVnni => match mr {
+                1 => x86::row_dots::<x86::AvxVnni, 1>(wb, s, q, i0, groups),
+                2 => x86::row_dots::<x86::AvxVnni, 2>(wb, s, q, i0, groups),
+                3 => x86::row_dots::<x86::AvxVnni, 3>(wb, s, q, i0, groups),
+                _ => x86::row_dots::<x86::AvxVnni, 4>(wb, s, q, i0, groups),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Loop::Vnni512 => match mr {
+                1 => x86::row_dots512::<1>(wb, s, q, i0, groups),
+                2 => x86::row_dots512::<2>(wb, s, q, i0, groups),
+                3 => x86::row_dots512::<3>(wb, s, q, i0, groups),
+                _ => x86::row_dots512::<4>(wb, s, q, i0, groups),
+            },
+            Loop::Portable => row_dots_portable(wb, s, q, i0, mr, groups),
         }
     }
 }
@@ -338,33 +525,41 @@ fn task_body<S: Int4Scale, const FMA: bool>(
 ) {
     let l = w.layout;
     let (n, kb) = (l.n, l.k_blocks());
-    let groups = kb * l.block / 32;
+    let per_block = l.block / 32;
+    let groups = kb * per_block;
+    let gq = q.quads * 4;
     let r0 = task * ROWS;
     let rows = ROWS.min(n - r0);
-    let sh = (l.block / 32).trailing_zeros();
     // Taken out of the thread-local rather than used inside a closure: a closure does not inherit the
     // caller's target features, and the intrinsics below would not inline.
-    let mut sc = SCRATCH.take();
-    // The task's rows' scales are contiguous: one conversion, plus one value of padding.
-    sc.resize(rows * kb + 1, 0.0);
-    S::to_f32_slice(&w.scales[r0 * kb..(r0 + rows) * kb], &mut sc[..rows * kb]);
+    let (mut sb, mut sg) = SCRATCH.take();
+    // Per-group scales, each row padded with zeros to whole quads; with one group per block they are
+    // also the block scales.
+    sg.resize(rows * gq, 0.0);
+    if per_block == 1 {
+        for r in 0..rows {
+            S::to_f32_slice(&w.scales[(r0 + r) * kb..(r0 + r + 1) * kb], &mut sg[r * gq..r * gq + kb]);
+            sg[r * gq + kb..(r + 1) * gq].fill(0.0);
+        }
+    } else {
+        sb.resize(rows * kb, 0.0);
+        S::to_f32_slice(&w.scales[r0 * kb..(r0 + rows) * kb], &mut sb[..rows * kb]);
+        for r in 0..rows {
+            let row = &mut sg[r * gq..(r + 1) * gq];
+            for (g, v) in row.iter_mut().enumerate() {
+                *v = if g < groups { sb[r * kb + g / per_block] } else { 0.0 };
+            }
+        }
+    }
     let row_bytes = groups * 16;
     for i0 in (0..m).step_by(MR) {
         let mr = MR.min(m - i0);
         for r in 0..rows {
             let wb = &w.b[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-            let s = &sc[r * kb..(r + 1) * kb + 1];
-            let acc = match lp {
-                // SAFETY: the caller checked the features (Int8Isa::available); lengths as documented.
-                #[cfg(target_arch = "x86_64")]
-                Loop::Avx2 => unsafe { x86_rows::<x86::Avx2>(wb, s, sh, q, i0, mr, groups) },
-                #[cfg(target_arch = "x86_64")]
-                Loop::Vnni512 => unsafe { x86_rows::<x86::Vnni512>(wb, s, sh, q, i0, mr, groups) },
-                #[cfg(target_arch = "x86_64")]
-                Loop::AvxVnni => unsafe { x86_rows::<x86::AvxVnni>(wb, s, sh, q, i0, mr, groups) },
-                Loop::Portable => row_dots_portable(wb, s, sh, q, i0, mr, groups),
-            };
-            let s = &s[..kb];
+            let s = &sg[r * gq..(r + 1) * gq];
+            // SAFETY: the caller checked the loop's features (Int8Isa::available); lengths as documented.
+            let acc = unsafe { row_dots(lp, wb, s, q, i0, mr, groups) };
+            let s = if per_block == 1 { &s[..kb] } else { &sb[r * kb..(r + 1) * kb] };
             for (r_i, v) in acc[..mr].iter().enumerate() {
                 let i = i0 + r_i;
                 let c = &q.c[i * kb..(i + 1) * kb];
@@ -385,7 +580,7 @@ fn task_body<S: Int4Scale, const FMA: bool>(
             }
         }
     }
-    SCRATCH.set(sc);
+    SCRATCH.set((sb, sg));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -404,6 +599,18 @@ unsafe fn task_avxvnni<S: Int4Scale>(w: &Int4Weights<'_, S>, q: &Quantized, m: u
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn task_avx2<S: Int4Scale>(w: &Int4Weights<'_, S>, q: &Quantized, m: usize, t: usize, y: &Output) {
     task_body::<S, true>(w, q, m, t, y, Loop::Avx2)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn quantize_avx512(a: &[f32], m: usize, k: usize, kb: usize, per_block: usize) -> Quantized {
+    Quantized::build(a, m, k, kb, per_block, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(a: &[f32], m: usize, k: usize, kb: usize, per_block: usize) -> Quantized {
+    Quantized::build(a, m, k, kb, per_block, true)
 }
 
 /// `y[m, n] = a[m, k] · Wᵀ` with the activations quantized to int8 per group of 32, on the fastest
@@ -432,7 +639,7 @@ pub fn int4_matmul_int8_on<S: Int4Scale>(
     check_io(m, w.layout.n, w.layout.k, a.len(), y.len())?;
     if !isa.available() {
         let (build, features) = match isa {
-            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", "avx512f + avx512vl + avx512vnni + avx2 + fma"),
+            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", "avx512f + avx512bw + avx512vl + avx512vnni + avx2 + fma"),
             Int8Isa::AvxVnni => ("AVX-VNNI", "avxvnni + avx2 + fma"),
             Int8Isa::Avx2 => ("AVX2", "avx2 + fma"),
             Int8Isa::Baseline => ("portable", "nothing"),
@@ -442,8 +649,15 @@ pub fn int4_matmul_int8_on<S: Int4Scale>(
     if m == 0 {
         return Ok(());
     }
-    let per_block = w.layout.block / 32;
-    let q = Quantized::new(a, m, w.layout.k, w.layout.k_blocks(), per_block);
+    let (k, kb, per_block) = (w.layout.k, w.layout.k_blocks(), w.layout.block / 32);
+    let q = match isa {
+        // SAFETY: the CPU has the features (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Int8Isa::Avx512Vnni => unsafe { quantize_avx512(a, m, k, kb, per_block) },
+        #[cfg(target_arch = "x86_64")]
+        Int8Isa::AvxVnni | Int8Isa::Avx2 => unsafe { quantize_avx2(a, m, k, kb, per_block) },
+        _ => Quantized::new(a, m, k, kb, per_block),
+    };
     let out = Output { ptr: y.as_mut_ptr(), len: y.len() };
     let tasks = w.layout.n.div_ceil(ROWS);
     par.run(tasks, &|t| match isa {
