@@ -2,12 +2,12 @@
 //! image file, generation — the transformers golden tokens for both tiny shapes and both
 //! attention forms; a frame's prefix reused across questions with the same tokens as a fresh
 //! prefill; several tokens per decoder pass; streaming; seeded sampling; engines cloned across
-//! threads. Bad input gives errors and the engine keeps working.
+//! threads; an on-demand vision session. Bad input gives errors and the engine keeps working.
 
 mod common;
 
 use common::{QUESTION, golden, image, model, read_npy};
-use st::engine::{Engine, GenerateOptions, SessionOptions, StopReason};
+use st::engine::{Engine, GenerateOptions, SessionOptions, StopReason, VisionSession};
 use std::ops::ControlFlow;
 
 fn engine(name: &str, attention: st_export::Attention, out: &std::path::Path) -> Engine {
@@ -430,4 +430,27 @@ fn chat_messages_through_the_template_answer_as_ask_does() {
     assert!(e2.to_string().contains("messages"), "{e2}");
     let constrained = GenerateOptions { grammar: true, ..greedy(6) };
     assert!(e.chat_streaming(None, &hello, &constrained, |_| ControlFlow::Continue(())).is_err());
+}
+
+#[test]
+fn an_on_demand_vision_session_answers_as_a_resident_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut resident = engine("tiny", st_export::Attention::GroupQuery, tmp.path());
+    let dir = tmp.path().join("tiny");
+    let opts = SessionOptions { threads: Some(1), vision: VisionSession::OnDemand, ..Default::default() };
+    let mut on_demand = Engine::load(&dir, &opts).unwrap();
+    on_demand.preprocessor.options.pixels.max_pixels = 37632;
+    assert!(resident.model().vision.is_resident() && !on_demand.model().vision.is_resident());
+    let want_frame = resident.encode_image(&image("chelsea.png")).unwrap();
+    let want = resident.ask(&want_frame, QUESTION, &greedy(12)).unwrap();
+    // Two frames: the session is opened, released, and opened again.
+    for _ in 0..2 {
+        let frame = on_demand.encode_image(&image("chelsea.png")).unwrap();
+        assert_eq!(frame.embeds, want_frame.embeds, "the same vision graph, the same embeddings bit for bit");
+        assert_eq!(on_demand.ask(&frame, QUESTION, &greedy(12)).unwrap().token_ids, want.token_ids);
+    }
+    // A damaged vision graph is named at load, not at the first frame.
+    std::fs::write(dir.join("vision.onnx"), b"not a graph").unwrap();
+    let err = Engine::load(&dir, &opts).err().expect("a damaged vision.onnx must not load").to_string();
+    assert!(err.contains("vision.onnx"), "{err}");
 }

@@ -89,6 +89,7 @@ pub unsafe extern "C" fn st_engine_open(
             threads: (o.threads > 0).then_some(o.threads as usize),
             device,
             cpu_fallback: o.cpu_fallback,
+            ..Default::default()
         };
         let mut engine = Engine::open(model.as_ref(), &session)?;
         let pixels = &mut engine.preprocessor.options.pixels;

@@ -80,7 +80,7 @@ impl PyEngine {
         if threads == Some(0) {
             return Err(PyValueError::new_err("threads must be at least 1 (None: ONNX Runtime's default)"));
         }
-        let opts = SessionOptions { ort_lib, threads, device, cpu_fallback };
+        let opts = SessionOptions { ort_lib, threads, device, cpu_fallback, ..Default::default() };
         let mut engine = py.detach(|| Engine::open(&model, &opts)).map_err(st_err)?;
         let pixels = &mut engine.preprocessor.options.pixels;
         pixels.min_pixels = min_pixels.unwrap_or(pixels.min_pixels);

@@ -116,6 +116,9 @@ pub fn round(
             "constrained_drafted": answer.timings.draft_tokens,
             "constrained_accepted": answer.timings.accepted_draft_tokens,
             "speculate": speculate,
+            // Resident memory while answering (after the last answer; with --vision-session
+            // on-demand the vision tower is out of it).
+            "rss_answering_mib": super::bench::status_mib("VmRSS:"),
         },
         "workload": {
             "long_prompt_ids": long,

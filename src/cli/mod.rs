@@ -96,6 +96,10 @@ pub struct ModelArgs {
     /// libonnxruntime.so.1.31.1 to use.
     #[arg(long)]
     pub ort_lib: Option<std::path::PathBuf>,
+    /// Keep the vision tower loaded (resident) or load it for each frame and release it after
+    /// (on-demand: less memory while answering, a session load per frame).
+    #[arg(long, value_enum, default_value = "resident")]
+    pub vision_session: crate::engine::VisionSession,
 }
 
 impl ModelArgs {
@@ -111,6 +115,7 @@ impl ModelArgs {
             threads: self.threads,
             device,
             cpu_fallback: self.cpu_fallback,
+            vision: self.vision_session,
         };
         let mut engine = crate::engine::Engine::load(&dir, &opts)?;
         let b = &mut engine.preprocessor.options.pixels;

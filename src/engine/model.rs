@@ -19,20 +19,88 @@ pub struct SessionOptions {
     pub device: Device,
     /// When the device's provider cannot be had, run on CPU (logged) instead of failing.
     pub cpu_fallback: bool,
+    /// Whether the vision tower's session stays loaded between frames.
+    pub vision: VisionSession,
 }
 
-/// One graph's session.
+/// When the vision tower's session is in memory (docs/PERFORMANCE.md#edge-options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VisionSession {
+    /// Loaded with the model and kept: every frame encodes at once.
+    #[default]
+    Resident,
+    /// Loaded for each frame's encoding and released after it: the tower's weights (and ORT's
+    /// working copies of them) are out of memory while questions are answered, at the cost of a
+    /// session load per frame.
+    OnDemand,
+}
+
+/// One graph's session: loaded with the model, or (on-demand graphs) opened for each use and
+/// released after it.
 pub struct Graph {
     pub name: &'static str,
-    session: Mutex<Session>,
+    slot: Slot,
+}
+
+enum Slot {
+    Resident(Mutex<Session>),
+    OnDemand { lock: Mutex<()>, open: Box<Reopen> },
+}
+
+/// What opening an on-demand graph again needs.
+struct Reopen {
+    dir: PathBuf,
+    manifest: Manifest,
+    device: Device,
+    opts: SessionOptions,
+}
+
+/// A graph's session, held for one call; an on-demand session is released when this drops.
+pub enum GraphSession<'a> {
+    Resident(MutexGuard<'a, Session>),
+    /// The session drops before the lock (field order), so the next use finds the memory free.
+    OnDemand(Session, MutexGuard<'a, ()>),
+}
+
+impl std::ops::Deref for GraphSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        match self {
+            GraphSession::Resident(g) => g,
+            GraphSession::OnDemand(s, _) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for GraphSession<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        match self {
+            GraphSession::Resident(g) => g,
+            GraphSession::OnDemand(s, _) => s,
+        }
+    }
 }
 
 impl Graph {
-    pub fn lock(&self) -> Result<MutexGuard<'_, Session>> {
-        self.session.lock().map_err(|_| Error::Ort {
+    /// The session for one call (an on-demand graph loads it now).
+    pub fn lock(&self) -> Result<GraphSession<'_>> {
+        let poisoned = || Error::Ort {
             context: format!("{} graph", self.name),
             reason: "a thread panicked while running it; reload the model".into(),
-        })
+        };
+        match &self.slot {
+            Slot::Resident(m) => Ok(GraphSession::Resident(m.lock().map_err(|_| poisoned())?)),
+            Slot::OnDemand { lock, open } => {
+                let guard = lock.lock().map_err(|_| poisoned())?;
+                let session = open_session(&open.dir, &open.manifest, self.name, &open.device, &open.opts)?;
+                Ok(GraphSession::OnDemand(session, guard))
+            }
+        }
+    }
+
+    /// Whether the session stays loaded between calls.
+    pub fn is_resident(&self) -> bool {
+        matches!(self.slot, Slot::Resident(_))
     }
 }
 
@@ -55,6 +123,32 @@ fn open_graph(
     device: &Device,
     opts: &SessionOptions,
 ) -> Result<Graph> {
+    let session = open_session(dir, manifest, name, device, opts)?;
+    Ok(Graph { name, slot: Slot::Resident(Mutex::new(session)) })
+}
+
+/// An on-demand graph: checked now (the file exists and its session opens with the manifest's
+/// signature), then released until its first use.
+fn on_demand_graph(
+    dir: &Path,
+    manifest: &Manifest,
+    name: &'static str,
+    device: &Device,
+    opts: &SessionOptions,
+) -> Result<Graph> {
+    drop(open_session(dir, manifest, name, device, opts)?);
+    let open =
+        Reopen { dir: dir.to_path_buf(), manifest: manifest.clone(), device: device.clone(), opts: opts.clone() };
+    Ok(Graph { name, slot: Slot::OnDemand { lock: Mutex::new(()), open: Box::new(open) } })
+}
+
+fn open_session(
+    dir: &Path,
+    manifest: &Manifest,
+    name: &'static str,
+    device: &Device,
+    opts: &SessionOptions,
+) -> Result<Session> {
     let env = &crate::engine::init_ort(opts.ort_lib.as_deref())?.environment;
     let spec = manifest.graphs.get(name).ok_or_else(|| Error::Ort {
         context: format!("{}", dir.join("manifest.json").display()),
@@ -86,7 +180,7 @@ fn open_graph(
     let session = session?;
     check_signature(&path, "input", &spec.inputs, session.inputs())?;
     check_signature(&path, "output", &spec.outputs, session.outputs())?;
-    Ok(Graph { name, session: Mutex::new(session) })
+    Ok(session)
 }
 
 /// The graph's inputs or outputs against the manifest's: the same names in order and the same fixed
@@ -136,7 +230,10 @@ impl ExportedModel {
         let attempt = |device: &Device| -> Result<(Graph, Graph, Graph)> {
             device.check_available(&library.path)?;
             Ok((
-                open_graph(dir, &manifest, "vision", device, opts)?,
+                match opts.vision {
+                    VisionSession::Resident => open_graph(dir, &manifest, "vision", device, opts)?,
+                    VisionSession::OnDemand => on_demand_graph(dir, &manifest, "vision", device, opts)?,
+                },
                 open_graph(dir, &manifest, "embed", device, opts)?,
                 open_graph(dir, &manifest, "decoder", device, opts)?,
             ))
