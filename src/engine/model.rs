@@ -116,27 +116,21 @@ pub struct ExportedModel {
     pub device: Device,
 }
 
+/// A graph's session: loaded now and kept, or (`resident` false) checked now (the file exists and
+/// its session opens with the manifest's signature), then released until each use opens it again.
 fn open_graph(
     dir: &Path,
     manifest: &Manifest,
     name: &'static str,
     device: &Device,
     opts: &SessionOptions,
+    resident: bool,
 ) -> Result<Graph> {
     let session = open_session(dir, manifest, name, device, opts)?;
-    Ok(Graph { name, slot: Slot::Resident(Mutex::new(session)) })
-}
-
-/// An on-demand graph: checked now (the file exists and its session opens with the manifest's
-/// signature), then released until its first use.
-fn on_demand_graph(
-    dir: &Path,
-    manifest: &Manifest,
-    name: &'static str,
-    device: &Device,
-    opts: &SessionOptions,
-) -> Result<Graph> {
-    drop(open_session(dir, manifest, name, device, opts)?);
+    if resident {
+        return Ok(Graph { name, slot: Slot::Resident(Mutex::new(session)) });
+    }
+    drop(session);
     let open =
         Reopen { dir: dir.to_path_buf(), manifest: manifest.clone(), device: device.clone(), opts: opts.clone() };
     Ok(Graph { name, slot: Slot::OnDemand { lock: Mutex::new(()), open: Box::new(open) } })
@@ -230,12 +224,9 @@ impl ExportedModel {
         let attempt = |device: &Device| -> Result<(Graph, Graph, Graph)> {
             device.check_available(&library.path)?;
             Ok((
-                match opts.vision {
-                    VisionSession::Resident => open_graph(dir, &manifest, "vision", device, opts)?,
-                    VisionSession::OnDemand => on_demand_graph(dir, &manifest, "vision", device, opts)?,
-                },
-                open_graph(dir, &manifest, "embed", device, opts)?,
-                open_graph(dir, &manifest, "decoder", device, opts)?,
+                open_graph(dir, &manifest, "vision", device, opts, opts.vision == VisionSession::Resident)?,
+                open_graph(dir, &manifest, "embed", device, opts, true)?,
+                open_graph(dir, &manifest, "decoder", device, opts, true)?,
             ))
         };
         let (device, (vision, embed, decoder)) = match attempt(&opts.device) {
