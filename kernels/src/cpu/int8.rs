@@ -305,24 +305,150 @@ mod x86 {
         }
     }
 
-    #[inline(always)]
-    unsafe fn hsum256(v: __m256) -> f32 {
-        unsafe {
-            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    /// One register width's form of the row loop: the groups (16 weight bytes each) a step takes,
+    /// its loads, the step itself and the final sum.
+    pub trait Width {
+        const GROUPS: usize;
+        type Raw: Copy;
+        type Acc: Copy;
+        unsafe fn zero() -> Self::Acc;
+        unsafe fn load(p: *const u8) -> Self::Raw;
+        /// The row's last `rem` (1..GROUPS) groups: their bytes only, the rest zero (the next row's
+        /// bytes are not read; the missing groups' activations, scales and d are zero).
+        unsafe fn load_tail(p: *const u8, rem: usize) -> Self::Raw;
+        /// Step `i` (weight bytes `raw`) into accumulator `slot` of each activation row.
+        unsafe fn step<const R: usize>(
+            i: usize,
+            raw: Self::Raw,
+            s: &[f32],
+            qs: &[*const i8; R],
+            ds: &[*const f32; R],
+            acc: &mut [[Self::Acc; 2]; R],
+            slot: usize,
+        );
+        unsafe fn sum(a: Self::Acc, b: Self::Acc) -> f32;
+    }
+
+    /// 256-bit registers (AVX2, or AVX-VNNI's dot): two groups (32 weight bytes) per step.
+    pub struct W256<D>(std::marker::PhantomData<D>);
+    /// 512-bit registers (AVX-512 F/BW/VL/VNNI): four groups (64 weight bytes) per step.
+    pub struct W512;
+
+    impl<D: Dot> Width for W256<D> {
+        const GROUPS: usize = 2;
+        type Raw = __m256i;
+        type Acc = __m256;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> __m256i {
+            unsafe { _mm256_loadu_si256(p as *const __m256i) }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(p: *const u8, _rem: usize) -> __m256i {
+            // rem is 1: one group's 16 bytes in the low half.
+            unsafe { _mm256_zextsi128_si256(_mm_loadu_si128(p as *const __m128i)) }
+        }
+        #[inline(always)]
+        unsafe fn step<const R: usize>(
+            p: usize,
+            raw: __m256i,
+            s: &[f32],
+            qs: &[*const i8; R],
+            ds: &[*const f32; R],
+            acc: &mut [[__m256; 2]; R],
+            slot: usize,
+        ) {
+            unsafe {
+                let mask = _mm256_set1_epi8(0x0F);
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                // The pair's two weight scales, and below its two activation scales: their products
+                // spread to the i32 lanes' order [g0 × 4, g1 × 4].
+                let s2 = _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
+                let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                for r in 0..R {
+                    let a = qs[r].add(128 * (p / 2) + 32 * (p % 2));
+                    let alo = _mm256_loadu_si256(a as *const __m256i);
+                    let ahi = _mm256_loadu_si256(a.add(64) as *const __m256i);
+                    let t = D::dot(D::dot(_mm256_setzero_si256(), lo, alo), hi, ahi);
+                    let sd = _mm_mul_ps(s2, _mm_castpd_ps(_mm_load_sd(ds[r].add(2 * p) as *const f64)));
+                    let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd), spread);
+                    acc[r][slot] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc[r][slot]);
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn sum(a: __m256, b: __m256) -> f32 {
+            unsafe {
+                let v = _mm256_add_ps(a, b);
+                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+            }
         }
     }
 
-    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row on 256-bit registers:
-    /// two groups (32 weight bytes) per step, two independent accumulators per activation row.
+    impl Width for W512 {
+        const GROUPS: usize = 4;
+        type Raw = __m512i;
+        type Acc = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> __m512i {
+            unsafe { _mm512_loadu_si512(p as *const _) }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(p: *const u8, rem: usize) -> __m512i {
+            unsafe { _mm512_maskz_loadu_epi8((1u64 << (16 * rem)) - 1, p as *const i8) }
+        }
+        #[inline(always)]
+        unsafe fn step<const R: usize>(
+            qd: usize,
+            raw: __m512i,
+            s: &[f32],
+            qs: &[*const i8; R],
+            ds: &[*const f32; R],
+            acc: &mut [[__m512; 2]; R],
+            slot: usize,
+        ) {
+            unsafe {
+                let mask = _mm512_set1_epi8(0x0F);
+                let lo = _mm512_and_si512(raw, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+                let s4 = _mm_loadu_ps(s.as_ptr().add(4 * qd));
+                let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                for r in 0..R {
+                    let a = qs[r].add(128 * qd);
+                    let alo = _mm512_loadu_si512(a as *const _);
+                    let ahi = _mm512_loadu_si512(a.add(64) as *const _);
+                    let t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, alo), hi, ahi);
+                    let sd = _mm_mul_ps(s4, _mm_loadu_ps(ds[r].add(4 * qd)));
+                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sd));
+                    acc[r][slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[r][slot]);
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn sum(a: __m512, b: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(_mm512_add_ps(a, b)) }
+        }
+    }
+
+    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row, `W::GROUPS` groups
+    /// per step, two steps (two independent accumulators per activation row) per iteration.
     ///
     /// # Safety
-    /// The CPU has the features `D` uses and AVX2 + FMA; `wb` holds `groups × 16` bytes, `s` the
+    /// The CPU has the features `W` uses and AVX2 + FMA; `wb` holds `groups × 16` bytes, `s` the
     /// row's per-group scales padded to whole quads, and `q` was built for `groups` groups with rows
     /// `i0..i0 + R`.
     #[inline(always)]
-    pub unsafe fn row_dots<D: Dot, const R: usize>(
+    pub unsafe fn row_dots<W: Width, const R: usize>(
         wb: &[u8],
         s: &[f32],
         q: &Quantized,
@@ -330,139 +456,35 @@ mod x86 {
         groups: usize,
     ) -> [f32; MR] {
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            let full = groups / 2;
+            let bytes = 16 * W::GROUPS;
+            let mut acc = [[W::zero(); 2]; R];
+            let full = groups / W::GROUPS;
             let wp = wb.as_ptr();
             let (qs, ds) = rows::<R>(q, i0);
-            let mut p = 0;
-            while p + 1 < full {
-                // The weights stream from DRAM once: ask for them PREFETCH bytes ahead (the row's end
-                // runs into the next row, which the task reads next).
-                _mm_prefetch::<_MM_HINT_T0>(wp.add(32 * p + PREFETCH) as *const i8);
-                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, &qs, &ds, &mut acc, 0);
-                let raw = _mm256_loadu_si256(wp.add(32 * (p + 1)) as *const __m256i);
-                step::<D, R>(p + 1, raw, s, &qs, &ds, &mut acc, 1);
-                p += 2;
+            let mut i = 0;
+            while i + 1 < full {
+                let at = wp.add(bytes * i);
+                // The weights stream from DRAM once: ask for them PREFETCH bytes ahead, a cache line
+                // at a time (the row's end runs into the next row, which the task reads next).
+                for line in (0..2 * bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(at.add(line + PREFETCH) as *const i8);
+                }
+                W::step::<R>(i, W::load(at), s, &qs, &ds, &mut acc, 0);
+                W::step::<R>(i + 1, W::load(at.add(bytes)), s, &qs, &ds, &mut acc, 1);
+                i += 2;
             }
-            if p < full {
-                step::<D, R>(p, _mm256_loadu_si256(wp.add(32 * p) as *const __m256i), s, &qs, &ds, &mut acc, 0);
+            if i < full {
+                W::step::<R>(i, W::load(wp.add(bytes * i)), s, &qs, &ds, &mut acc, 0);
             }
-            if groups % 2 == 1 {
-                // The row's last group alone: its 16 bytes in the low half (the missing group's
-                // activations, scale and d are zero).
-                let raw = _mm256_zextsi128_si256(_mm_loadu_si128(wp.add(32 * full) as *const __m128i));
-                step::<D, R>(full, raw, s, &qs, &ds, &mut acc, 1);
-            }
-            let mut out = [0.0f32; MR];
-            for r in 0..R {
-                out[r] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1]));
-            }
-            out
-        }
-    }
-
-    /// Pair `p` of groups (weight bytes `raw`) into accumulator `slot` of each activation row.
-    #[inline(always)]
-    unsafe fn step<D: Dot, const R: usize>(
-        p: usize,
-        raw: __m256i,
-        s: &[f32],
-        qs: &[*const i8; R],
-        ds: &[*const f32; R],
-        acc: &mut [[__m256; 2]; R],
-        slot: usize,
-    ) {
-        unsafe {
-            let mask = _mm256_set1_epi8(0x0F);
-            let lo = _mm256_and_si256(raw, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            // The pair's two weight scales, and below its two activation scales: their products
-            // spread to the i32 lanes' order [g0 × 4, g1 × 4].
-            let s2 = _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
-            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-            for r in 0..R {
-                let a = qs[r].add(128 * (p / 2) + 32 * (p % 2));
-                let alo = _mm256_loadu_si256(a as *const __m256i);
-                let ahi = _mm256_loadu_si256(a.add(64) as *const __m256i);
-                let t = D::dot(D::dot(_mm256_setzero_si256(), lo, alo), hi, ahi);
-                let sd = _mm_mul_ps(s2, _mm_castpd_ps(_mm_load_sd(ds[r].add(2 * p) as *const f64)));
-                let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd), spread);
-                acc[r][slot] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc[r][slot]);
-            }
-        }
-    }
-
-    /// Σ_g s_g d_g dot_g for `R` activation rows from `i0` over one weight row on 512-bit registers
-    /// (AVX-512 VNNI): four groups (64 weight bytes) per step, two independent accumulators per
-    /// activation row; a last partial quad loads under a byte mask.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F/BW/VL/VNNI, AVX2 and FMA; otherwise as [`row_dots`].
-    #[inline(always)]
-    pub unsafe fn row_dots512<const R: usize>(
-        wb: &[u8],
-        s: &[f32],
-        q: &Quantized,
-        i0: usize,
-        groups: usize,
-    ) -> [f32; MR] {
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            let full = groups / 4;
-            let wp = wb.as_ptr();
-            let (qs, ds) = rows::<R>(q, i0);
-            let mut qd = 0;
-            while qd + 1 < full {
-                _mm_prefetch::<_MM_HINT_T0>(wp.add(64 * qd + PREFETCH) as *const i8);
-                quad::<R>(qd, _mm512_loadu_si512(wp.add(64 * qd) as *const _), s, &qs, &ds, &mut acc, 0);
-                _mm_prefetch::<_MM_HINT_T0>(wp.add(64 * qd + 64 + PREFETCH) as *const i8);
-                quad::<R>(qd + 1, _mm512_loadu_si512(wp.add(64 * qd + 64) as *const _), s, &qs, &ds, &mut acc, 1);
-                qd += 2;
-            }
-            if qd < full {
-                quad::<R>(qd, _mm512_loadu_si512(wp.add(64 * qd) as *const _), s, &qs, &ds, &mut acc, 0);
-            }
-            let rem = groups % 4;
+            let rem = groups % W::GROUPS;
             if rem > 0 {
-                // The row's last 1–3 groups: their bytes only (the next row's are masked off; the
-                // missing groups' activations, scales and d are zero).
-                let raw = _mm512_maskz_loadu_epi8((1u64 << (16 * rem)) - 1, wp.add(64 * full) as *const i8);
-                quad::<R>(full, raw, s, &qs, &ds, &mut acc, 1);
+                W::step::<R>(full, W::load_tail(wp.add(bytes * full), rem), s, &qs, &ds, &mut acc, 1);
             }
             let mut out = [0.0f32; MR];
             for r in 0..R {
-                out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+                out[r] = W::sum(acc[r][0], acc[r][1]);
             }
             out
-        }
-    }
-
-    /// Quad `qd` of groups (weight bytes `raw`) into accumulator `slot` of each activation row.
-    #[inline(always)]
-    unsafe fn quad<const R: usize>(
-        qd: usize,
-        raw: __m512i,
-        s: &[f32],
-        qs: &[*const i8; R],
-        ds: &[*const f32; R],
-        acc: &mut [[__m512; 2]; R],
-        slot: usize,
-    ) {
-        unsafe {
-            let mask = _mm512_set1_epi8(0x0F);
-            let lo = _mm512_and_si512(raw, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-            let s4 = _mm_loadu_ps(s.as_ptr().add(4 * qd));
-            let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-            for r in 0..R {
-                let a = qs[r].add(128 * qd);
-                let alo = _mm512_loadu_si512(a as *const _);
-                let ahi = _mm512_loadu_si512(a.add(64) as *const _);
-                let t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, alo), hi, ahi);
-                let sd = _mm_mul_ps(s4, _mm_loadu_ps(ds[r].add(4 * qd)));
-                let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sd));
-                acc[r][slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[r][slot]);
-            }
         }
     }
 }
@@ -486,28 +508,25 @@ enum Loop {
 #[inline(always)]
 unsafe fn row_dots(lp: Loop, wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
     unsafe {
+        // `x86::row_dots::<W, R>` for the run-time row count `mr` (1..=4).
+        #[cfg(target_arch = "x86_64")]
+        macro_rules! by_rows {
+            ($w:ty) => {
+                match mr {
+                    1 => x86::row_dots::<$w, 1>(wb, s, q, i0, groups),
+                    2 => x86::row_dots::<$w, 2>(wb, s, q, i0, groups),
+                    3 => x86::row_dots::<$w, 3>(wb, s, q, i0, groups),
+                    _ => x86::row_dots::<$w, 4>(wb, s, q, i0, groups),
+                }
+            };
+        }
         match lp {
             #[cfg(target_arch = "x86_64")]
-            Loop::Avx2 => match mr {
-                1 => x86::row_dots::<x86::Avx2, 1>(wb, s, q, i0, groups),
-                2 => x86::row_dots::<x86::Avx2, 2>(wb, s, q, i0, groups),
-                3 => x86::row_dots::<x86::Avx2, 3>(wb, s, q, i0, groups),
-                _ => x86::row_dots::<x86::Avx2, 4>(wb, s, q, i0, groups),
-            },
+            Loop::Avx2 => by_rows!(x86::W256<x86::Avx2>),
             #[cfg(target_arch = "x86_64")]
-            Loop::AvxVnni => match mr {
-                1 => x86::row_dots::<x86::AvxVnni, 1>(wb, s, q, i0, groups),
-                2 => x86::row_dots::<x86::AvxVnni, 2>(wb, s, q, i0, groups),
-                3 => x86::row_dots::<x86::AvxVnni, 3>(wb, s, q, i0, groups),
-                _ => x86::row_dots::<x86::AvxVnni, 4>(wb, s, q, i0, groups),
-            },
+            Loop::AvxVnni => by_rows!(x86::W256<x86::AvxVnni>),
             #[cfg(target_arch = "x86_64")]
-            Loop::Vnni512 => match mr {
-                1 => x86::row_dots512::<1>(wb, s, q, i0, groups),
-                2 => x86::row_dots512::<2>(wb, s, q, i0, groups),
-                3 => x86::row_dots512::<3>(wb, s, q, i0, groups),
-                _ => x86::row_dots512::<4>(wb, s, q, i0, groups),
-            },
+            Loop::Vnni512 => by_rows!(x86::W512),
             Loop::Portable => row_dots_portable(wb, s, q, i0, mr, groups),
         }
     }
