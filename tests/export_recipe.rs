@@ -22,7 +22,7 @@ fn default_7b_recipe() {
     let opts = Recipe::from_file(&path).unwrap().options(&path).unwrap();
     assert_eq!(opts.precision, Precision::Int4);
     assert_eq!((opts.linear.lm_head, opts.embed, opts.vision), (Precision::Int8, Precision::Fp16, Precision::Fp16));
-    assert_eq!((opts.linear.int4.block, opts.linear.int4.symmetric, opts.linear.accuracy_level), (32, true, 4));
+    assert_eq!((opts.linear.int4.block, opts.linear.int4.symmetric, opts.linear.accuracy_level), (128, true, 4));
 }
 
 /// Op type and `bits` of the node computing `linear` in the exported decoder.

@@ -15,7 +15,8 @@ pub struct ExportArgs {
     /// Precision of the text decoder's linear layers: fp32, fp16, int4 or fp8 (default fp32).
     #[arg(long)]
     pub precision: Option<st_export::Precision>,
-    /// int4: inputs per quantization block (32, 64 or 128; default 32).
+    /// int4: inputs per quantization block (32, 64 or 128; default 128: MLAS's fastest kernels and
+    /// fewer bytes per token, docs/PARITY.md gives each block's error).
     #[arg(long, value_parser = parse_block)]
     pub block: Option<usize>,
     /// int4: per-block zero points (asymmetric range) instead of symmetric.
