@@ -1,6 +1,7 @@
 //! The CPU int4 loops on the 7B's decoder matrices (q/o 3584×3584, gate/up 18944×3584, down
-//! 3584×18944) at M = 1 (decode) and 16 (a question's prefill), 2 threads: the f32 loop (f32 scales)
-//! and each int8-activation build this CPU runs (f16 scales). Throughput is the weight bytes read per
+//! 3584×18944) at M = 1 (decode), 16 (a question's prefill) and 512 (a prompt's prefill), 2 threads, at
+//! the export's default block (128): the f32 loop (f32 scales) and each int8-activation build this CPU
+//! runs (f16 scales). Throughput is the weight bytes read per
 //! call, so GB/s compares with `examples/membw` (the roofline). Each iteration reads the next of
 //! several copies of the weights (≥ 1.2 GB in all), so they come from DRAM, not from a large
 //! last-level cache. `cargo bench -p st-kernels --bench cpu_int4` (`make bench`).
@@ -15,17 +16,18 @@ const COPIES_BYTES: usize = 1_200_000_000;
 fn bench(c: &mut Criterion) {
     let pool = Threads(2);
     for (name, n, k) in [("q_proj", 3584, 3584), ("gate_proj", 18944, 3584), ("down_proj", 3584, 18944)] {
-        let layout = Int4Layout { n, k, block: 32, zero_points: false };
+        let layout = Int4Layout { n, k, block: 128, zero_points: false };
         let copies = (COPIES_BYTES / layout.bytes(4)).max(1);
         let (bl, sl) = (layout.b_len(), layout.scales_len());
         let b: Vec<u8> = (0..bl * copies).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
         let s32: Vec<f32> = (0..sl * copies).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
         let s16: Vec<f16> = s32.iter().map(|&v| f16::from_f32(v)).collect();
-        for m in [1usize, 16] {
+        for m in [1usize, 16, 512] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
             let mut y = vec![0.0f32; m * n];
             let mut g = c.benchmark_group(format!("int4_{name}_m{m}"));
-            g.sample_size(20);
+            // M = 512 does 512× the arithmetic per weight byte: seconds per call, so criterion's minimum.
+            g.sample_size(if m >= 512 { 10 } else { 20 });
             let mut next = 0usize;
             g.throughput(Throughput::Bytes(layout.bytes(4) as u64));
             g.bench_function(BenchmarkId::new("f32_loop", "f32_scales"), |bench| {
