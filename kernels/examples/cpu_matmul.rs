@@ -2,8 +2,8 @@
 //! (f32 scales) and each int8-activation build this CPU runs (f16 scales). Each repetition reads a
 //! different copy of the weights (1.5 GB in all), so they come from DRAM as in decoding, not from a
 //! large last-level cache.
-//! cargo run --release -p st-kernels --example cpu_matmul -- [n] [k] [m] [threads] [bytes of copies]
-//! (a small last argument keeps the weights in cache: the loops' compute bound)
+//! cargo run --release -p st-kernels --example cpu_matmul -- [n] [k] [m] [threads] [bytes of copies] [block]
+//! (small bytes of copies keep the weights in cache: the loops' compute bound; block 32 unless given)
 use half::f16;
 use st_kernels::cpu::{self, Int8Isa, Serial, Threads};
 use st_kernels::{Int4Layout, Int4Weights};
@@ -28,7 +28,7 @@ fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
     let (n, k, m, threads) = (arg(0, 3584), arg(1, 3584), arg(2, 1), arg(3, 2));
-    let layout = Int4Layout { n, k, block: 32, zero_points: false };
+    let layout = Int4Layout { n, k, block: arg(5, 32), zero_points: false };
     let copies = (arg(4, 1_500_000_000) / layout.bytes(4)).max(1);
     let b: Vec<u8> = (0..layout.b_len() * copies).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
     let s = vec![0.01f32; layout.scales_len() * copies];

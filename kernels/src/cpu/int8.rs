@@ -563,11 +563,13 @@ fn task_body<S: Int4Scale, const FMA: bool>(
     } else {
         sb.resize(rows * kb, 0.0);
         S::to_f32_slice(&w.scales[r0 * kb..(r0 + rows) * kb], &mut sb[..rows * kb]);
+        // Block by block (a division per group here cost more than the row's dot products at block 128).
         for r in 0..rows {
             let row = &mut sg[r * gq..(r + 1) * gq];
-            for (g, v) in row.iter_mut().enumerate() {
-                *v = if g < groups { sb[r * kb + g / per_block] } else { 0.0 };
+            for (dst, &v) in row[..groups].chunks_exact_mut(per_block).zip(&sb[r * kb..(r + 1) * kb]) {
+                dst.fill(v);
             }
+            row[groups..].fill(0.0);
         }
     }
     let row_bytes = groups * 16;
