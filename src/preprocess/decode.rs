@@ -78,7 +78,9 @@ pub fn decode_bytes(bytes: &[u8], source_name: &str, limits: &DecodeLimits, appl
     };
     let mut img = match decode_jpeg_like_pil(bytes, is_jpeg, name)? {
         Some(rgb) => DynamicImage::ImageRgb8(rgb),
-        None => DynamicImage::from_decoder(decoder).map_err(decode_err)?,
+        // The png crate (0.18.1) panics on a palette whose length is not a multiple of 3 (found by the
+        // `image` fuzz target): a decoder's panic is an error naming the input, never a lost process.
+        None => caught(name, "decoder", || DynamicImage::from_decoder(decoder).map_err(decode_err))?,
     };
     img.apply_orientation(orientation);
     to_rgb(img, name)
@@ -94,13 +96,18 @@ fn decode_jpeg_like_pil(bytes: &[u8], is_jpeg: bool, name: &str) -> Result<Optio
     // libjpeg reports a fatal error by unwinding out of its C code (mozjpeg's `unwinding`); not every
     // such path comes back as an `io::Error` (found by the `image` fuzz target: a corrupt JPEG ended
     // the process with exit code 101 and no message), so the whole decode is caught here.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_jpeg(bytes, name))).unwrap_or_else(|payload| {
+    caught(name, "JPEG", || decode_jpeg(bytes, name))
+}
+
+/// Runs a third-party decoder, turning a panic inside it into [`Error::ImageDecode`] for `name`.
+fn caught<T>(name: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let reason = payload
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("corrupt data");
-        Err(Error::ImageDecode { source_name: name.to_string(), reason: format!("JPEG: {reason}") })
+        Err(Error::ImageDecode { source_name: name.to_string(), reason: format!("{what}: {reason}") })
     })
 }
 
