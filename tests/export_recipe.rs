@@ -23,6 +23,9 @@ fn default_7b_recipe() {
     assert_eq!(opts.precision, Precision::Int4);
     assert_eq!((opts.linear.lm_head, opts.embed, opts.vision), (Precision::Int8, Precision::Fp16, Precision::Fp16));
     assert_eq!((opts.linear.int4.block, opts.linear.int4.symmetric, opts.linear.accuracy_level), (128, true, 4));
+    // `st export --precision int4` with no recipe writes the recipe's int4 scheme.
+    let plain = st_export::ExportOptions::new(Precision::Int4);
+    assert_eq!((plain.linear.int4, plain.linear.accuracy_level), (opts.linear.int4, opts.linear.accuracy_level));
 }
 
 /// Op type and `bits` of the node computing `linear` in the exported decoder.

@@ -52,12 +52,6 @@ impl ExportOptions {
             Precision::Int4 | Precision::Int8 | Precision::Fp8 => (Precision::Int8, Precision::Fp16, Precision::Fp16),
         };
         linear.lm_head = lm_head;
-        if precision == Precision::Int4 {
-            // Block 128: fewer scale bytes than llama.cpp Q4_0 reads, and MLAS's blklen-128 int8 kernels
-            // are 1.3–1.5× its blklen-32 ones at prefill on the 7B (docs/PERFORMANCE.md); the rounding
-            // error each block costs is in docs/PARITY.md. `--block 32` keeps Q4_0's rounding.
-            linear.int4.block = 128;
-        }
         Self {
             precision,
             linear,

@@ -1,8 +1,8 @@
 //! The CPU int4 loops on the 7B's decoder matrices (q/o 3584×3584, gate/up 18944×3584, down
 //! 3584×18944) at M = 1 (decode), 16 (a question's prefill) and 512 (a prompt's prefill), 2 threads, at
 //! the export's default block (128): the f32 loop (f32 scales) and each int8-activation build this CPU
-//! runs (f16 scales). Throughput is the weight bytes read per
-//! call, so GB/s compares with `examples/membw` (the roofline). Each iteration reads the next of
+//! runs (f16 scales). Throughput is the weight bytes read per call, so GB/s compares with
+//! `examples/membw` (the roofline). Each iteration reads the next of
 //! several copies of the weights (≥ 1.2 GB in all), so they come from DRAM, not from a large
 //! last-level cache. `cargo bench -p st-kernels --bench cpu_int4` (`make bench`).
 

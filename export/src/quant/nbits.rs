@@ -23,9 +23,11 @@ pub struct NBitsScheme {
 }
 
 impl Default for NBitsScheme {
-    /// int4, block 32, symmetric.
+    /// int4, block 128, symmetric: the export's default. Block 128 reads fewer scale bytes than llama.cpp
+    /// Q4_0, and MLAS's blklen-128 int8 kernels are 1.5× its blklen-32 ones at prefill on the 7B
+    /// (docs/PERFORMANCE.md); each block's rounding error is in docs/PARITY.md. Block 32 keeps Q4_0's.
     fn default() -> Self {
-        Self { bits: 4, block: 32, symmetric: true }
+        Self { bits: 4, block: 128, symmetric: true }
     }
 }
 
