@@ -57,6 +57,9 @@ pub fn decode_bytes(bytes: &[u8], source_name: &str, limits: &DecodeLimits, appl
         });
     }
     let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
+    if reader.format() == Some(image::ImageFormat::Png) {
+        check_png_palette(bytes, name)?;
+    }
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_width);
     l.max_image_height = Some(limits.max_height);
@@ -78,8 +81,8 @@ pub fn decode_bytes(bytes: &[u8], source_name: &str, limits: &DecodeLimits, appl
     };
     let mut img = match decode_jpeg_like_pil(bytes, is_jpeg, name)? {
         Some(rgb) => DynamicImage::ImageRgb8(rgb),
-        // The png crate (0.18.1) panics on a palette whose length is not a multiple of 3 (found by the
-        // `image` fuzz target): a decoder's panic is an error naming the input, never a lost process.
+        // A decoder's panic is an error naming the input, never a lost process (defence in depth: the
+        // one panic found so far, png's on a bad palette, is refused by `check_png_palette` first).
         None => caught(name, "decoder", || DynamicImage::from_decoder(decoder).map_err(decode_err))?,
     };
     img.apply_orientation(orientation);
@@ -97,6 +100,36 @@ fn decode_jpeg_like_pil(bytes: &[u8], is_jpeg: bool, name: &str) -> Result<Optio
     // such path comes back as an `io::Error` (found by the `image` fuzz target: a corrupt JPEG ended
     // the process with exit code 101 and no message), so the whole decode is caught here.
     caught(name, "JPEG", || decode_jpeg(bytes, name))
+}
+
+/// Refuses a PNG whose `PLTE` chunk length is not a multiple of 3 (an error by the PNG specification).
+/// The png crate (0.18.1, the newest) indexes past such a palette's end and panics when it expands it —
+/// found by the `image` fuzz target — and a panic under libFuzzer ends the process even where
+/// [`caught`] would have turned it into an error, so the input is refused before the decoder sees it.
+/// Walks chunk headers only (length, type) up to the first `IDAT`; a truncated or malformed chunk
+/// list is left to the decoder's own errors.
+fn check_png_palette(bytes: &[u8], name: &str) -> Result<()> {
+    const SIGNATURE_LEN: usize = 8;
+    let mut at = SIGNATURE_LEN;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        match &header[4..8] {
+            b"IDAT" | b"IEND" => break,
+            b"PLTE" if len % 3 != 0 => {
+                return Err(Error::ImageDecode {
+                    source_name: name.to_string(),
+                    reason: format!("PNG: PLTE chunk length {len} is not a multiple of 3"),
+                });
+            }
+            _ => {}
+        }
+        // Length, type, data, CRC.
+        at = match at.checked_add(12).and_then(|a| a.checked_add(len)) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(())
 }
 
 /// Runs a third-party decoder, turning a panic inside it into [`Error::ImageDecode`] for `name`.
