@@ -322,6 +322,7 @@ impl<'w> Builder<'w> {
         let kb = k.div_ceil(block);
         let blob = block * scheme.bits as usize / 8;
         let chunk = (CHUNK_ELEMENTS / k.max(1)).max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
         let mut scales = Vec::with_capacity(n * kb);
         let mut zero_points = Vec::new();
         let mut failure = None;
@@ -340,7 +341,7 @@ impl<'w> Builder<'w> {
                             return Err(std::io::Error::other("source tensor unreadable"));
                         }
                     };
-                    let q = nbits::quantize(&rows, r1 - r0, k, scheme);
+                    let q = nbits::quantize_parallel(&rows, r1 - r0, k, scheme, threads);
                     w.write_all(&q.packed)?;
                     scales.extend_from_slice(&q.scales);
                     if let Some(z) = q.zero_points {

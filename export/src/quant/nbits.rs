@@ -154,9 +154,65 @@ pub fn quantize(w: &[f32], n: usize, k: usize, scheme: NBitsScheme) -> NBitsWeig
     NBitsWeight { n, k, scheme, packed, scales, zero_points: (!scheme.symmetric).then_some(zps) }
 }
 
+/// [`quantize`] with the rows split over up to `threads` scoped threads: the same bytes, as rows are
+/// quantized independently (the export's quantizer otherwise runs on one core).
+pub fn quantize_parallel(w: &[f32], n: usize, k: usize, scheme: NBitsScheme, threads: usize) -> NBitsWeight {
+    let parts = threads.clamp(1, n.max(1));
+    if parts == 1 {
+        return quantize(w, n, k, scheme);
+    }
+    let per = n.div_ceil(parts);
+    let pieces: Vec<NBitsWeight> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(per)
+            .map(|r0| {
+                let r1 = (r0 + per).min(n);
+                let rows = &w[r0 * k..r1 * k];
+                s.spawn(move || quantize(rows, r1 - r0, k, scheme))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out = NBitsWeight {
+        n,
+        k,
+        scheme,
+        packed: Vec::with_capacity(pieces.iter().map(|p| p.packed.len()).sum()),
+        scales: Vec::with_capacity(pieces.iter().map(|p| p.scales.len()).sum()),
+        zero_points: (!scheme.symmetric).then(Vec::new),
+    };
+    for p in pieces {
+        out.packed.extend_from_slice(&p.packed);
+        out.scales.extend_from_slice(&p.scales);
+        if let (Some(all), Some(z)) = (out.zero_points.as_mut(), p.zero_points) {
+            all.extend_from_slice(&z); // whole rows of zero points: row-major like the values
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parallel_quantizer_writes_the_serial_ones_bytes() {
+        let (n, k) = (37, 300); // rows not a multiple of the thread count, K not of the block
+        let w: Vec<f32> =
+            (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 5) as f32)).collect();
+        for (bits, block, symmetric) in [(4, 32, true), (4, 128, false), (8, 64, true), (8, 32, false)] {
+            let scheme = NBitsScheme { bits, block, symmetric };
+            let want = quantize(&w, n, k, scheme);
+            for threads in [1, 2, 3, 8, 64] {
+                let got = quantize_parallel(&w, n, k, scheme, threads);
+                assert_eq!(
+                    (&got.packed, &got.scales, &got.zero_points),
+                    (&want.packed, &want.scales, &want.zero_points),
+                    "bits {bits} block {block} sym {symmetric} threads {threads}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn round_trip_error_is_within_one_step() {
