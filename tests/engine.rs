@@ -454,3 +454,64 @@ fn an_on_demand_vision_session_answers_as_a_resident_one() {
     let err = Engine::load(&dir, &opts).err().expect("a damaged vision.onnx must not load").to_string();
     assert!(err.contains("vision.onnx"), "{err}");
 }
+
+/// The files of ORT's profile written under `prefix` for `graph`, whether any records a Cast node, and
+/// the session's runs.
+fn profiled_casts(dir: &std::path::Path, graph: &str) -> (usize, bool, usize) {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("prof-{graph}_")))
+        .collect();
+    let events: Vec<serde_json::Value> = files
+        .iter()
+        .flat_map(|f| serde_json::from_slice::<Vec<serde_json::Value>>(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    let casts = events.iter().any(|e| e["cat"] == "Node" && e["args"]["op_name"] == "Cast");
+    let runs = events.iter().filter(|e| e["cat"] == "Session" && e["name"] == "model_run").count();
+    (files.len(), casts, runs)
+}
+
+#[test]
+fn fp16_vision_weights_as_exported_encode_as_widened_ones_do() {
+    use st::engine::VisionWeights;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-fp16-vision");
+    let opts = st_export::ExportOptions { vision: st_export::Precision::Fp16, ..Default::default() };
+    st_export::export(&model("tiny"), &dir, &opts).unwrap();
+    let want: ndarray::Array2<f32> = read_npy(&golden("tiny/vision_embeds.npy"));
+    let mut embeds = vec![];
+    for (mode, tag) in [(VisionWeights::AsExported, "as-exported"), (VisionWeights::Widened, "widened")] {
+        let prof = tmp.path().join(tag);
+        std::fs::create_dir(&prof).unwrap();
+        let session = SessionOptions {
+            threads: Some(1),
+            vision_weights: mode,
+            profile: Some(prof.join("prof")),
+            ..Default::default()
+        };
+        let mut e = Engine::load(&dir, &session).unwrap();
+        e.preprocessor.options.pixels.max_pixels = 37632;
+        let frame = e.encode_image(&image("chelsea.png")).unwrap();
+        // fp16 weights against transformers' f32 model: the fp16 storage bound of tests/export_fp32.rs.
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = frame.embeds.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        eprintln!("{tag}: vision max|Δ|/max|ref| = {err:.2e}");
+        assert!(err <= 1e-2, "{tag}: vision max|Δ|/max|ref| = {err}");
+        embeds.push(frame.embeds.clone());
+        drop(e); // ORT writes the profile when the session is released
+        // The weights really are kept as exported: ORT runs the Cast nodes per call only then.
+        let (files, casts, runs) = profiled_casts(&prof, "vision");
+        assert_eq!(files, 1, "{tag}: one vision profile");
+        assert_eq!(casts, mode == VisionWeights::AsExported, "{tag}: Cast nodes run per call");
+        // Kept as exported, the tower is warmed up at load by one tiny frame (the weights faulted in).
+        assert_eq!(runs, if mode == VisionWeights::AsExported { 2 } else { 1 }, "{tag}: vision runs");
+    }
+    // The same f32 weight values either way; only the summation order can differ (MLAS packs a weight
+    // at load or per call, and with constant folding off ORT fuses a little differently), so the two
+    // agree to f32 rounding over the tower's depth: far inside the fp16 storage error above.
+    let scale = embeds[1].iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = embeds[0].iter().zip(embeds[1].iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    eprintln!("as exported against widened: max|Δ|/max = {diff:.2e}");
+    assert!(diff <= 1e-5, "as exported against widened: {diff}");
+}

@@ -100,6 +100,14 @@ pub struct ModelArgs {
     /// (on-demand: less memory while answering, a session load per frame).
     #[arg(long, value_enum, default_value = "resident")]
     pub vision_session: crate::engine::VisionSession,
+    /// The vision tower's weights in memory on the CPU: as exported (fp16 widened per call: memory at
+    /// the files' size) or widened to f32 copies at load (faster encoding, the tower's memory doubled).
+    #[arg(long, value_enum, default_value = "as-exported")]
+    pub vision_weights: crate::engine::VisionWeights,
+    /// Write ONNX Runtime's per-node profile of each graph's session to PREFIX-<graph>_<time>.json
+    /// when it is released.
+    #[arg(long, value_name = "PREFIX")]
+    pub ort_profile: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -116,6 +124,8 @@ impl ModelArgs {
             device,
             cpu_fallback: self.cpu_fallback,
             vision: self.vision_session,
+            vision_weights: self.vision_weights,
+            profile: self.ort_profile.clone(),
         };
         let mut engine = crate::engine::Engine::load(&dir, &opts)?;
         let b = &mut engine.preprocessor.options.pixels;

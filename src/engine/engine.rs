@@ -269,14 +269,28 @@ impl Engine {
         options.norm = ImageNorm { mean: ip.image_mean, std: ip.image_std };
         let prompt = PromptBuilder::from_dir(dir)?;
         let state = DecoderState::new(&model);
-        Ok(Self {
+        let engine = Self {
             preprocessor: Preprocessor::new(geometry, options),
             prompt,
             state,
             resident: None,
             grammar: Arc::default(),
             model: model.into(),
-        })
+        };
+        if engine.model.widens_vision_per_call(opts) {
+            engine.warm_up_vision()?;
+        }
+        Ok(engine)
+    }
+
+    /// Encodes the smallest image once, discarding it. Where the vision tower's fp16 weights are kept as
+    /// exported, the first frame would otherwise fault every weight in from the mapped file and grow ORT's
+    /// arena for each widened weight (~1 s for the 7B's tower on the CPU); widening at load
+    /// ([`VisionWeights::Widened`](super::model::VisionWeights)) pays the same at load.
+    fn warm_up_vision(&self) -> Result<()> {
+        let side = self.preprocessor.geometry.factor() as u32;
+        let image = self.preprocessor.process_rgb(&RgbImage::new(side, side), "the vision warm-up image")?;
+        self.vision(&image).map(drop)
     }
 
     pub fn model(&self) -> &ExportedModel {

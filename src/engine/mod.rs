@@ -17,5 +17,5 @@ pub use engine::{
     Answer, DEFAULT_MAX_NEW_TOKENS, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent,
     new_token_budget,
 };
-pub use model::{ExportedModel, SessionOptions, VisionSession};
+pub use model::{ExportedModel, SessionOptions, VisionSession, VisionWeights};
 pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

@@ -21,7 +21,31 @@ pub struct SessionOptions {
     pub cpu_fallback: bool,
     /// Whether the vision tower's session stays loaded between frames.
     pub vision: VisionSession,
+    /// How the vision tower's weights are held in memory on the CPU.
+    pub vision_weights: VisionWeights,
+    /// Write ONNX Runtime's per-node profile of each session to `PREFIX-<graph>_<time>.json` when
+    /// the session is released (the vision tower's after each frame when it is on demand).
+    pub profile: Option<PathBuf>,
 }
+
+/// How the CPU provider holds the vision tower's weights (docs/PERFORMANCE.md#edge-options). An export
+/// stores them in fp16 (`vision = "fp16"`, the default recipe) as `Cast(weight) → Gemm`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VisionWeights {
+    /// As exported: fp16 weights stay fp16 and are widened to f32 for each matmul (ORT's Cast and Gemm
+    /// run per call; one tiny frame at load faults them in). The tower takes its file's size in memory;
+    /// each new frame takes a little longer to encode (0.1–0.5 s on the 7B: the widening and the packing
+    /// MLAS does for a weight it could not prepack), and the model loads faster.
+    #[default]
+    AsExported,
+    /// Widened to f32 copies once at load (ORT folds the Cast and prepacks the weights): twice the
+    /// fp16 file's size in memory (+1.36 GB on the 7B), a longer load, the fastest encoding.
+    Widened,
+}
+
+/// ORT's graph transformers that fold `Cast(fp16 initializer)` into an f32 initializer at load; both
+/// must be off to keep the weights as exported (either alone folds it).
+const CAST_FOLDING: &str = "ConstantFolding;FuseFp16InitializerToFp32NodeTransformer";
 
 /// When the vision tower's session is in memory (docs/PERFORMANCE.md#edge-options).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +182,14 @@ fn open_session(
         builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.to_string()))?;
     }
     device.register(&mut builder)?;
+    if name == "vision" && matches!(device, Device::Cpu) && opts.vision_weights == VisionWeights::AsExported {
+        builder = builder.with_disabled_optimizers(CAST_FOLDING).map_err(|e| ort_err(e.to_string()))?;
+    }
+    if let Some(prefix) = &opts.profile {
+        let mut file = prefix.as_os_str().to_owned();
+        file.push(format!("-{name}"));
+        builder = builder.with_profiling(file).map_err(|e| ort_err(e.to_string()))?;
+    }
     builder = builder
         .with_operators(super::ops::domain().map_err(|e| ort_err(e.to_string()))?)
         .map_err(|e| ort_err(e.to_string()))?;
@@ -216,6 +248,16 @@ fn check_signature(
 }
 
 impl ExportedModel {
+    /// Whether the vision tower is resident on the CPU with fp16 weights kept as exported, widened for
+    /// each matmul (`VisionWeights::AsExported` over an fp16 export).
+    pub fn widens_vision_per_call(&self, opts: &SessionOptions) -> bool {
+        let fp16 = self.manifest.graphs.get("vision").and_then(|g| g.precision.get("linear")).map(String::as_str)
+            == Some("fp16");
+        fp16 && self.vision.is_resident()
+            && matches!(self.device, Device::Cpu)
+            && opts.vision_weights == VisionWeights::AsExported
+    }
+
     /// Open `dir` (written by `st export`): check its manifest, then load each graph it lists on
     /// `opts.device`, falling back to CPU only when `opts.cpu_fallback` allows it.
     pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Self> {
