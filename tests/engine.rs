@@ -494,8 +494,7 @@ fn fp16_vision_weights_as_exported_encode_as_widened_ones_do() {
         e.preprocessor.options.pixels.max_pixels = 37632;
         let frame = e.encode_image(&image("chelsea.png")).unwrap();
         // fp16 weights against transformers' f32 model: the fp16 storage bound of tests/export_fp32.rs.
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = frame.embeds.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        let err = common::pipeline::rel_err(&frame.embeds, &want);
         eprintln!("{tag}: vision max|Δ|/max|ref| = {err:.2e}");
         assert!(err <= 1e-2, "{tag}: vision max|Δ|/max|ref| = {err}");
         embeds.push(frame.embeds.clone());
@@ -510,8 +509,7 @@ fn fp16_vision_weights_as_exported_encode_as_widened_ones_do() {
     // The same f32 weight values either way; only the summation order can differ (MLAS packs a weight
     // at load or per call, and with constant folding off ORT fuses a little differently), so the two
     // agree to f32 rounding over the tower's depth: far inside the fp16 storage error above.
-    let scale = embeds[1].iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = embeds[0].iter().zip(embeds[1].iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let diff = common::pipeline::rel_err(&embeds[0], &embeds[1]);
     eprintln!("as exported against widened: max|Δ|/max = {diff:.2e}");
     assert!(diff <= 1e-5, "as exported against widened: {diff}");
 }

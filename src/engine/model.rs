@@ -43,6 +43,15 @@ pub enum VisionWeights {
     Widened,
 }
 
+/// Whether the vision tower's fp16 weights stay as exported on `device`, widened for each matmul
+/// (`VisionWeights::AsExported` over an fp16 export on the CPU); an fp32 tower has nothing to widen.
+fn widens_vision_per_call(manifest: &Manifest, device: &Device, opts: &SessionOptions) -> bool {
+    let linear = manifest.graphs.get("vision").and_then(|g| g.precision.get("linear"));
+    linear.map(String::as_str) == Some("fp16")
+        && matches!(device, Device::Cpu)
+        && opts.vision_weights == VisionWeights::AsExported
+}
+
 /// ORT's graph transformers that fold `Cast(fp16 initializer)` into an f32 initializer at load; both
 /// must be off to keep the weights as exported (either alone folds it).
 const CAST_FOLDING: &str = "ConstantFolding;FuseFp16InitializerToFp32NodeTransformer";
@@ -182,7 +191,7 @@ fn open_session(
         builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.to_string()))?;
     }
     device.register(&mut builder)?;
-    if name == "vision" && matches!(device, Device::Cpu) && opts.vision_weights == VisionWeights::AsExported {
+    if name == "vision" && widens_vision_per_call(manifest, device, opts) {
         builder = builder.with_disabled_optimizers(CAST_FOLDING).map_err(|e| ort_err(e.to_string()))?;
     }
     if let Some(prefix) = &opts.profile {
@@ -248,14 +257,10 @@ fn check_signature(
 }
 
 impl ExportedModel {
-    /// Whether the vision tower is resident on the CPU with fp16 weights kept as exported, widened for
-    /// each matmul (`VisionWeights::AsExported` over an fp16 export).
+    /// Whether the vision tower is resident with its fp16 weights kept as exported, widened for each
+    /// matmul (what the engine warms up at load).
     pub fn widens_vision_per_call(&self, opts: &SessionOptions) -> bool {
-        let fp16 = self.manifest.graphs.get("vision").and_then(|g| g.precision.get("linear")).map(String::as_str)
-            == Some("fp16");
-        fp16 && self.vision.is_resident()
-            && matches!(self.device, Device::Cpu)
-            && opts.vision_weights == VisionWeights::AsExported
+        self.vision.is_resident() && widens_vision_per_call(&self.manifest, &self.device, opts)
     }
 
     /// Open `dir` (written by `st export`): check its manifest, then load each graph it lists on
