@@ -115,7 +115,7 @@ fn check_png_palette(bytes: &[u8], name: &str) -> Result<()> {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         match &header[4..8] {
             b"IDAT" | b"IEND" => break,
-            b"PLTE" if len % 3 != 0 => {
+            b"PLTE" if !len.is_multiple_of(3) => {
                 return Err(Error::ImageDecode {
                     source_name: name.to_string(),
                     reason: format!("PNG: PLTE chunk length {len} is not a multiple of 3"),
