@@ -82,6 +82,14 @@ fn every_build_matches_the_reference() {
         // of whole quads).
         (23, 320, 32, false),
         (9, 2080, 32, true),
+        // Blocks a step wide or wider read one scale per step (the 256-bit loop from block 64 on, the
+        // 512-bit one from 128); block 64 on the 512-bit loop keeps per-group scales. Partial last
+        // blocks, an odd number of steps, and a last block shorter than a step.
+        (13, 448, 64, false),
+        (11, 300, 128, true),
+        (6, 200, 128, false),
+        (7, 520, 256, false),
+        (5, 1100, 256, true),
     ] {
         let case = Case::new(&mut rng, n, k, block, zp);
         let w = case.weights();

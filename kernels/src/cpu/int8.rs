@@ -101,6 +101,9 @@ pub struct Quantized {
     q: Vec<i8>,
     /// `m × quads × 4`: each group's scale d (zero for padding).
     d: Vec<f32>,
+    /// `m × quads × 16`: d spread to the i32 lanes of a step's dot products, four lanes per group
+    /// ([d_g0 × 4, d_g1 × 4, d_g2 × 4, d_g3 × 4] per quad), so that a step scales its lanes with one load.
+    dl: Vec<f32>,
     /// `m × k_blocks`: Σ over the weight block's groups of d · Σ q (the zero-point term).
     c: Vec<f32>,
 }
@@ -191,8 +194,13 @@ impl Quantized {
     fn build(a: &[f32], m: usize, k: usize, k_blocks: usize, per_block: usize, avx2: bool) -> Self {
         let groups = k_blocks * per_block;
         let quads = groups.div_ceil(4);
-        let mut out =
-            Quantized { quads, q: vec![0; m * quads * 128], d: vec![0.0; m * quads * 4], c: vec![0.0; m * k_blocks] };
+        let mut out = Quantized {
+            quads,
+            q: vec![0; m * quads * 128],
+            d: vec![0.0; m * quads * 4],
+            dl: vec![0.0; m * quads * 16],
+            c: vec![0.0; m * k_blocks],
+        };
         for i in 0..m {
             let row = &a[i * k..(i + 1) * k];
             let qrow = &mut out.q[i * quads * 128..(i + 1) * quads * 128];
@@ -221,6 +229,7 @@ impl Quantized {
                         quantize_group(&vals, go)
                     };
                     out.d[i * quads * 4 + g] = d;
+                    out.dl[i * quads * 16 + 4 * g..][..4].fill(d);
                     out.c[i * k_blocks + g / per_block] += d * sum as f32;
                 }
             }
@@ -242,23 +251,34 @@ thread_local! {
 }
 
 /// Σ_g s_g d_g dot_g for up to [`MR`] activation rows starting at `i0` over one weight row
-/// (`groups × 16` bytes; `s` the row's per-group scales). Portable form: per group an exact i32 dot
-/// product.
+/// (`groups × 16` bytes; `sb` the row's block scales, `per_block` groups each). Portable form: per
+/// group an exact i32 dot product.
 #[inline(always)]
-fn row_dots_portable(wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
+fn row_dots_portable(
+    wb: &[u8],
+    sb: &[f32],
+    per_block: usize,
+    q: &Quantized,
+    i0: usize,
+    mr: usize,
+    groups: usize,
+) -> [f32; MR] {
     let mut acc = [0.0f32; MR];
-    for g in 0..groups {
-        let (qd, h) = (g / 4, g % 4);
-        let bytes = &wb[16 * g..16 * g + 16];
-        for (r, acc) in acc[..mr].iter_mut().enumerate() {
-            let i = i0 + r;
-            let chunk = &q.q[(i * q.quads + qd) * 128..(i * q.quads + qd + 1) * 128];
-            let mut dotg = 0i32;
-            for j in 0..16 {
-                dotg += (bytes[j] & 0xF) as i32 * chunk[16 * h + j] as i32;
-                dotg += (bytes[j] >> 4) as i32 * chunk[64 + 16 * h + j] as i32;
+    // Block by block: a division per group costs more than the group's dot product.
+    for (blk, &sblk) in sb.iter().enumerate() {
+        for g in blk * per_block..((blk + 1) * per_block).min(groups) {
+            let (qd, h) = (g / 4, g % 4);
+            let bytes = &wb[16 * g..16 * g + 16];
+            for (r, acc) in acc[..mr].iter_mut().enumerate() {
+                let i = i0 + r;
+                let chunk = &q.q[(i * q.quads + qd) * 128..(i * q.quads + qd + 1) * 128];
+                let mut dotg = 0i32;
+                for j in 0..16 {
+                    dotg += (bytes[j] & 0xF) as i32 * chunk[16 * h + j] as i32;
+                    dotg += (bytes[j] >> 4) as i32 * chunk[64 + 16 * h + j] as i32;
+                }
+                *acc += dotg as f32 * (sblk * q.d[i * q.quads * 4 + g]);
             }
-            *acc += dotg as f32 * (s[g] * q.d[i * q.quads * 4 + g]);
         }
     }
     acc
@@ -293,16 +313,31 @@ mod x86 {
         }
     }
 
-    /// Per-row pointers into the quantized activations: int8 values and group scales.
+    /// Per-row pointers into the quantized activations: int8 values and group scales spread to lanes.
+    pub struct Act<const R: usize> {
+        q: [*const i8; R],
+        d: [*const f32; R],
+    }
+
     #[inline(always)]
-    unsafe fn rows<const R: usize>(q: &Quantized, i0: usize) -> ([*const i8; R], [*const f32; R]) {
+    unsafe fn rows<const R: usize>(q: &Quantized, i0: usize) -> Act<R> {
         unsafe {
             let quads = q.quads;
-            (
-                std::array::from_fn(|r| q.q.as_ptr().add((i0 + r) * quads * 128)),
-                std::array::from_fn(|r| q.d.as_ptr().add((i0 + r) * quads * 4)),
-            )
+            Act {
+                q: std::array::from_fn(|r| q.q.as_ptr().add((i0 + r) * quads * 128)),
+                d: std::array::from_fn(|r| q.dl.as_ptr().add((i0 + r) * quads * 16)),
+            }
         }
+    }
+
+    /// A weight row's scales as the steps read them.
+    #[derive(Clone, Copy)]
+    pub enum RowScales<'a> {
+        /// One scale per group, the row padded with zeros to whole quads (blocks narrower than a step).
+        PerGroup(&'a [f32]),
+        /// One scale per block of `1 << shift` groups, a block at least a step wide: a step's lanes
+        /// share one scale, and no per-group copy of the scales is made.
+        PerBlock { s: &'a [f32], shift: u32 },
     }
 
     /// One register width's form of the row loop: the groups (16 weight bytes each) a step takes,
@@ -316,13 +351,14 @@ mod x86 {
         /// The row's last `rem` (1..GROUPS) groups: their bytes only, the rest zero (the next row's
         /// bytes are not read; the missing groups' activations, scales and d are zero).
         unsafe fn load_tail(p: *const u8, rem: usize) -> Self::Raw;
-        /// Step `i` (weight bytes `raw`) into accumulator `slot` of each activation row.
-        unsafe fn step<const R: usize>(
+        /// Step `i` (weight bytes `raw`) into accumulator `slot` of each activation row: per lane
+        /// acc += f32(dot) · d · s, with `act.d` the rows' lane-spread activation scales.
+        unsafe fn step<const R: usize, const PER_BLOCK: bool>(
             i: usize,
             raw: Self::Raw,
             s: &[f32],
-            qs: &[*const i8; R],
-            ds: &[*const f32; R],
+            shift: u32,
+            act: &Act<R>,
             acc: &mut [[Self::Acc; 2]; R],
             slot: usize,
         );
@@ -352,12 +388,12 @@ mod x86 {
             unsafe { _mm256_zextsi128_si256(_mm_loadu_si128(p as *const __m128i)) }
         }
         #[inline(always)]
-        unsafe fn step<const R: usize>(
+        unsafe fn step<const R: usize, const PER_BLOCK: bool>(
             p: usize,
             raw: __m256i,
             s: &[f32],
-            qs: &[*const i8; R],
-            ds: &[*const f32; R],
+            shift: u32,
+            act: &Act<R>,
             acc: &mut [[__m256; 2]; R],
             slot: usize,
         ) {
@@ -365,18 +401,20 @@ mod x86 {
                 let mask = _mm256_set1_epi8(0x0F);
                 let lo = _mm256_and_si256(raw, mask);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                // The pair's two weight scales, and below its two activation scales: their products
-                // spread to the i32 lanes' order [g0 × 4, g1 × 4].
-                let s2 = _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
-                let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-                for r in 0..R {
-                    let a = qs[r].add(128 * (p / 2) + 32 * (p % 2));
+                // The pair's weight scales in the i32 lanes' order [g0 × 4, g1 × 4].
+                let sl = if PER_BLOCK {
+                    _mm256_broadcast_ss(&*s.as_ptr().add((2 * p) >> shift))
+                } else {
+                    let s2 = _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
+                    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+                };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = act.q[r].add(128 * (p / 2) + 32 * (p % 2));
                     let alo = _mm256_loadu_si256(a as *const __m256i);
                     let ahi = _mm256_loadu_si256(a.add(64) as *const __m256i);
                     let t = D::dot(D::dot(_mm256_setzero_si256(), lo, alo), hi, ahi);
-                    let sd = _mm_mul_ps(s2, _mm_castpd_ps(_mm_load_sd(ds[r].add(2 * p) as *const f64)));
-                    let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd), spread);
-                    acc[r][slot] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc[r][slot]);
+                    let x = _mm256_mul_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(act.d[r].add(8 * p)));
+                    acc[slot] = _mm256_fmadd_ps(x, sl, acc[slot]);
                 }
             }
         }
@@ -408,12 +446,12 @@ mod x86 {
             unsafe { _mm512_maskz_loadu_epi8((1u64 << (16 * rem)) - 1, p as *const i8) }
         }
         #[inline(always)]
-        unsafe fn step<const R: usize>(
+        unsafe fn step<const R: usize, const PER_BLOCK: bool>(
             qd: usize,
             raw: __m512i,
             s: &[f32],
-            qs: &[*const i8; R],
-            ds: &[*const f32; R],
+            shift: u32,
+            act: &Act<R>,
             acc: &mut [[__m512; 2]; R],
             slot: usize,
         ) {
@@ -421,16 +459,20 @@ mod x86 {
                 let mask = _mm512_set1_epi8(0x0F);
                 let lo = _mm512_and_si512(raw, mask);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-                let s4 = _mm_loadu_ps(s.as_ptr().add(4 * qd));
-                let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-                for r in 0..R {
-                    let a = qs[r].add(128 * qd);
+                // The quad's weight scales in the i32 lanes' order [g0 × 4, g1 × 4, g2 × 4, g3 × 4].
+                let sl = if PER_BLOCK {
+                    _mm512_set1_ps(*s.as_ptr().add((4 * qd) >> shift))
+                } else {
+                    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(s.as_ptr().add(4 * qd))))
+                };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = act.q[r].add(128 * qd);
                     let alo = _mm512_loadu_si512(a as *const _);
                     let ahi = _mm512_loadu_si512(a.add(64) as *const _);
                     let t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, alo), hi, ahi);
-                    let sd = _mm_mul_ps(s4, _mm_loadu_ps(ds[r].add(4 * qd)));
-                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sd));
-                    acc[r][slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[r][slot]);
+                    let x = _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_loadu_ps(act.d[r].add(16 * qd)));
+                    acc[slot] = _mm512_fmadd_ps(x, sl, acc[slot]);
                 }
             }
         }
@@ -445,12 +487,30 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has the features `W` uses and AVX2 + FMA; `wb` holds `groups × 16` bytes, `s` the
-    /// row's per-group scales padded to whole quads, and `q` was built for `groups` groups with rows
-    /// `i0..i0 + R`.
+    /// row's scales (per group padded to whole quads, or per block with blocks of at least
+    /// `W::GROUPS` groups), and `q` was built for `groups` groups with rows `i0..i0 + R`.
     #[inline(always)]
     pub unsafe fn row_dots<W: Width, const R: usize>(
         wb: &[u8],
+        s: RowScales<'_>,
+        q: &Quantized,
+        i0: usize,
+        groups: usize,
+    ) -> [f32; MR] {
+        unsafe {
+            match s {
+                RowScales::PerBlock { s, shift } => row_loop::<W, R, true>(wb, s, shift, q, i0, groups),
+                RowScales::PerGroup(s) => row_loop::<W, R, false>(wb, s, 0, q, i0, groups),
+            }
+        }
+    }
+
+    /// [`row_dots`] for one form of the scales.
+    #[inline(always)]
+    unsafe fn row_loop<W: Width, const R: usize, const PER_BLOCK: bool>(
+        wb: &[u8],
         s: &[f32],
+        shift: u32,
         q: &Quantized,
         i0: usize,
         groups: usize,
@@ -460,7 +520,7 @@ mod x86 {
             let mut acc = [[W::zero(); 2]; R];
             let full = groups / W::GROUPS;
             let wp = wb.as_ptr();
-            let (qs, ds) = rows::<R>(q, i0);
+            let act = rows::<R>(q, i0);
             let mut i = 0;
             while i + 1 < full {
                 let at = wp.add(bytes * i);
@@ -469,16 +529,16 @@ mod x86 {
                 for line in (0..2 * bytes).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(at.add(line + PREFETCH) as *const i8);
                 }
-                W::step::<R>(i, W::load(at), s, &qs, &ds, &mut acc, 0);
-                W::step::<R>(i + 1, W::load(at.add(bytes)), s, &qs, &ds, &mut acc, 1);
+                W::step::<R, PER_BLOCK>(i, W::load(at), s, shift, &act, &mut acc, 0);
+                W::step::<R, PER_BLOCK>(i + 1, W::load(at.add(bytes)), s, shift, &act, &mut acc, 1);
                 i += 2;
             }
             if i < full {
-                W::step::<R>(i, W::load(wp.add(bytes * i)), s, &qs, &ds, &mut acc, 0);
+                W::step::<R, PER_BLOCK>(i, W::load(wp.add(bytes * i)), s, shift, &act, &mut acc, 0);
             }
             let rem = groups % W::GROUPS;
             if rem > 0 {
-                W::step::<R>(full, W::load_tail(wp.add(bytes * full), rem), s, &qs, &ds, &mut acc, 1);
+                W::step::<R, PER_BLOCK>(full, W::load_tail(wp.add(bytes * full), rem), s, shift, &act, &mut acc, 1);
             }
             let mut out = [0.0f32; MR];
             for r in 0..R {
@@ -501,13 +561,51 @@ enum Loop {
     Portable,
 }
 
+impl Loop {
+    /// Groups of 32 one step of the loop takes.
+    fn step_groups(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Loop::Vnni512 => 4,
+            #[cfg(target_arch = "x86_64")]
+            Loop::Avx2 | Loop::AvxVnni => 2,
+            Loop::Portable => 1,
+        }
+    }
+}
+
+/// A weight row's scales for [`row_dots`]: per group (padded to whole quads), or per block when a
+/// block spans whole steps.
+#[derive(Clone, Copy)]
+struct Scales<'a> {
+    /// Per block, `k_blocks` long.
+    block: &'a [f32],
+    /// Per group padded to whole quads; empty when the steps read the block scales.
+    group: &'a [f32],
+    per_block: usize,
+}
+
 /// One weight row's dots for `mr` (1..=4) activation rows on the chosen loop, unrolled per count.
 ///
 /// # Safety
 /// The CPU has the loop's features; lengths as [`x86::row_dots`] documents.
 #[inline(always)]
-unsafe fn row_dots(lp: Loop, wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr: usize, groups: usize) -> [f32; MR] {
+unsafe fn row_dots(
+    lp: Loop,
+    wb: &[u8],
+    sc: Scales<'_>,
+    q: &Quantized,
+    i0: usize,
+    mr: usize,
+    groups: usize,
+) -> [f32; MR] {
     unsafe {
+        #[cfg(target_arch = "x86_64")]
+        let s = if sc.group.is_empty() {
+            x86::RowScales::PerBlock { s: sc.block, shift: sc.per_block.trailing_zeros() }
+        } else {
+            x86::RowScales::PerGroup(sc.group)
+        };
         // `x86::row_dots::<W, R>` for the run-time row count `mr` (1..=4).
         #[cfg(target_arch = "x86_64")]
         macro_rules! by_rows {
@@ -527,7 +625,7 @@ unsafe fn row_dots(lp: Loop, wb: &[u8], s: &[f32], q: &Quantized, i0: usize, mr:
             Loop::AvxVnni => by_rows!(x86::W256<x86::AvxVnni>),
             #[cfg(target_arch = "x86_64")]
             Loop::Vnni512 => by_rows!(x86::W512),
-            Loop::Portable => row_dots_portable(wb, s, q, i0, mr, groups),
+            Loop::Portable => row_dots_portable(wb, sc.block, sc.per_block, q, i0, mr, groups),
         }
     }
 }
@@ -552,20 +650,16 @@ fn task_body<S: Int4Scale, const FMA: bool>(
     // Taken out of the thread-local rather than used inside a closure: a closure does not inherit the
     // caller's target features, and the intrinsics below would not inline.
     let (mut sb, mut sg) = SCRATCH.take();
-    // Per-group scales, each row padded with zeros to whole quads; with one group per block they are
-    // also the block scales.
-    sg.resize(rows * gq, 0.0);
-    if per_block == 1 {
-        for r in 0..rows {
-            S::to_f32_slice(&w.scales[(r0 + r) * kb..(r0 + r + 1) * kb], &mut sg[r * gq..r * gq + kb]);
-            sg[r * gq + kb..(r + 1) * gq].fill(0.0);
-        }
-    } else {
-        sb.resize(rows * kb, 0.0);
-        S::to_f32_slice(&w.scales[r0 * kb..(r0 + rows) * kb], &mut sb[..rows * kb]);
-        // Block by block (a division per group here cost more than the row's dot products at block 128).
+    sb.resize(rows * kb, 0.0);
+    S::to_f32_slice(&w.scales[r0 * kb..(r0 + rows) * kb], &mut sb[..rows * kb]);
+    // A block as wide as a step (or wider) gives all the step's lanes one scale, read in place; a
+    // narrower one needs the scales per group, each row padded with zeros to whole quads.
+    let per_group = !(per_block >= lp.step_groups() && per_block.is_power_of_two());
+    if per_group {
+        sg.resize(rows * gq, 0.0);
         for r in 0..rows {
             let row = &mut sg[r * gq..(r + 1) * gq];
+            // Block by block (a division per group here cost more than the row's dot products at block 128).
             for (dst, &v) in row[..groups].chunks_exact_mut(per_block).zip(&sb[r * kb..(r + 1) * kb]) {
                 dst.fill(v);
             }
@@ -577,10 +671,10 @@ fn task_body<S: Int4Scale, const FMA: bool>(
         let mr = MR.min(m - i0);
         for r in 0..rows {
             let wb = &w.b[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-            let s = &sg[r * gq..(r + 1) * gq];
+            let s = &sb[r * kb..(r + 1) * kb];
+            let sc = Scales { block: s, group: if per_group { &sg[r * gq..(r + 1) * gq] } else { &[] }, per_block };
             // SAFETY: the caller checked the loop's features (Int8Isa::available); lengths as documented.
-            let acc = unsafe { row_dots(lp, wb, s, q, i0, mr, groups) };
-            let s = if per_block == 1 { &s[..kb] } else { &sb[r * kb..(r + 1) * kb] };
+            let acc = unsafe { row_dots(lp, wb, sc, q, i0, mr, groups) };
             for (r_i, v) in acc[..mr].iter().enumerate() {
                 let i = i0 + r_i;
                 let c = &q.c[i * kb..(i + 1) * kb];
