@@ -108,6 +108,10 @@ pub struct ModelArgs {
     /// when it is released.
     #[arg(long, value_name = "PREFIX")]
     pub ort_profile: Option<std::path::PathBuf>,
+    /// Back the loaded weights with transparent huge pages (Linux; best effort): fewer TLB misses per
+    /// decode step.
+    #[arg(long, value_enum, default_value = "on")]
+    pub huge_pages: crate::engine::HugePages,
 }
 
 impl ModelArgs {
@@ -126,6 +130,7 @@ impl ModelArgs {
             vision: self.vision_session,
             vision_weights: self.vision_weights,
             profile: self.ort_profile.clone(),
+            huge_pages: self.huge_pages,
         };
         let mut engine = crate::engine::Engine::load(&dir, &opts)?;
         let b = &mut engine.preprocessor.options.pixels;

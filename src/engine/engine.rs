@@ -7,7 +7,7 @@
 //! prefills the rest, and decodes through the sampling chain.
 
 use super::decoder::{DecoderState, KvSnapshot};
-use super::model::{ExportedModel, SessionOptions};
+use super::model::{ExportedModel, HugePages, SessionOptions};
 use crate::decode::grammar::{Bounds, GrammarFactory, OutputSpec};
 use crate::decode::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
@@ -279,6 +279,11 @@ impl Engine {
         };
         if engine.model.widens_vision_per_call(opts) {
             engine.warm_up_vision()?;
+        }
+        if opts.huge_pages == HugePages::On {
+            let t0 = std::time::Instant::now();
+            let done = super::huge_pages::back_with_huge_pages(super::huge_pages::MIN_BYTES);
+            tracing::debug!("huge pages: {done:?} in {:.2} s", t0.elapsed().as_secs_f64());
         }
         Ok(engine)
     }

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod device;
 #[allow(clippy::module_inception)]
 pub mod engine;
+pub mod huge_pages;
 pub mod model;
 pub mod ops;
 pub mod ort_lib;
@@ -17,5 +18,5 @@ pub use engine::{
     Answer, DEFAULT_MAX_NEW_TOKENS, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent,
     new_token_budget,
 };
-pub use model::{ExportedModel, SessionOptions, VisionSession, VisionWeights};
+pub use model::{ExportedModel, HugePages, SessionOptions, VisionSession, VisionWeights};
 pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

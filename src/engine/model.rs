@@ -26,6 +26,20 @@ pub struct SessionOptions {
     /// Write ONNX Runtime's per-node profile of each session to `PREFIX-<graph>_<time>.json` when
     /// the session is released (the vision tower's after each frame when it is on demand).
     pub profile: Option<PathBuf>,
+    /// Whether the loaded weights are backed with huge pages (Linux; best effort).
+    pub huge_pages: HugePages,
+}
+
+/// Whether [`Engine::load`](super::Engine::load) asks Linux to back the large resident mappings ORT
+/// holds the weights in with transparent huge pages (docs/PERFORMANCE.md#huge-pages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HugePages {
+    /// After the sessions are built: `MADV_HUGEPAGE` + `MADV_COLLAPSE` on each mapping of at least 16 MiB
+    /// that is at least 90 % resident (a decode step then takes ~500× fewer TLB misses on the weights).
+    #[default]
+    On,
+    /// Leave the kernel's default pages.
+    Off,
 }
 
 /// How the CPU provider holds the vision tower's weights (docs/PERFORMANCE.md#edge-options). An export
