@@ -1,10 +1,10 @@
 //! ai.st.MatMulInt4 / MatMulFp8 (st's fused CPU op) against ORT's own forms at the 7B's shapes, one-node
-//! graphs through ORT's CPU provider: MatMulNBits (block 32, symmetric; accuracy_level 4 and 0), st's op
+//! graphs through ORT's CPU provider: MatMulNBits (block 32 unless `--block`, symmetric; accuracy_level 4 and 0), st's op
 //! with f32 scales (the f32 loop) and with f16 scales at accuracy_level 4 (the int8 loop, the CPU default), and
 //! DequantizeLinear → Gemm for fp8. Prints per matrix the median time at each M and the resident memory
 //! each session added at load (ORT folds fp8 DequantizeLinear to f32 weights).
 //!
-//! cargo run --release --example fused_matmul -- [--threads 2] [--m 1,4,64] [--only q_proj] [--dir target/fused-matmul]
+//! cargo run --release --example fused_matmul -- [--threads 2] [--m 1,4,64] [--only q_proj] [--block 32] [--dir target/fused-matmul]
 
 #[path = "../tests/common/matmul_graphs.rs"]
 mod matmul_graphs;
@@ -39,6 +39,7 @@ fn main() {
     let mut threads = 2;
     let mut ms = vec![1usize, 4, 64];
     let mut only: Option<String> = None;
+    let mut block = 32;
     let mut dir = std::path::PathBuf::from("target/fused-matmul");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -47,6 +48,7 @@ fn main() {
             "--threads" => threads = v.parse().expect("--threads N"),
             "--m" => ms = v.split(',').map(|x| x.parse().expect("--m 1,4,64")).collect(),
             "--only" => only = Some(v),
+            "--block" => block = v.parse().expect("--block 32|64|128"),
             "--dir" => dir = v.into(),
             other => panic!("unknown flag {other}"),
         }
@@ -62,7 +64,6 @@ fn main() {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let block = 32;
         let kb = k.div_ceil(block);
         let w4 = Int4Data {
             n,
