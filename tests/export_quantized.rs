@@ -46,6 +46,10 @@ fn check(name: &str, block: usize, symmetric: bool) {
         let fused = decoder.windows(10).any(|w| w == b"MatMulInt4");
         let want_fused = target == Target::Cuda || op == Int4Op::St;
         assert_eq!(fused, want_fused, "{name} {target} {op}: ai.st.MatMulInt4 present = {fused}");
+        // The CPU target's GroupQueryAttention rotates q and k itself; the CUDA target keeps the explicit
+        // rotation: both forms meet the bound above.
+        let rotary_in_attention = decoder.windows(12).any(|w| w == b"rotary_cache");
+        assert_eq!(rotary_in_attention, target == Target::Cpu, "{name} {target}: rotary in attention");
     }
 }
 

@@ -87,6 +87,9 @@ pub struct Builder<'w> {
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
     /// How the decoder computes attention.
     pub attention: crate::precision::Attention,
+    /// GroupQueryAttention rotates q and k itself (`do_rotary` with this call's M-RoPE rows as its
+    /// cache): the CPU target, where that is checked against the explicit rotation.
+    pub rotary_in_attention: bool,
     /// A LoRA adapter merged into the linears it adapts (`st export --lora`).
     pub lora: Option<&'w st_checkpoint::LoraAdapter>,
 }

@@ -57,6 +57,9 @@ struct Shared {
     sin: String,
     bias: Option<String>,
     seqlens: Option<(String, String)>,
+    /// GroupQueryAttention's own rotary inputs (`cos_cache`, `sin_cache`, `position_ids`), when it
+    /// rotates q and k itself ([`rotary_in_attention`]).
+    rotary_cache: Option<[String; 3]>,
 }
 
 /// The decoder graph.
@@ -77,12 +80,20 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         (Some(g.input("attention_bias", DataType::Float, &[batch, Dim::Fixed(1), seq, total])), None)
     };
     let keep = g.input("logits_to_keep", DataType::Int64, &[Dim::Fixed(1)]);
+    let rotary_cache = match &seqlens {
+        Some((_, tot)) if b.rotary_in_attention => Some(rotary_in_attention(g, &cos, &sin, tot, hd)),
+        _ => None,
+    };
     // Rotary tables broadcast over heads: axis 1 of [b, heads, s, hd] (standard) or axis 2 of
     // [b, s, heads, hd] (GroupQueryAttention takes BSH inputs).
-    let axis = g.const_i64("const/rotary_axis", &[if gqa { 2 } else { 1 }], &[1]);
-    let cos = g.node("rotary/UnsqueezeCos", "Unsqueeze", &[&cos, &axis], &[]);
-    let sin = g.node("rotary/UnsqueezeSin", "Unsqueeze", &[&sin, &axis], &[]);
-    let shared = Shared { cos, sin, bias, seqlens };
+    let (cos, sin) = if rotary_cache.is_some() {
+        (cos, sin)
+    } else {
+        let axis = g.const_i64("const/rotary_axis", &[if gqa { 2 } else { 1 }], &[1]);
+        let cos = g.node("rotary/UnsqueezeCos", "Unsqueeze", &[&cos, &axis], &[]);
+        (cos, g.node("rotary/UnsqueezeSin", "Unsqueeze", &[&sin, &axis], &[]))
+    };
+    let shared = Shared { cos, sin, bias, seqlens, rotary_cache };
     let kv_dims = [batch, Dim::Fixed(kv), past, Dim::Fixed(hd)];
     let present_dims = [batch, Dim::Fixed(kv), total, Dim::Fixed(hd)];
 
@@ -123,7 +134,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
 }
 
 /// q, k, v projections of `h`, reshaped to [b, s, heads, hd] and, when `bhsd`, transposed to
-/// [b, heads, s, hd]; q and k rotated.
+/// [b, heads, s, hd]; q and k rotated unless the attention rotates them (`sh.rotary_cache`).
 fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shared, bhsd: bool) -> Result<[String; 3]> {
     let t = &c.text;
     let hd = t.head_dim as i64;
@@ -137,7 +148,7 @@ fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shar
         if bhsd {
             y = b.g.node(&format!("{a}.{proj}/Transpose"), "Transpose", &[&y], &[("perm", Attr::Ints(&[0, 2, 1, 3]))]);
         }
-        if proj != "v_proj" {
+        if proj != "v_proj" && sh.rotary_cache.is_none() {
             y = b.rotary(&y, &sh.cos, &sh.sin, t.head_dim, &format!("{a}/rotary_{}", &proj[..1]));
         }
         out.push(y);
@@ -182,7 +193,40 @@ fn attention_standard(
     Ok((ctx, k_all, v_all))
 }
 
-/// `com.microsoft.GroupQueryAttention` over rotated BSH queries and keys.
+/// GroupQueryAttention's rotary inputs built once from this call's M-RoPE tables (`rope_cos`,
+/// `rope_sin` [b, s, hd], each row the two equal halves HF's `rotate_half` form uses): the rows'
+/// first halves, flattened to [b·s, hd/2] and padded with `total` zero rows (the operator wants a
+/// cache of at least `total_sequence_length` rows), looked up by `position_ids` = 0..b·s as [b, s].
+/// So GroupQueryAttention rotates q and k itself with exactly the tables the explicit rotation
+/// multiplies by, and the 12 nodes a layer of the explicit form (slices, negation, concatenation,
+/// products, sum for q and k) are gone from every step (docs/PERFORMANCE.md).
+fn rotary_in_attention(g: &mut crate::graph::Graph, cos: &str, sin: &str, total: &str, hd: usize) -> [String; 3] {
+    let half = (hd / 2) as i64;
+    let axes = g.const_i64("rotary_cache/axes", &[2], &[1]);
+    let zero = g.const_i64("rotary_cache/zero", &[0], &[1]);
+    let end = g.const_i64("rotary_cache/half", &[half], &[1]);
+    let rows = g.const_i64("rotary_cache/rows", &[-1, half], &[2]);
+    let vector = g.const_i64("rotary_cache/vector", &[1], &[1]);
+    let tot = g.node("rotary_cache/TotalI64", "Cast", &[total], &[("to", Attr::Int(DataType::Int64 as i64))]);
+    let tot = g.node("rotary_cache/TotalRows", "Reshape", &[&tot, &vector], &[]);
+    let pads = g.node("rotary_cache/Pads", "Concat", &[&zero, &zero, &tot, &zero], &[("axis", Attr::Int(0))]);
+    let mut cache = |table: &str, which: &str| {
+        let h = g.node(&format!("rotary_cache/Half{which}"), "Slice", &[table, &zero, &end, &axes], &[]);
+        let flat = g.node(&format!("rotary_cache/Flat{which}"), "Reshape", &[&h, &rows], &[]);
+        g.node(&format!("rotary_cache/Pad{which}"), "Pad", &[&flat, &pads], &[])
+    };
+    let (cos_cache, sin_cache) = (cache(cos, "Cos"), cache(sin, "Sin"));
+    // position_ids [b, s] = 0..b·s: row i of the flattened tables is token i of this call.
+    let shape = g.node("rotary_cache/Shape", "Shape", &[cos], &[("end", Attr::Int(2))]);
+    let count = g.node("rotary_cache/Count", "ReduceProd", &[&shape], &[("keepdims", Attr::Int(0))]);
+    let start = g.const_i64("rotary_cache/start", &[0], &[]);
+    let step = g.const_i64("rotary_cache/step", &[1], &[]);
+    let ids = g.node("rotary_cache/Range", "Range", &[&start, &count, &step], &[]);
+    let ids = g.node("rotary_cache/PositionIds", "Reshape", &[&ids, &shape], &[]);
+    [cos_cache, sin_cache, ids]
+}
+
+/// `com.microsoft.GroupQueryAttention` over BSH queries and keys (rotated before it, or by it).
 fn attention_gqa(
     b: &mut Builder<'_>,
     c: &ModelConfig,
@@ -199,16 +243,20 @@ fn attention_gqa(
     let q = g.node(&format!("{a}/QueryBSH"), "Reshape", &[&q, &qs], &[]);
     let k = g.node(&format!("{a}/KeyBSH"), "Reshape", &[&k, &kvs], &[]);
     let v = g.node(&format!("{a}/ValueBSH"), "Reshape", &[&v, &kvs], &[]);
+    let mut inputs = vec![q.as_str(), &k, &v, past_k, past_v, &seqlens, &total];
+    if let Some(cache) = &sh.rotary_cache {
+        inputs.extend(cache.iter().map(String::as_str));
+    }
     let attrs = [
         ("num_heads", Attr::Int(t.num_attention_heads as i64)),
         ("kv_num_heads", Attr::Int(t.num_key_value_heads as i64)),
-        ("do_rotary", Attr::Int(0)),
+        ("do_rotary", Attr::Int(i64::from(sh.rotary_cache.is_some()))),
     ];
     let out = g.node_n(
         &format!("{a}/GroupQueryAttention"),
         "GroupQueryAttention",
         crate::graph::MS_DOMAIN,
-        &[&q, &k, &v, past_k, past_v, &seqlens, &total],
+        &inputs,
         &attrs,
         3,
     );
