@@ -87,9 +87,12 @@ pub struct Builder<'w> {
     pub overrides: &'w [(globset::GlobMatcher, Precision)],
     /// How the decoder computes attention.
     pub attention: crate::precision::Attention,
-    /// GroupQueryAttention rotates q and k itself (`do_rotary` with this call's M-RoPE rows as its
-    /// cache): the CPU target, where that is checked against the explicit rotation.
-    pub rotary_in_attention: bool,
+    /// The decoder uses ORT's contrib ops that take over its small nodes: GroupQueryAttention rotates q
+    /// and k itself (`do_rotary` with this call's M-RoPE rows as its cache) and each residual add is
+    /// fused into the RMSNorm after it (`SkipSimplifiedLayerNormalization`). The CPU target, where both
+    /// are checked against the explicit forms; only with GroupQueryAttention (`--attention standard`
+    /// keeps standard ops).
+    pub contrib_fusions: bool,
     /// A LoRA adapter merged into the linears it adapts (`st export --lora`).
     pub lora: Option<&'w st_checkpoint::LoraAdapter>,
 }
@@ -194,6 +197,28 @@ impl<'w> Builder<'w> {
         let std = self.g.node(&format!("{name}/Sqrt"), "Sqrt", &[&var], &[]);
         let normed = self.g.node(&format!("{name}/Div"), "Div", &[x, &std], &[]);
         Ok(self.g.node(&format!("{name}/MulWeight"), "Mul", &[&normed, &w], &[]))
+    }
+
+    /// RMSNorm of `x + skip` with the residual sum kept: `com.microsoft.SkipSimplifiedLayerNormalization`
+    /// (one node for the residual add and the norm). Returns (normed, x + skip).
+    pub fn skip_rms_norm(
+        &mut self,
+        x: &str,
+        skip: &str,
+        weight: &str,
+        eps: f64,
+        name: &str,
+    ) -> Result<(String, String)> {
+        let w = self.weight_f32(weight)?;
+        let out = self.g.node_n(
+            &format!("{name}/SkipSimplifiedLayerNormalization"),
+            "SkipSimplifiedLayerNormalization",
+            crate::graph::MS_DOMAIN,
+            &[x, skip, &w],
+            &[("epsilon", Attr::Float(eps as f32))],
+            4,
+        );
+        Ok((out[0].clone(), out[3].clone()))
     }
 
     /// `x · Wᵀ (+ b)` for the HF linear `prefix`, at the builder's precision.

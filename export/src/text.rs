@@ -58,7 +58,7 @@ struct Shared {
     bias: Option<String>,
     seqlens: Option<(String, String)>,
     /// GroupQueryAttention's own rotary inputs (`cos_cache`, `sin_cache`, `position_ids`), when it
-    /// rotates q and k itself ([`rotary_in_attention`]).
+    /// rotates q and k itself ([`rotary_in_attention`], `Builder::contrib_fusions`).
     rotary_cache: Option<[String; 3]>,
 }
 
@@ -81,7 +81,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     };
     let keep = g.input("logits_to_keep", DataType::Int64, &[Dim::Fixed(1)]);
     let rotary_cache = match &seqlens {
-        Some((_, tot)) if b.rotary_in_attention => Some(rotary_in_attention(g, &cos, &sin, tot, hd)),
+        Some((_, tot)) if b.contrib_fusions => Some(rotary_in_attention(g, &cos, &sin, tot, hd)),
         _ => None,
     };
     // Rotary tables broadcast over heads: axis 1 of [b, heads, s, hd] (standard) or axis 2 of
@@ -97,12 +97,15 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let kv_dims = [batch, Dim::Fixed(kv), past, Dim::Fixed(hd)];
     let present_dims = [batch, Dim::Fixed(kv), total, Dim::Fixed(hd)];
 
+    // With the contrib fusions each residual add is done by the RMSNorm after it: `pending` is the
+    // branch output (attention or MLP) not yet added to `x`.
+    let fuse = shared.rotary_cache.is_some();
+    let mut pending: Option<String> = None;
     for i in 0..t.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let past_k = b.g.input(&format!("past_key.{i}"), DataType::Float, &kv_dims);
         let past_v = b.g.input(&format!("past_value.{i}"), DataType::Float, &kv_dims);
-        let h =
-            b.rms_norm(&x, &format!("{p}.input_layernorm.weight"), t.rms_norm_eps, &format!("{p}.input_layernorm"))?;
+        let h = norm_after(b, &mut x, pending.take(), &format!("{p}.input_layernorm"), t.rms_norm_eps)?;
         let a = format!("{p}.self_attn");
         let layer = LayerInputs { h: &h, prefix: &a, past_k: &past_k, past_v: &past_v };
         let (ctx, k_all, v_all) =
@@ -110,17 +113,21 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         b.g.output(&k_all, &format!("present_key.{i}"), DataType::Float, &present_dims);
         b.g.output(&v_all, &format!("present_value.{i}"), DataType::Float, &present_dims);
         let o = b.linear(&ctx, &format!("{a}.o_proj"), false)?;
-        x = b.g.node(&format!("{p}/ResidualAttn"), "Add", &[&x, &o], &[]);
-        let h = b.rms_norm(
-            &x,
-            &format!("{p}.post_attention_layernorm.weight"),
-            t.rms_norm_eps,
-            &format!("{p}.post_attention_layernorm"),
-        )?;
+        let o = if fuse {
+            Some(o)
+        } else {
+            x = b.g.node(&format!("{p}/ResidualAttn"), "Add", &[&x, &o], &[]);
+            None
+        };
+        let h = norm_after(b, &mut x, o, &format!("{p}.post_attention_layernorm"), t.rms_norm_eps)?;
         let m = b.mlp(&h, &format!("{p}.mlp"), false)?;
-        x = b.g.node(&format!("{p}/ResidualMlp"), "Add", &[&x, &m], &[]);
+        if fuse {
+            pending = Some(m);
+        } else {
+            x = b.g.node(&format!("{p}/ResidualMlp"), "Add", &[&x, &m], &[]);
+        }
     }
-    let x = b.rms_norm(&x, "model.norm.weight", t.rms_norm_eps, "model.norm")?;
+    let x = norm_after(b, &mut x, pending, "model.norm", t.rms_norm_eps)?;
     let g = &mut b.g;
     let axis1 = g.const_i64("const/axis1", &[1], &[1]);
     let start = g.node("lm_head/NegKeep", "Neg", &[&keep], &[]);
@@ -133,8 +140,23 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// RMSNorm `module` (its weight `{module}.weight`) of the residual stream `x`. With a `branch` not yet
+/// added, the add and the norm are one node and `x` becomes the sum.
+fn norm_after(b: &mut Builder<'_>, x: &mut String, branch: Option<String>, module: &str, eps: f64) -> Result<String> {
+    let weight = format!("{module}.weight");
+    match branch {
+        Some(branch) => {
+            let (normed, sum) = b.skip_rms_norm(x, &branch, &weight, eps, module)?;
+            *x = sum;
+            Ok(normed)
+        }
+        None => b.rms_norm(x, &weight, eps, module),
+    }
+}
+
 /// q, k, v projections of `h`, reshaped to [b, s, heads, hd] and, when `bhsd`, transposed to
-/// [b, heads, s, hd]; q and k rotated unless the attention rotates them (`sh.rotary_cache`).
+/// [b, heads, s, hd]; q and k rotated. Where the attention rotates them (`sh.rotary_cache`), the
+/// projections as they are, [b, s, heads·hd].
 fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shared, bhsd: bool) -> Result<[String; 3]> {
     let t = &c.text;
     let hd = t.head_dim as i64;
@@ -143,6 +165,11 @@ fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shar
         [("q_proj", t.num_attention_heads), ("k_proj", t.num_key_value_heads), ("v_proj", t.num_key_value_heads)]
     {
         let y = b.linear(h, &format!("{a}.{proj}"), true)?;
+        if sh.rotary_cache.is_some() {
+            // GroupQueryAttention takes the projection as it is, [b, s, heads·hd], and rotates it.
+            out.push(y);
+            continue;
+        }
         let shape = b.g.const_i64(&format!("{a}.{proj}/heads_shape"), &[0, 0, heads as i64, hd], &[4]);
         let mut y = b.g.node(&format!("{a}.{proj}/Reshape"), "Reshape", &[&y, &shape], &[]);
         if bhsd {
@@ -238,11 +265,15 @@ fn attention_gqa(
     let [q, k, v] = projections(b, c, h, a, sh, false)?;
     let g = &mut b.g;
     let (seqlens, total) = sh.seqlens.clone().unwrap_or_default();
-    let qs = g.const_i64(&format!("{a}/q_bsh"), &[0, 0, (t.num_attention_heads * t.head_dim) as i64], &[3]);
-    let kvs = g.const_i64(&format!("{a}/kv_bsh"), &[0, 0, (t.num_key_value_heads * t.head_dim) as i64], &[3]);
-    let q = g.node(&format!("{a}/QueryBSH"), "Reshape", &[&q, &qs], &[]);
-    let k = g.node(&format!("{a}/KeyBSH"), "Reshape", &[&k, &kvs], &[]);
-    let v = g.node(&format!("{a}/ValueBSH"), "Reshape", &[&v, &kvs], &[]);
+    let [q, k, v] = if sh.rotary_cache.is_some() {
+        [q, k, v]
+    } else {
+        let qs = g.const_i64(&format!("{a}/q_bsh"), &[0, 0, (t.num_attention_heads * t.head_dim) as i64], &[3]);
+        let kvs = g.const_i64(&format!("{a}/kv_bsh"), &[0, 0, (t.num_key_value_heads * t.head_dim) as i64], &[3]);
+        let q = g.node(&format!("{a}/QueryBSH"), "Reshape", &[&q, &qs], &[]);
+        let k = g.node(&format!("{a}/KeyBSH"), "Reshape", &[&k, &kvs], &[]);
+        [q, k, g.node(&format!("{a}/ValueBSH"), "Reshape", &[&v, &kvs], &[])]
+    };
     let mut inputs = vec![q.as_str(), &k, &v, past_k, past_v, &seqlens, &total];
     if let Some(cache) = &sh.rotary_cache {
         inputs.extend(cache.iter().map(String::as_str));

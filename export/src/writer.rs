@@ -206,7 +206,7 @@ fn write_all(
             progress: &progress,
             overrides: &overrides,
             attention: opts.attention,
-            rotary_in_attention: opts.target == Target::Cpu,
+            contrib_fusions: opts.target == Target::Cpu,
             lora,
         };
         build(&mut b, &ckpt.config)?;
