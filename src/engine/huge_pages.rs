@@ -31,6 +31,8 @@ pub(crate) struct Mapping {
     /// `[stack]`, `[heap]`, a file path, or empty (anonymous).
     pub name: String,
     pub rss: u64,
+    /// Bytes of it backed by anonymous huge pages (`AnonHugePages`).
+    pub anon_huge: u64,
 }
 
 /// The mappings of an smaps text (each header line, then its `Key: value kB` lines).
@@ -45,11 +47,14 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Mapping> {
             let perms = fields.next().unwrap_or("");
             // offset, device, inode, then the name (which may hold spaces).
             let name = fields.skip(3).collect::<Vec<_>>().join(" ");
-            out.push(Mapping { start, end, readable: perms.starts_with('r'), name, rss: 0 });
-        } else if first == "Rss:"
-            && let Some(m) = out.last_mut()
-        {
-            m.rss = fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+            out.push(Mapping { start, end, readable: perms.starts_with('r'), name, rss: 0, anon_huge: 0 });
+        } else if let Some(m) = out.last_mut() {
+            let mut kib = || fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+            match first {
+                "Rss:" => m.rss = kib(),
+                "AnonHugePages:" => m.anon_huge = kib(),
+                _ => {}
+            }
         }
     }
     out
@@ -108,7 +113,7 @@ mod tests {
 7f0000000000-7f0004000000 rw-p 00000000 00:00 0 
 Size:              65536 kB
 Rss:               65536 kB
-AnonHugePages:         0 kB
+AnonHugePages:      2048 kB
 7f1000000000-7f1004000000 r--s 00000000 fd:01 1234                       /models/st 7b/decoder.onnx.data
 Size:              65536 kB
 Rss:                1024 kB
@@ -125,6 +130,7 @@ Rss:                1024 kB
         assert_eq!((maps[0].start, maps[0].end, maps[0].rss), (0x7f00_0000_0000, 0x7f00_0400_0000, 64 << 20));
         assert_eq!(maps[1].name, "/models/st 7b/decoder.onnx.data");
         assert_eq!(maps[1].rss, 1 << 20);
+        assert_eq!((maps[0].anon_huge, maps[1].anon_huge), (2 << 20, 0));
         let picked: Vec<bool> = maps.iter().map(|m| wanted(m, MIN_BYTES)).collect();
         // Resident anonymous memory yes; a mostly unread file mapping, the stack, a small heap no.
         assert_eq!(picked, [true, false, false, false]);
@@ -159,20 +165,9 @@ Rss:                1024 kB
         }
         if offered && !short {
             // The vector's own range now has huge pages.
-            let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
             let at = data.as_ptr() as usize;
-            let mut huge_kb = 0u64;
-            let mut inside = false;
-            for line in text.lines() {
-                let first = line.split_whitespace().next().unwrap_or("");
-                if let Some((a, b)) = first.split_once('-')
-                    && let (Ok(s), Ok(e)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
-                    inside = s <= at && at < e;
-                } else if inside && first == "AnonHugePages:" {
-                    huge_kb = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-                }
-            }
+            let maps = parse_smaps(&std::fs::read_to_string("/proc/self/smaps").unwrap());
+            let huge_kb = maps.iter().find(|m| m.start <= at && at < m.end).map_or(0, |m| m.anon_huge / 1024);
             assert!(done.collapsed >= 1 && huge_kb >= 32 << 10, "THP {thp:?}, {release}: {done:?}, {huge_kb} kB huge");
         }
     }
