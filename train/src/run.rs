@@ -41,9 +41,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
+/// Put the folder `new` in place of `dest`. The old `dest` is renamed aside (to a hidden temporary
+/// that a later run removes) before it is deleted, so a kill at any moment leaves `dest` whole (old or
+/// new) or absent, never half-deleted: `remove_dir_all` deletes file by file.
+fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let old = dest.with_file_name(format!(".{name}.old.tmp-{}", std::process::id()));
+    let had_old = match std::fs::rename(dest, &old) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io(dest)(e)),
+    };
+    std::fs::rename(new, dest).map_err(io(dest))?;
+    if had_old {
+        // The save is complete: an old copy that cannot be deleted now is a hidden temporary the next
+        // run removes, not a reason to stop this one.
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
 impl RunDir {
     /// Create (or reopen, to resume) the run directory; the hidden temporaries of a save that a killed
-    /// process left (`.step-N.tmp-PID`, `.adapter.tmp-PID`, `.NAME.tmp-PID`) are removed.
+    /// process left (`.step-N.tmp-PID`, `.adapter.tmp-PID`, `.NAME.tmp-PID`, and a replaced folder's
+    /// `.NAME.old.tmp-PID`) are removed.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join(CHECKPOINTS)).map_err(io(dir))?;
         for d in [dir.to_path_buf(), dir.join(CHECKPOINTS)] {
@@ -137,10 +158,7 @@ impl RunDir {
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::File { path: tmp.join(STATE), reason: e.to_string() })?;
         st_checkpoint::adapter::write_then_rename(&tmp.join(STATE), &json)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        replace_dir(&tmp, &final_dir)?;
         self.refresh_adapter(model, base)?;
         Ok(final_dir)
     }
@@ -150,11 +168,7 @@ impl RunDir {
         let tmp = self.dir.join(format!(".adapter.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         crate::peft::save(model, &tmp, base)?;
-        let dest = self.path(ADAPTER);
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))
+        replace_dir(&tmp, &self.path(ADAPTER))
     }
 
     /// The checkpoint with the highest step whose state file reads, if any.
