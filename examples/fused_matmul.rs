@@ -1,6 +1,7 @@
 //! ai.st.MatMulInt4 / MatMulFp8 (st's fused CPU op) against ORT's own forms at the 7B's shapes, one-node
 //! graphs through ORT's CPU provider: MatMulNBits (block 32 unless `--block`, symmetric; accuracy_level 4 and 0), st's op
-//! with f32 scales (the f32 loop) and with f16 scales at accuracy_level 4 (the int8 loop, the CPU default), and
+//! with f32 scales (the f32 loop), with f16 scales at accuracy_level 4 (the int8 row loop) and in column tiles
+//! (the tiled int8 loop, the CPU default), and
 //! DequantizeLinear → Gemm for fp8. Prints per matrix the median time at each M and the resident memory
 //! each session added at load (ORT folds fp8 DequantizeLinear to f32 weights).
 //!
@@ -80,6 +81,7 @@ fn main() {
             ("MatMulNBits level 0", int4_graph(&dir, "nbits0", Int4Form::NBits(0), &w4)),
             ("ai.st.MatMulInt4", int4_graph(&dir, "st4", Int4Form::St, &w4)),
             ("ai.st.MatMulInt4 f16 scales, level 4", int4_graph(&dir, "st4i8", Int4Form::StF16(4), &w4)),
+            ("ai.st.MatMulInt4 column tiles (the CPU default)", int4_graph(&dir, "st4tiles", Int4Form::StTiles, &w4)),
             ("fp8 DequantizeLinear+Gemm", fp8_graph(&dir, "dq8", Fp8Form::Dq, n, k, 0, &w8, &s8)),
             ("ai.st.MatMulFp8", fp8_graph(&dir, "st8", Fp8Form::St, n, k, 0, &w8, &s8)),
         ];

@@ -1,4 +1,5 @@
-//! `st export --precision int4` (MatMulNBits, the CPU default, and ai.st.MatMulInt4 with f16 scales) and
+//! `st export --precision int4` (MatMulNBits, the CPU default, and ai.st.MatMulInt4 with f16 scales, in
+//! column tiles with int8 activations) and
 //! `fp8` (E4M3FN + DequantizeLinear) against the reference run on the same
 //! quantize-dequantized weights (tests/reference/quant.py mirrors export/src/quant/), so
 //! the bound measures the graph, not the rounding. With accuracy_level 0 both compute in f32:
@@ -52,6 +53,16 @@ fn check(name: &str, block: usize, symmetric: bool) {
         let fused = (contrib(b"rotary_cache"), contrib(b"SkipSimplifiedLayerNormalization"));
         let cpu = target == Target::Cpu;
         assert_eq!(fused, (cpu, cpu), "{name} {target}: rotary in attention, skip norms");
+        // st's op with int8 activations on the CPU takes its weights in column tiles (attribute tile = 16).
+        let tiled = cpu && op == Int4Op::St && accuracy_level == 4;
+        assert_eq!(contrib(b"weight_q4_tiles"), tiled, "{name} {target} {op} level {accuracy_level}: tiled weights");
+        // On the CPU q, k and v are one packed linear (GroupQueryAttention takes its output packed), which
+        // st's op gives its bias as a fifth input; MatMulNBits keeps an Add. The CUDA target keeps three.
+        let packed = contrib(b"qkv_proj/MatMul");
+        assert_eq!(packed, cpu, "{name} {target} {op}: q/k/v packed");
+        assert_eq!(contrib(b"q_proj/MatMul"), !cpu, "{name} {target} {op}: q_proj on its own");
+        let add = if cpu { &b"qkv_proj/AddBias"[..] } else { &b"q_proj/AddBias"[..] };
+        assert_eq!(contrib(add), !(cpu && op == Int4Op::St), "{name} {target} {op}: the q/k/v bias Add");
     }
 }
 
@@ -137,5 +148,34 @@ fn quantization_choices_against_the_unquantized_reference() {
             eprintln!("{name} {what}: vs unquantized reference {err:.3e}");
             assert!(err < 0.3, "{name} {what}: {err}");
         }
+    }
+}
+
+/// The packed q/k/v linear at 8 bits (an int8 decoder: MatMulNBits with the three biases as one Add) computes
+/// what the three separate linears do: the CPU target's GroupQueryAttention export (packed) against
+/// `--attention standard` (three linears, the rotation spelled out), both with f32 activations, so only
+/// float rounding separates them (bound 1e-5 of the largest logit; parts or biases out of order are O(1)).
+#[test]
+fn packed_qkv_int8_equals_separate_linears() {
+    for name in ["tiny", "tiny-b"] {
+        let want: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
+        let rows = want.nrows() as i64;
+        let run = |attention| {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut opts = ExportOptions::new(Precision::Int8);
+            opts.attention = attention;
+            opts.linear.accuracy_level = 0;
+            opts.linear.lm_head = Precision::Fp32;
+            let mut g = export(name, tmp.path(), &opts);
+            let decoder = std::fs::read(tmp.path().join(name).join("decoder.onnx")).unwrap();
+            let packed = decoder.windows(8).any(|w| w == b"qkv_proj");
+            (prefill(&mut g, name, rows).0, packed)
+        };
+        let (packed, is_packed) = run(st_export::Attention::GroupQuery);
+        let (separate, is_separate_packed) = run(st_export::Attention::Standard);
+        assert!(is_packed && !is_separate_packed, "{name}: packed {is_packed}, standard packed {is_separate_packed}");
+        let err = rel_err(&packed, &separate);
+        eprintln!("{name} int8 q/k/v packed vs separate: {err:.3e}");
+        assert!(err <= 1e-5, "{name}: {err}");
     }
 }

@@ -69,10 +69,10 @@ precision = "fp32"
     let mut g = export("tiny", out.path(), &opts);
     let dir = out.path().join("tiny");
     assert_eq!(linear_op(&dir, "model.layers.1.mlp.down_proj"), ("MatMulNBits".into(), Some(8)));
-    // int4 on the CPU: MatMulNBits (bits 4) unless the recipe says op = "st".
-    assert_eq!(linear_op(&dir, "model.layers.0.mlp.down_proj"), ("MatMulNBits".into(), Some(4)));
+    // int4 on the CPU: st's ai.st.MatMulInt4 (no `bits` attribute) unless the recipe says op = "nbits".
+    assert_eq!(linear_op(&dir, "model.layers.0.mlp.down_proj"), ("MatMulInt4".into(), None));
     assert_eq!(linear_op(&dir, "model.layers.0.self_attn.q_proj").0, "Gemm");
-    assert_eq!(linear_op(&dir, "model.layers.0.self_attn.v_proj"), ("MatMulNBits".into(), Some(4)));
+    assert_eq!(linear_op(&dir, "model.layers.0.self_attn.v_proj"), ("MatMulInt4".into(), None));
     let manifest = st::st_checkpoint::Manifest::from_dir(&dir).unwrap();
     assert_eq!(manifest.graphs["decoder"].precision["override model.layers.1.mlp.*"], "int8");
     // Mixed precisions still compute the model: close to the unquantized reference at int4 error.
@@ -81,13 +81,13 @@ precision = "fp32"
     assert!(logits.iter().all(|v| v.is_finite()));
     assert!(rel_err(&logits, &want) < 0.3, "{}", rel_err(&logits, &want));
 
-    // op = "st": ai.st.MatMulInt4 (no `bits` attribute).
-    let (_d, path) = recipe("precision = \"int4\"\n[int4]\nop = \"st\"\n");
+    // op = "nbits": com.microsoft.MatMulNBits (bits 4).
+    let (_d, path) = recipe("precision = \"int4\"\n[int4]\nop = \"nbits\"\n");
     let opts = Recipe::from_file(&path).unwrap().options(&path).unwrap();
     let out = tempfile::tempdir().unwrap();
     export("tiny", out.path(), &opts);
     let dir = out.path().join("tiny");
-    assert_eq!(linear_op(&dir, "model.layers.0.mlp.down_proj"), ("MatMulInt4".into(), None));
+    assert_eq!(linear_op(&dir, "model.layers.0.mlp.down_proj"), ("MatMulNBits".into(), Some(4)));
 }
 
 #[test]
@@ -108,4 +108,9 @@ fn bad_recipes_are_named() {
     let out = tempfile::tempdir().unwrap();
     let e = st_export::export(&common::model("tiny"), &out.path().join("m"), &opts).unwrap_err().to_string();
     assert!(e.contains("vision tower") && e.contains("visual.blocks.0"), "{e}");
+    // st's op reads blocks of 32 and up; MatMulNBits also takes 16.
+    let (_d, path) = recipe("precision = \"int4\"\n[int4]\nblock = 16\n");
+    let opts = Recipe::from_file(&path).unwrap().options(&path).unwrap();
+    let e = st_export::export(&common::model("tiny"), &out.path().join("b16"), &opts).unwrap_err().to_string();
+    assert!(e.contains("int4 block size") && e.contains("--int4-op nbits"), "{e}");
 }

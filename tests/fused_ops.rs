@@ -80,6 +80,18 @@ fn matmul_int4_with_f16_scales_and_int8_activations() {
         let graph = |name: &str, form| session(&int4_graph(tmp.path(), &format!("{name}{i}"), form, &w), 2);
         let (mut f32s, mut f16s) = (graph("f32s", Int4Form::St), graph("f16s", Int4Form::StF16(0)));
         let (mut int8, mut nbits4) = (graph("int8", Int4Form::StF16(4)), graph("nbits4", Int4Form::NBits(4)));
+        let mut tiles = graph("tiles", Int4Form::StTiles);
+        let tiled = st_kernels::cpu::tile(&Int4Weights {
+            layout,
+            b: &w.b,
+            scales: &w.scales,
+            zero_points: w.zero_points.as_deref(),
+        })
+        .unwrap();
+        let t16: Vec<half::f16> = tiled.scales.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let tv = tiled.view();
+        let tview =
+            st_kernels::cpu::Int4Tiles { layout: tv.layout, b: tv.b, scales: &t16[..], zero_points: tv.zero_points };
         let s16: Vec<half::f16> = w.scales.iter().map(|&x| half::f16::from_f32(x)).collect();
         let view = Int4Weights { layout, b: &w.b, scales: &s16, zero_points: w.zero_points.as_deref() };
         for m in [1usize, 3, 17] {
@@ -89,6 +101,13 @@ fn matmul_int4_with_f16_scales_and_int8_activations() {
             let mut direct = vec![f32::NAN; m * n];
             st_kernels::cpu::int4_matmul_int8(&a, m, &view, &mut direct, &st_kernels::cpu::Serial).unwrap();
             assert_eq!(y, direct, "the op runs st_kernels' int8 loop, m={m}");
+            // The tiled form (what st export writes for the CPU) runs the tiled loop, and equals the row
+            // loop to f32 reassociation.
+            let yt = run(&mut tiles, &a, m, k);
+            let mut direct_t = vec![f32::NAN; m * n];
+            st_kernels::cpu::int4_tiles_matmul_int8(&a, m, &tview, &mut direct_t, &st_kernels::cpu::Serial).unwrap();
+            assert_eq!(yt, direct_t, "the tiled op runs st_kernels' tiled loop, m={m}");
+            assert!(nmse(f64s(&yt), &f64s(&y)) <= 1e-11, "tiles vs rows, m={m}");
             let want = reference::matmul(&f64s(&a), m, n, k, |j, kk| reference::int4_weight(&view, j, kk));
             let (e_st, e_nbits) = (nmse(f64s(&y), &want), nmse(f64s(&run(&mut nbits4, &a, m, k)), &want));
             assert!(

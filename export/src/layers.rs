@@ -9,6 +9,7 @@ use crate::precision::Precision;
 use crate::quant::fp8;
 use crate::quant::nbits::{self, NBitsScheme};
 use st_checkpoint::Weights;
+use st_kernels::cpu::tiles::TILE;
 use std::io::Write;
 
 /// How the quantized linear layers are written.
@@ -32,13 +33,14 @@ pub struct LinearOptions {
 /// How a 4-bit linear is written for the CPU provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Int4Op {
-    /// `ai.st.MatMulInt4` with f16 scales and `accuracy_level` (st's int8-activation loop at 4):
-    /// MatMulNBits' bytes less an eighth at block 32, read in place (no prepacked copy: ~2 GB less
-    /// memory on the 7B), slower than MLAS at prefill (docs/PERFORMANCE.md).
+    /// `ai.st.MatMulInt4` with f16 scales read in place (no prepacked copy) and, at `accuracy_level` 4,
+    /// the weights in column tiles for st's int8-activation GEMV and GEMM (st_kernels::cpu::tiles):
+    /// the default, faster than MLAS at prefill, forced runs and decode on the 7B with ~0.5 GB less
+    /// memory (docs/PERFORMANCE.md). Needs st's runtime (the op is st's).
+    #[default]
     St,
     /// `com.microsoft.MatMulNBits` with f32 scales (ORT's MLAS kernels; ties the scale type to the
-    /// activations'): the default, faster in every measure of the 7B side-by-side run.
-    #[default]
+    /// activations'): runs in any ONNX Runtime, not only st's.
     NBits,
 }
 
@@ -70,7 +72,7 @@ impl Default for LinearOptions {
             int8: NBitsScheme { bits: 8, block: 32, symmetric: true },
             accuracy_level: 4,
             fused_ops: false,
-            int4_op: Int4Op::NBits,
+            int4_op: Int4Op::St,
         }
     }
 }
@@ -116,6 +118,14 @@ impl Progress {
         self.bar.set_message(format!("{}/{}", self.done.get(), self.total));
         self.bar.inc(bytes as u64);
     }
+}
+
+/// One HF linear of a (possibly packed) quantized linear: its weight's name, module prefix and [N, K].
+struct Part {
+    weight: String,
+    prefix: String,
+    n: usize,
+    k: usize,
 }
 
 /// Elements converted to f32 at a time by the row-wise quantizers (16 M = 64 MB).
@@ -232,16 +242,9 @@ impl<'w> Builder<'w> {
         self.linear_at(x, weight, prefix, bias, self.precision)
     }
 
-    /// Linear at an explicit precision (lm_head and vision keep theirs whatever the text's).
-    pub fn linear_at(
-        &mut self,
-        x: &str,
-        weight: &str,
-        prefix: &str,
-        bias: bool,
-        precision: Precision,
-    ) -> Result<String> {
-        let precision = match self.overrides.iter().find(|(g, _)| g.is_match(prefix)) {
+    /// The precision of the linear `prefix`: the first recipe override matching it, else `default`.
+    fn precision_of(&self, prefix: &str, default: Precision) -> Result<Precision> {
+        match self.overrides.iter().find(|(g, _)| g.is_match(prefix)) {
             Some(&(_, p)) => {
                 if prefix.starts_with("visual.") && !matches!(p, Precision::Fp32 | Precision::Fp16) {
                     return Err(Error::InvalidOption {
@@ -251,15 +254,98 @@ impl<'w> Builder<'w> {
                         ),
                     });
                 }
-                p
+                Ok(p)
             }
-            None => precision,
+            None => Ok(default),
+        }
+    }
+
+    /// One quantized linear computing the HF linears `prefixes` (same input, outputs concatenated in
+    /// that order), named `name`: e.g. q/k/v as one `qkv_proj` whose output GroupQueryAttention takes
+    /// packed. Each output column is quantized on its own, so the packed weight holds exactly the bytes of
+    /// the separate ones and computes the same values; one call streams them instead of three (the
+    /// small k/v calls stream at about half the bandwidth of the large ones, docs/PERFORMANCE.md).
+    /// `None` (nothing written) where they cannot be one node: different precisions (a recipe
+    /// override), a precision without a packed form (fp32, fp16, fp8), different input widths, or column
+    /// tiles that a part's width does not fill.
+    pub fn linear_packed(&mut self, x: &str, prefixes: &[&str], name: &str, bias: bool) -> Result<Option<String>> {
+        let mut precisions = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            precisions.push(self.precision_of(p, self.precision)?);
+        }
+        let scheme = match precisions[..] {
+            [first, ref rest @ ..] if rest.iter().all(|&p| p == first) => match first {
+                Precision::Int4 => self.linear.int4,
+                Precision::Int8 => self.linear.int8,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
         };
-        let y = match precision {
+        let mut parts = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            let weight = format!("{p}.weight");
+            let (n, k) = self.matrix_shape(&weight)?;
+            parts.push(Part { weight, prefix: p.to_string(), n, k });
+        }
+        if parts.iter().any(|p| p.k != parts[0].k) {
+            return Ok(None);
+        }
+        if self.tiled(scheme) && parts.iter().any(|p| p.n % TILE != 0) {
+            return Ok(None);
+        }
+        let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias)?;
+        if bias && !bias_taken {
+            let b = self.bias_f32(&parts, name)?;
+            return Ok(Some(self.g.node(&format!("{name}/AddBias"), "Add", &[&y, &b], &[])));
+        }
+        Ok(Some(y))
+    }
+
+    /// The biases of `parts` as one f32 initializer `{name}.bias`, in the parts' order.
+    fn bias_f32(&mut self, parts: &[Part], name: &str) -> Result<String> {
+        if let [one] = parts {
+            return self.weight_f32_as(&format!("{}.bias", one.prefix), &format!("{name}.bias"), None);
+        }
+        let mut sources = Vec::with_capacity(parts.len());
+        for p in parts {
+            sources.push((format!("{}.bias", p.prefix), self.source(&format!("{}.bias", p.prefix))?));
+        }
+        let n: usize = sources.iter().map(|(_, t)| t.numel()).sum();
+        let out = self.g.weight_with(&format!("{name}.bias"), DataType::Float, &[n], n as u64 * 4, |w| {
+            sources.iter().try_for_each(|(_, t)| t.write_f32_le(w))
+        })?;
+        for (bias, t) in &sources {
+            self.weights.release(bias);
+            self.progress.tensor_done(t.source_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Whether 4-bit linears of `scheme` are written for st's CPU op (f16 scales) and whether in
+    /// column tiles (int8 activations).
+    fn st_cpu(&self, scheme: NBitsScheme) -> bool {
+        scheme.bits == 4 && !self.linear.fused_ops && self.linear.int4_op == Int4Op::St
+    }
+
+    fn tiled(&self, scheme: NBitsScheme) -> bool {
+        self.st_cpu(scheme) && self.linear.accuracy_level == 4
+    }
+
+    /// Linear at an explicit precision (lm_head and vision keep theirs whatever the text's).
+    pub fn linear_at(
+        &mut self,
+        x: &str,
+        weight: &str,
+        prefix: &str,
+        bias: bool,
+        precision: Precision,
+    ) -> Result<String> {
+        let precision = self.precision_of(prefix, precision)?;
+        match precision {
             Precision::Fp32 => {
                 let (n, k) = self.matrix_shape(weight)?;
                 let w = self.weight_f32_as(weight, &format!("{prefix}.weight"), Some(&[n, k]))?;
-                return self.gemm(x, &w, prefix, n, k, bias);
+                self.gemm(x, &w, prefix, n, k, bias)
             }
             Precision::Fp16 => {
                 // fp16 storage, f32 compute: half the bytes on disk; GPU providers run the Cast
@@ -281,10 +367,15 @@ impl<'w> Builder<'w> {
                     &[&w],
                     &[("to", Attr::Int(DataType::Float as i64))],
                 );
-                return self.gemm(x, &w, prefix, n, k, bias);
+                self.gemm(x, &w, prefix, n, k, bias)
             }
-            Precision::Int4 => self.matmul_nbits(x, weight, prefix, self.linear.int4)?,
-            Precision::Int8 => self.matmul_nbits(x, weight, prefix, self.linear.int8)?,
+            Precision::Int4 | Precision::Int8 => {
+                let scheme = if precision == Precision::Int4 { self.linear.int4 } else { self.linear.int8 };
+                let (n, k) = self.matrix_shape(weight)?;
+                let part = Part { weight: weight.to_string(), prefix: prefix.to_string(), n, k };
+                let (y, bias_taken) = self.matmul_nbits(x, &[part], prefix, scheme, bias)?;
+                self.add_bias(y, prefix, bias && !bias_taken)
+            }
             Precision::Fp8 => {
                 // E4M3FN + per-channel scales as DequantizeLinear → Gemm: the Q/DQ form TensorRT
                 // fuses. ORT's CPU provider folds it to f32 at load (4× memory): on CPU this is for
@@ -320,10 +411,9 @@ impl<'w> Builder<'w> {
                     &[&data, &scale],
                     &[("axis", Attr::Int(0))],
                 );
-                return self.gemm(x, &w, prefix, n, k, bias);
+                self.gemm(x, &w, prefix, n, k, bias)
             }
-        };
-        self.add_bias(y, prefix, bias)
+        }
     }
 
     fn add_bias(&mut self, y: String, prefix: &str, bias: bool) -> Result<String> {
@@ -334,9 +424,20 @@ impl<'w> Builder<'w> {
         Ok(self.g.node(&format!("{prefix}/AddBias"), "Add", &[&y, &b], &[]))
     }
 
-    /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight.
-    fn matmul_nbits(&mut self, x: &str, weight: &str, prefix: &str, scheme: NBitsScheme) -> Result<String> {
-        let (n, k) = self.matrix_shape(weight)?;
+    /// `com.microsoft.MatMulNBits` (4 bits) over the block-quantized weight, or st's `ai.st.MatMulInt4`;
+    /// several `parts` (same K) are one weight of their rows in order, the node and its tensors named
+    /// `prefix`. st's op on the CPU adds the layers' biases itself when `bias` (one node less per biased
+    /// linear); returns the output and whether it did.
+    fn matmul_nbits(
+        &mut self,
+        x: &str,
+        parts: &[Part],
+        prefix: &str,
+        scheme: NBitsScheme,
+        bias: bool,
+    ) -> Result<(String, bool)> {
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        let k = parts.first().map_or(0, |p| p.k);
         let block = scheme.block;
         if !(block >= 16 && block.is_power_of_two()) {
             return Err(Error::InvalidOption {
@@ -344,24 +445,56 @@ impl<'w> Builder<'w> {
                 reason: format!("{block} is not a power of two ≥ 16"),
             });
         }
-        let t = self.source(weight)?;
+        // ai.st.MatMulInt4 on the CPU keeps the scales in f16 (the quantizer rounds them to f16
+        // already, so this loses nothing); with int8 activations it takes the weights in column tiles
+        // (st_kernels::cpu::tiles: the decode GEMV and the prefill GEMM of st's int8 loop).
+        let st_cpu = self.st_cpu(scheme);
+        if st_cpu && !matches!(self.linear.accuracy_level, 0 | 4) {
+            return Err(Error::InvalidOption {
+                name: "accuracy_level",
+                reason: format!(
+                    "{} with ai.st.MatMulInt4 (0 = f32, 4 = int8 activations; 1–3 need --int4-op nbits)",
+                    self.linear.accuracy_level
+                ),
+            });
+        }
+        let tiled = self.tiled(scheme);
+        if st_cpu && block < 32 {
+            return Err(Error::InvalidOption {
+                name: "int4 block size",
+                reason: format!("{block} with ai.st.MatMulInt4 (32, 64, 128 or 256; --int4-op nbits takes 16)"),
+            });
+        }
+        let mut sources = Vec::with_capacity(parts.len());
+        for p in parts {
+            sources.push(self.source(&p.weight)?);
+        }
         // Rows are independent: quantize and write them a chunk at a time (bounded memory even
-        // for a 152k-row lm_head); scales and zero points are small and written after.
+        // for a 152k-row lm_head), part after part; scales and zero points are small and written
+        // after. Tiles take whole groups of TILE rows (a packed weight's parts fill whole tiles).
         let kb = k.div_ceil(block);
         let blob = block * scheme.bits as usize / 8;
-        let chunk = (CHUNK_ELEMENTS / k.max(1)).max(1);
+        let tiles = st_kernels::cpu::TileLayout(st_kernels::Int4Layout { n, k, block, zero_points: !scheme.symmetric });
+        let chunk = match tiled {
+            true => ((CHUNK_ELEMENTS / k.max(1)) / TILE * TILE).max(TILE),
+            false => (CHUNK_ELEMENTS / k.max(1)).max(1),
+        };
+        let b_len = if tiled { tiles.b_len() } else { n * kb * blob };
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
         let mut scales = Vec::with_capacity(n * kb);
         let mut zero_points = Vec::new();
         let mut failure = None;
         let b = self.g.weight_with(
-            &format!("{prefix}.weight_q{}", scheme.bits),
+            &format!("{prefix}.weight_q{}{}", scheme.bits, if tiled { "_tiles" } else { "" }),
             DataType::Uint8,
-            &[n, kb, blob],
-            (n * kb * blob) as u64,
+            &if tiled { vec![tiles.tiles(), tiles.tile_bytes()] } else { vec![n, kb, blob] },
+            b_len as u64,
             |w| {
-                for r0 in (0..n).step_by(chunk) {
-                    let r1 = (r0 + chunk).min(n);
+                for (r0, r1, t) in parts
+                    .iter()
+                    .zip(&sources)
+                    .flat_map(|(p, t)| (0..p.n).step_by(chunk).map(move |r0| (r0, (r0 + chunk).min(p.n), t)))
+                {
                     let rows = match t.rows_f32(r0..r1) {
                         Ok(rows) => rows,
                         Err(e) => {
@@ -370,6 +503,20 @@ impl<'w> Builder<'w> {
                         }
                     };
                     let q = nbits::quantize_parallel(&rows, r1 - r0, k, scheme, threads);
+                    if tiled {
+                        let layout = st_kernels::Int4Layout { n: r1 - r0, k, block, zero_points: !scheme.symmetric };
+                        let rows = st_kernels::Int4Weights {
+                            layout,
+                            b: &q.packed,
+                            scales: &q.scales,
+                            zero_points: q.zero_points.as_deref(),
+                        };
+                        let t = st_kernels::cpu::tile(&rows).map_err(std::io::Error::other)?;
+                        w.write_all(&t.b)?;
+                        scales.extend_from_slice(&t.scales);
+                        zero_points.extend_from_slice(t.zero_points.as_deref().unwrap_or_default());
+                        continue;
+                    }
                     w.write_all(&q.packed)?;
                     scales.extend_from_slice(&q.scales);
                     if let Some(z) = q.zero_points {
@@ -383,23 +530,13 @@ impl<'w> Builder<'w> {
             return Err(e);
         }
         let b = b?;
-        self.weights.release(weight);
-        self.progress.tensor_done(t.source_bytes());
-        // ai.st.MatMulInt4 on the CPU keeps the scales in f16: the quantizer rounds them to f16
-        // already, so this loses nothing.
-        let st_cpu = scheme.bits == 4 && !self.linear.fused_ops && self.linear.int4_op == Int4Op::St;
-        if st_cpu && !matches!(self.linear.accuracy_level, 0 | 4) {
-            return Err(Error::InvalidOption {
-                name: "accuracy_level",
-                reason: format!(
-                    "{} with ai.st.MatMulInt4 (0 = f32, 4 = int8 activations; 1–3 need --int4-op nbits)",
-                    self.linear.accuracy_level
-                ),
-            });
+        for (p, t) in parts.iter().zip(&sources) {
+            self.weights.release(&p.weight);
+            self.progress.tensor_done(t.source_bytes());
         }
         let s = if st_cpu {
             let h: Vec<u8> = scales.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
-            self.g.weight(&format!("{prefix}.weight_scales_f16"), DataType::Float16, &[n * kb], &h)?
+            self.g.weight(&format!("{prefix}.weight_scales_f16"), DataType::Float16, &[scales.len()], &h)?
         } else {
             self.g.weight(&format!("{prefix}.weight_scales"), DataType::Float, &[n * kb], &f32_bytes(&scales))?
         };
@@ -407,6 +544,14 @@ impl<'w> Builder<'w> {
         if !scheme.symmetric {
             let name = format!("{prefix}.weight_zero_points");
             inputs.push(self.g.weight(&name, DataType::Uint8, &[zero_points.len()], &zero_points)?);
+        }
+        let bias_taken = bias && st_cpu;
+        if bias_taken {
+            // Optional inputs are positional: an empty name stands for absent zero points.
+            if scheme.symmetric {
+                inputs.push(String::new());
+            }
+            inputs.push(self.bias_f32(parts, prefix)?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         if (self.linear.fused_ops || st_cpu) && scheme.bits == 4 {
@@ -416,10 +561,14 @@ impl<'w> Builder<'w> {
             if st_cpu {
                 attrs.push(("accuracy_level", Attr::Int(self.linear.accuracy_level)));
             }
-            return Ok(self
+            if tiled {
+                attrs.push(("tile", Attr::Int(TILE as i64)));
+            }
+            let y = self
                 .g
                 .node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", crate::graph::ST_DOMAIN, &refs, &attrs, 1)
-                .remove(0));
+                .remove(0);
+            return Ok((y, bias_taken));
         }
         let attrs = [
             ("K", Attr::Int(k as i64)),
@@ -428,10 +577,11 @@ impl<'w> Builder<'w> {
             ("block_size", Attr::Int(block as i64)),
             ("accuracy_level", Attr::Int(self.linear.accuracy_level)),
         ];
-        Ok(self
+        let y = self
             .g
             .node_n(&format!("{prefix}/MatMulNBits"), "MatMulNBits", crate::graph::MS_DOMAIN, &refs, &attrs, 1)
-            .remove(0))
+            .remove(0);
+        Ok((y, false))
     }
 
     /// HF `apply_rotary_pos_emb`: x·cos + rotate_half(x)·sin, over the last axis of size `dim`.

@@ -156,10 +156,20 @@ fn norm_after(b: &mut Builder<'_>, x: &mut String, branch: Option<String>, modul
 
 /// q, k, v projections of `h`, reshaped to [b, s, heads, hd] and, when `bhsd`, transposed to
 /// [b, heads, s, hd]; q and k rotated. Where the attention rotates them (`sh.rotary_cache`), the
-/// projections as they are, [b, s, heads·hd].
+/// projections as they are, [b, s, heads·hd], or, where the three can be one quantized linear, its
+/// output [b, s, (heads + 2·kv_heads)·hd] and two empty names.
 fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shared, bhsd: bool) -> Result<[String; 3]> {
     let t = &c.text;
     let hd = t.head_dim as i64;
+    if sh.rotary_cache.is_some() {
+        // One quantized linear for q, k and v; GroupQueryAttention takes its output packed (key and
+        // value inputs empty).
+        let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
+        let parts = names.each_ref().map(String::as_str);
+        if let Some(qkv) = b.linear_packed(h, &parts, &format!("{a}.qkv_proj"), true)? {
+            return Ok([qkv, String::new(), String::new()]);
+        }
+    }
     let mut out = Vec::new();
     for (proj, heads) in
         [("q_proj", t.num_attention_heads), ("k_proj", t.num_key_value_heads), ("v_proj", t.num_key_value_heads)]

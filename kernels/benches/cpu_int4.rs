@@ -1,7 +1,7 @@
 //! The CPU int4 loops on the 7B's decoder matrices (q/o 3584×3584, gate/up 18944×3584, down
 //! 3584×18944) at M = 1 (decode), 16 (a question's prefill) and 512 (a prompt's prefill), 2 threads, at
-//! the export's default block (128): the f32 loop (f32 scales) and each int8-activation build this CPU
-//! runs (f16 scales). Throughput is the weight bytes read per call, so GB/s compares with
+//! the export's default block (128): the f32 loop (f32 scales), and each int8-activation build this CPU
+//! runs (f16 scales) over MatMulNBits' row layout and over the column tiles `st export` writes. Throughput is the weight bytes read per call, so GB/s compares with
 //! `examples/membw` (the roofline). Each iteration reads the next of
 //! several copies of the weights (≥ 1.2 GB in all), so they come from DRAM, not from a large
 //! last-level cache. `cargo bench -p st-kernels --bench cpu_int4` (`make bench`).
@@ -54,6 +54,24 @@ fn bench(c: &mut Criterion) {
                             zero_points: None,
                         };
                         cpu::int4_matmul_int8_on(isa, &a, m, &w, &mut y, &pool).expect("matmul")
+                    })
+                });
+            }
+            // The column-tiled layout (what `st export` writes for the CPU): the same bytes read as
+            // tiles (their contents are random either way), f16 scales.
+            let tl = cpu::TileLayout(layout);
+            assert_eq!((tl.b_len(), tl.scales_len()), (bl, sl), "n is a multiple of the tile width");
+            for isa in Int8Isa::ALL.into_iter().filter(|i| i.available()) {
+                g.bench_function(BenchmarkId::new(format!("tiles_{isa:?}"), "f16_scales"), |bench| {
+                    bench.iter(|| {
+                        next = (next + 1) % copies;
+                        let w = cpu::Int4Tiles {
+                            layout: tl,
+                            b: &b[next * bl..(next + 1) * bl],
+                            scales: &s16[next * sl..(next + 1) * sl],
+                            zero_points: None,
+                        };
+                        cpu::int4_tiles_matmul_int8_on(isa, &a, m, &w, &mut y, &pool).expect("matmul")
                     })
                 });
             }

@@ -59,6 +59,14 @@ fn quantize_groups(a: &[f32], m: usize, k: usize) -> Vec<f64> {
     out
 }
 
+/// The float64 references of `a [m, k] · Wᵀ`: over the activations quantized as the kernels document,
+/// and over the f32 activations.
+fn references(w: &Int4Weights<'_, f32>, a: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
+    let (n, k) = (w.layout.n, w.layout.k);
+    let weight = |j, kk| reference::int4_weight(w, j, kk);
+    (reference::matmul(&quantize_groups(a, m, k), m, n, k, weight), reference::matmul(&f64s(a), m, n, k, weight))
+}
+
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -95,9 +103,7 @@ fn every_build_matches_the_reference() {
         let w = case.weights();
         for m in [1usize, 2, 3, 4, 5, 9, 17] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let weight = |j, kk| reference::int4_weight(&w, j, kk);
-            let exact = reference::matmul(&quantize_groups(&a, m, k), m, n, k, weight);
-            let plain = reference::matmul(&f64s(&a), m, n, k, weight);
+            let (exact, plain) = references(&w, &a, m);
             let mut base = vec![f32::NAN; m * n];
             cpu::int4_matmul_int8_on(Int8Isa::Baseline, &a, m, &w, &mut base, &Serial).unwrap();
             for isa in builds() {
@@ -153,4 +159,102 @@ fn bad_lengths_are_errors() {
     let short = Int4Weights { b: &case.b[1..], ..w };
     let err = cpu::int4_matmul_int8(&[0.0; 64], 1, &short, &mut y, &Serial).unwrap_err();
     assert!(err.to_string().contains("int4 B"), "{err}");
+}
+
+/// The column-tiled layout (`st_kernels::cpu::tiles`): [`cpu::tile`] keeps every value, scale and zero
+/// point, and each build over the tiles matches the float64 references as the row loop does, gives the
+/// portable build's bits exactly (every build takes the same f32 steps per column, fused), and equals
+/// the row loop to f32 reassociation.
+#[test]
+fn tiles_match_the_reference_and_every_build_gives_the_same_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    for (n, k, block, zp) in [
+        (67, 200, 32, false),
+        (33, 203, 64, true),
+        (129, 256, 128, false),
+        (5, 96, 32, true),
+        (16, 3000, 128, false),
+        (80, 520, 256, true),
+        (100, 130, 128, true),
+    ] {
+        let case = Case::new(&mut rng, n, k, block, zp);
+        let w = case.weights();
+        let tiled = cpu::tile(&w).unwrap();
+        let t = tiled.view();
+        // Every weight where the layout's description puts it (column c of tile j: byte 4c + i of step
+        // s holds k = 8s + i in its low nibble and 8s + 4 + i in its high one).
+        let tb = t.layout.tile_bytes();
+        for col in 0..n {
+            let (j, c) = (col / 16, col % 16);
+            for kk in 0..k {
+                let (s, i) = (kk / 8, kk % 8);
+                let byte = t.b[j * tb + 64 * s + 4 * c + i % 4];
+                let v = if i < 4 { byte & 0xF } else { byte >> 4 };
+                let (blk, kb) = (kk / block, w.layout.k_blocks());
+                let z = t.zero_points.map_or(8.0, |z| z[(j * kb + blk) * 16 + c] as f64);
+                let dequant = (v as f64 - z) * t.scales[(j * kb + blk) * 16 + c] as f64;
+                assert_eq!(dequant, reference::int4_weight(&w, col, kk), "n={n} k={k} col={col} k={kk}");
+            }
+        }
+        for m in [1usize, 2, 3, 4, 5, 9, 17] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (exact, plain) = references(&w, &a, m);
+            let mut base = vec![f32::NAN; m * n];
+            cpu::int4_tiles_matmul_int8_on(Int8Isa::Baseline, &a, m, &t, &mut base, &Serial).unwrap();
+            let mut rows = vec![f32::NAN; m * n];
+            cpu::int4_matmul_int8(&a, m, &w, &mut rows, &Serial).unwrap();
+            let (e_exact, e_plain, e_rows) =
+                (nmse(f64s(&base), &exact), nmse(f64s(&base), &plain), nmse(f64s(&base), &f64s(&rows)));
+            assert!(
+                e_exact <= F32_SUM_BOUND && e_rows <= F32_SUM_BOUND && e_plain <= QUANTIZED_ACTIVATIONS_BOUND,
+                "tiles n={n} k={k} block={block} zp={zp} m={m}: vs quantized {e_exact:e}, vs the row loop \
+                 {e_rows:e}, vs f32 activations {e_plain:e}"
+            );
+            for isa in builds() {
+                let mut y = vec![f32::NAN; m * n];
+                cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t, &mut y, &Threads(2)).unwrap();
+                assert_eq!(y, base, "{isa:?} n={n} k={k} block={block} zp={zp} m={m}: not the portable bits");
+                // A row's outputs do not depend on the rows beside it (a pass of 1, 2 or 4 rows, 1–4
+                // tiles, takes the same steps per column): a verification pass of several drafted
+                // tokens gives each the bits of its own one-token step.
+                for i in 0..m {
+                    let mut one = vec![f32::NAN; n];
+                    cpu::int4_tiles_matmul_int8_on(isa, &a[i * k..(i + 1) * k], 1, &t, &mut one, &Serial).unwrap();
+                    assert_eq!(one, y[i * n..(i + 1) * n], "{isa:?} n={n} k={k} m={m}: row {i} alone");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiles_f16_scales_nan_and_bad_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let case = Case::new(&mut rng, 40, 256, 64, false);
+    let tiled = cpu::tile(&case.weights()).unwrap();
+    let s16: Vec<f16> = tiled.scales.iter().map(|&s| f16::from_f32(s)).collect();
+    let t32 = tiled.view();
+    let t16 = cpu::Int4Tiles { layout: t32.layout, b: t32.b, scales: &s16, zero_points: None };
+    let m = 2;
+    let mut a: Vec<f32> = (0..m * 256).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let (mut y32, mut y16) = (vec![0.0f32; m * 40], vec![0.0f32; m * 40]);
+    let isa = cpu::int8_isa();
+    cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t32, &mut y32, &Serial).unwrap();
+    cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t16, &mut y16, &Serial).unwrap();
+    assert_eq!(y32, y16);
+    // A NaN activation poisons its row only; an all-zero row gives zeros.
+    a[256 + 7] = f32::NAN;
+    a[..256].fill(0.0);
+    cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t16, &mut y16, &Serial).unwrap();
+    assert!(y16[..40].iter().all(|&v| v == 0.0) && y16[40..].iter().all(|v| v.is_nan()));
+    // Lengths and layouts the kernel cannot read are errors naming the tensor.
+    let short = cpu::Int4Tiles { b: &tiled.b[1..], ..t32 };
+    let err = cpu::int4_tiles_matmul_int8_on(isa, &a, m, &short, &mut y32, &Serial).unwrap_err();
+    assert!(err.to_string().contains("tiled int4 B"), "{err}");
+    let err = cpu::int4_tiles_matmul_int8_on(isa, &a[1..], m, &t32, &mut y32, &Serial).unwrap_err();
+    assert!(err.to_string().contains("activations"), "{err}");
+    let odd = Int4Layout { n: 8, k: 96, block: 96, zero_points: false };
+    let w = Int4Weights { layout: odd, b: &[0u8; 8 * 48], scales: &[1.0f32; 8], zero_points: None };
+    let err = cpu::tile(&w).unwrap_err();
+    assert!(err.to_string().contains("power of two"), "{err}");
 }

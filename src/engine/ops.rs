@@ -1,12 +1,14 @@
 //! st's ONNX Runtime custom operators (domain [`DOMAIN`]), the fused weight-only matmuls that
 //! `st export --target cuda` writes for the quantized linears:
 //!
-//! - `ai.st.MatMulInt4(A, B, scales[, zero_points])`, attributes `K`, `N`, `block_size` and optional
+//! - `ai.st.MatMulInt4(A, B, scales[, zero_points][, bias])`, attributes `K`, `N`, `block_size` and optional
 //!   `accuracy_level`: MatMulNBits' inputs and layout (bits = 4), with scales in f32 (as MatMulNBits
 //!   takes them with f32 activations) or f16 (an eighth fewer bytes per weight at block 32; registered
 //!   as a second kernel of the same name). `accuracy_level` 4 quantizes the activations to int8 per
-//!   group of 32 and runs the integer loop (`st_kernels::cpu::int8`: the CPU default `st export`
-//!   writes); 0 or absent runs the f32 loop. The CUDA kernels take f32 scales only.
+//!   group of 32 and runs the integer loop (`st_kernels::cpu::int8`); 0 or absent runs the f32 loop.
+//!   With `tile` = 16 (and accuracy_level 4) B, scales and zero points are in column tiles
+//!   (`st_kernels::cpu::tiles`, what `st export --int4-op st` writes for the CPU): the same loop's GEMV
+//!   and GEMM. The CUDA kernels take f32 scales and MatMulNBits' layout only.
 //! - `ai.st.MatMulFp8(A, W, scales)`, attributes `K`, `N`, `block_size` (0 = per-channel scales):
 //!   `W` is `[N, K]` E4M3FN bytes (stored as uint8), scales `[N]` or `[N, ceil(K / block_size)]`.
 //!
@@ -55,14 +57,21 @@ fn kernel_err(op: &str, e: st_kernels::Error) -> ort::Error {
     ort::Error::new(format!("{op}: {e}"))
 }
 
-/// Reads A, allocates Y = A's shape with the last axis K replaced by N, returns (m, Y).
+/// Reads A, allocates Y = A's shape with the last axis K replaced by N, runs `f` into it and adds the
+/// bias (`[N]`) to every row.
 fn run_matmul(
     ctx: &ComputeContext,
     op: &str,
     k: usize,
     n: usize,
+    bias: Option<&[f32]>,
     f: impl FnOnce(&[f32], usize, &mut [f32]) -> Result<(), st_kernels::Error>,
 ) -> ort::Result<()> {
+    if let Some(b) = bias
+        && b.len() != n
+    {
+        return Err(ort::Error::new(format!("{op}: bias has {} elements, expected N = {n}", b.len())));
+    }
     let a = ctx.input(0)?.ok_or_else(|| ort::Error::new(format!("{op}: input A missing")))?;
     let (shape, a) = a.try_extract_tensor::<f32>()?;
     let dims: Vec<i64> = shape.iter().copied().collect();
@@ -79,7 +88,13 @@ fn run_matmul(
     if m == 0 {
         return Ok(());
     }
-    f(a, m, y).map_err(|e| kernel_err(op, e))
+    f(a, m, y).map_err(|e| kernel_err(op, e))?;
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    }
+    Ok(())
 }
 
 fn u8_input<'a>(ctx: &'a ComputeContext, idx: usize, op: &str, what: &str) -> ort::Result<ort::value::ValueRef<'a>> {
@@ -103,6 +118,8 @@ pub struct Int4Kernel {
     /// accuracy_level 4: int8 activations.
     int8: bool,
     f16_scales: bool,
+    /// The weights in column tiles (attribute `tile` = 16; st_kernels::cpu::tiles), not MatMulNBits' rows.
+    tiled: bool,
 }
 
 impl Operator for MatMulInt4 {
@@ -117,6 +134,7 @@ impl Operator for MatMulInt4 {
             OperatorInput::required(TensorElementType::Uint8),
             OperatorInput::required(scales),
             OperatorInput::optional(TensorElementType::Uint8),
+            OperatorInput::optional(TensorElementType::Float32),
         ]
     }
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -128,7 +146,19 @@ impl Operator for MatMulInt4 {
         if !matches!(level, 0 | 4) {
             return Err(ort::Error::new(format!("{op}: accuracy_level {level} (expected 0 = f32 or 4 = int8)")));
         }
+        let tile: i64 = kctx.get("tile").unwrap_or(0);
+        let tiled = match tile {
+            0 => false,
+            t if t == cpu::tiles::TILE as i64 && level == 4 => true,
+            t => {
+                return Err(ort::Error::new(format!(
+                    "{op}: tile {t} with accuracy_level {level} (expected 0, or {} with accuracy_level 4)",
+                    cpu::tiles::TILE
+                )));
+            }
+        };
         Ok(Int4Kernel {
+            tiled,
             k: attr(kctx, op, "K")?,
             n: attr(kctx, op, "N")?,
             block: attr(kctx, op, "block_size")?,
@@ -149,25 +179,42 @@ impl Kernel for Int4Kernel {
             Some(v) => Some(v.try_extract_tensor::<u8>()?.1),
             None => None,
         };
+        let bias_value = if ctx.num_inputs()? > 4 { ctx.input(4)? } else { None };
+        let bias = match &bias_value {
+            Some(v) => Some(v.try_extract_tensor::<f32>()?.1),
+            None => None,
+        };
         let layout = Int4Layout { n: self.n, k: self.k, block: self.block, zero_points: zp.is_some() };
         let pool = OrtPool(ctx);
+        if self.tiled {
+            let layout = cpu::TileLayout(layout);
+            return if self.f16_scales {
+                let (_, scales) = s.try_extract_tensor::<half::f16>()?;
+                let w = cpu::Int4Tiles { layout, b, scales, zero_points: zp };
+                run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_tiles_matmul_int8(a, m, &w, y, &pool))
+            } else {
+                let (_, scales) = s.try_extract_tensor::<f32>()?;
+                let w = cpu::Int4Tiles { layout, b, scales, zero_points: zp };
+                run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_tiles_matmul_int8(a, m, &w, y, &pool))
+            };
+        }
         if self.f16_scales {
             let (_, scales) = s.try_extract_tensor::<half::f16>()?;
             let w = Int4Weights { layout, b, scales, zero_points: zp };
             if self.int8 {
-                return run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool));
+                return run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool));
             }
             // The f32 loop takes f32 scales: convert this call's (an eighth of the weight bytes).
             let scales: Vec<f32> = scales.iter().map(|v| v.to_f32()).collect();
             let w = Int4Weights { layout, b, scales: &scales, zero_points: zp };
-            return run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool));
+            return run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool));
         }
         let (_, scales) = s.try_extract_tensor::<f32>()?;
         let w = Int4Weights { layout, b, scales, zero_points: zp };
         if self.int8 {
-            run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool))
+            run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_matmul_int8(a, m, &w, y, &pool))
         } else {
-            run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool))
+            run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_matmul(a, m, &w, y, &pool))
         }
     }
 }
@@ -210,7 +257,7 @@ impl Kernel for Fp8Kernel {
         let scales = if self.block == 0 { Fp8Scales::PerChannel } else { Fp8Scales::PerBlock(self.block) };
         let w = Fp8Weights { layout: Fp8Layout { n: self.n, k: self.k, scales }, w, scales: s };
         let pool = OrtPool(ctx);
-        run_matmul(ctx, op, self.k, self.n, |a, m, y| cpu::fp8_matmul(a, m, &w, y, &pool))
+        run_matmul(ctx, op, self.k, self.n, None, |a, m, y| cpu::fp8_matmul(a, m, &w, y, &pool))
     }
 }
 
@@ -298,7 +345,13 @@ pub mod cuda {
             super::MatMulInt4::F32.outputs()
         }
         fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaInt4> {
-            Ok(CudaInt4(super::MatMulInt4::F32.create_kernel(kctx)?, self.0))
+            let kernel = super::MatMulInt4::F32.create_kernel(kctx)?;
+            if kernel.tiled {
+                return Err(ort::Error::new(
+                    "MatMulInt4: column-tiled weights (attribute tile) run on the CPU only; export with --target cuda",
+                ));
+            }
+            Ok(CudaInt4(kernel, self.0))
         }
     }
     pub struct CudaInt4(Int4Kernel, usize);
@@ -311,6 +364,11 @@ pub mod cuda {
             let (m, a, y) = io(ctx, op, k, n)?;
             if m == 0 {
                 return Ok(());
+            }
+            if ctx.num_inputs()? > 4 && ctx.input(4)?.is_some() {
+                return Err(ort::Error::new(format!(
+                    "{op}: a bias input runs on the CPU only (export with --target cuda)"
+                )));
             }
             let zp = if ctx.num_inputs()? > 3 && ctx.input(3)?.is_some() { ptr(ctx, 3, op, "zero_points")? } else { 0 };
             let layout = Int4Layout { n, k, block, zero_points: zp != 0 };

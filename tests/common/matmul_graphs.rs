@@ -26,6 +26,9 @@ pub enum Int4Form {
     St,
     /// ai.st.MatMulInt4 with the scales stored as f16 and this accuracy_level.
     StF16(i64),
+    /// ai.st.MatMulInt4 with f16 scales, accuracy_level 4 and the weights in column tiles (`tile` = 16),
+    /// as `st export` writes for the CPU.
+    StTiles,
 }
 
 pub enum Fp8Form {
@@ -60,16 +63,29 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
         dir,
         name,
         |g, a| {
-            let b = g.weight("B", DataType::Uint8, &[n, kb, block / 2], &w.b).unwrap();
+            let layout = st_kernels::Int4Layout { n, k, block, zero_points: w.zero_points.is_some() };
+            let view =
+                st_kernels::Int4Weights { layout, b: &w.b, scales: &w.scales, zero_points: w.zero_points.as_deref() };
+            let tiled = matches!(form, Int4Form::StTiles).then(|| st_kernels::cpu::tile(&view).unwrap());
+            let (bytes, scales, zero_points) = match &tiled {
+                Some(t) => (&t.b, &t.scales, t.zero_points.as_ref()),
+                None => (&w.b, &w.scales, w.zero_points.as_ref()),
+            };
+            // MatMulNBits checks B's shape; the tiles are [tiles, tile bytes].
+            let shape = match &tiled {
+                Some(t) => vec![t.layout.tiles(), t.layout.tile_bytes()],
+                None => vec![n, kb, block / 2],
+            };
+            let b = g.weight("B", DataType::Uint8, &shape, bytes).unwrap();
             let s = match form {
-                Int4Form::StF16(_) => {
-                    let h: Vec<u8> = w.scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
-                    g.weight("scales", DataType::Float16, &[n * kb], &h).unwrap()
+                Int4Form::StF16(_) | Int4Form::StTiles => {
+                    let h: Vec<u8> = scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+                    g.weight("scales", DataType::Float16, &[scales.len()], &h).unwrap()
                 }
-                _ => g.weight("scales", DataType::Float, &[n * kb], &f32_bytes(&w.scales)).unwrap(),
+                _ => g.weight("scales", DataType::Float, &[n * kb], &f32_bytes(scales)).unwrap(),
             };
             let mut inputs = vec![a.to_string(), b, s];
-            if let Some(z) = &w.zero_points {
+            if let Some(z) = zero_points {
                 inputs.push(g.weight("zero_points", DataType::Uint8, &[z.len()], z).unwrap());
             }
             let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
@@ -101,6 +117,22 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
                         ST_DOMAIN,
                         &refs,
                         &[("K", k), ("N", n), ("block_size", bl), ("accuracy_level", Attr::Int(level))],
+                        1,
+                    )
+                    .remove(0),
+                Int4Form::StTiles => g
+                    .node_n(
+                        "MatMulInt4",
+                        "MatMulInt4",
+                        ST_DOMAIN,
+                        &refs,
+                        &[
+                            ("K", k),
+                            ("N", n),
+                            ("block_size", bl),
+                            ("accuracy_level", Attr::Int(4)),
+                            ("tile", Attr::Int(st_kernels::cpu::tiles::TILE as i64)),
+                        ],
                         1,
                     )
                     .remove(0),

@@ -33,19 +33,60 @@ pub const ROWS: usize = 64;
 /// Activation rows that share one pass over a weight row's bytes.
 const MR: usize = 4;
 
-/// A scale element type the int8 path reads (f32, or f16 as `ai.st.MatMulInt4` stores them).
+/// A scale element type the int8 paths read (f32, or f16 as `ai.st.MatMulInt4` stores them).
 pub trait Int4Scale: Copy + Sync {
     fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    fn f32(self) -> f32;
+    /// 16 consecutive scales widened to f32 in a register (`vcvtph2ps` for f16), for the tiled loop.
+    ///
+    /// # Safety
+    /// `p` holds 16 values; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// 8 consecutive scales widened to f32 in a register.
+    ///
+    /// # Safety
+    /// `p` holds 8 values; the CPU has AVX and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 impl Int4Scale for f32 {
     fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
 }
 impl Int4Scale for half::f16 {
     fn to_f32_slice(src: &[half::f16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
+    }
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
 }
 
@@ -83,6 +124,16 @@ impl Int8Isa {
             self == Int8Isa::Baseline
         }
     }
+    /// The error for running this build on a CPU without its features.
+    pub fn unsupported(self) -> Error {
+        let (build, features) = match self {
+            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", "avx512f + avx512bw + avx512vl + avx512vnni + avx2 + fma"),
+            Int8Isa::AvxVnni => ("AVX-VNNI", "avxvnni + avx2 + fma"),
+            Int8Isa::Avx2 => ("AVX2", "avx2 + fma"),
+            Int8Isa::Baseline => ("portable", "nothing"),
+        };
+        Error::Unsupported { build, features }
+    }
     pub const ALL: [Int8Isa; 4] = [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2, Int8Isa::Baseline];
 }
 
@@ -116,33 +167,32 @@ struct GroupOut<'a> {
 }
 
 /// Quantizes one group of 32 values (portable form): d = max|v| / 127 (NaN if any value is not
-/// finite), q = round-half-even(v / d). Returns (d, Σ q).
+/// finite), q = round-half-even(v / d), in column order. Returns (q, d, Σ q).
 #[inline(always)]
-fn quantize_group(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+pub(crate) fn quantize32(vals: &[f32; 32]) -> ([i8; 32], f32, i32) {
     let amax = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     // A NaN or inf activation makes d non-finite, and so the outputs NaN, as in f32.
     let finite = vals.iter().fold(true, |ok, v| ok & v.is_finite());
     let d = if finite { amax / 127.0 } else { f32::NAN };
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0i32; 32];
+    let mut q = [0i8; 32];
+    let mut sum = 0i32;
     for (q, &v) in q.iter_mut().zip(vals) {
-        *q = ((v * inv).round_ties_even() as i32).clamp(-127, 127);
+        let x = ((v * inv).round_ties_even() as i32).clamp(-127, 127);
+        sum += x;
+        *q = x as i8;
     }
-    for j in 0..16 {
-        out.even[j] = q[2 * j] as i8;
-        out.odd[j] = q[2 * j + 1] as i8;
-    }
-    (d, q.iter().sum())
+    (q, d, sum)
 }
 
-/// [`quantize_group`] in AVX2: the same values bit for bit (`vcvtps2dq` rounds half to even under the
-/// default MXCSR, as `round_ties_even`).
+/// [`quantize32`] in AVX2: the same values bit for bit (`vcvtps2dq` rounds half to even under the
+/// default MXCSR, as `round_ties_even`), the 32 values in column order in one register.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn quantize_group_avx2(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+pub(crate) unsafe fn quantize32_avx2(vals: &[f32; 32]) -> (std::arch::x86_64::__m256i, f32, i32) {
     use std::arch::x86_64::*;
     unsafe {
         let p = vals.as_ptr();
@@ -176,6 +226,31 @@ unsafe fn quantize_group_avx2(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32)
         // i32 → i8 in column order: the packs work per 128-bit lane, the permute restores the order.
         let b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        (b, d, _mm_cvtsi128_si32(s4))
+    }
+}
+
+/// One group quantized into the loop's order: 16 even columns, then 16 odd ones. Returns (d, Σ q).
+#[inline(always)]
+fn quantize_group(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+    let (q, d, sum) = quantize32(vals);
+    for j in 0..16 {
+        out.even[j] = q[2 * j];
+        out.odd[j] = q[2 * j + 1];
+    }
+    (d, sum)
+}
+
+/// [`quantize_group`] in AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quantize_group_avx2(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let (b, d, sum) = quantize32_avx2(vals);
         // Even bytes then odd bytes within each lane, then [evens of both lanes, odds of both].
         let split = _mm256_setr_epi8(
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
@@ -183,7 +258,7 @@ unsafe fn quantize_group_avx2(vals: &[f32; 32], out: GroupOut<'_>) -> (f32, i32)
         let b = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(b, split));
         _mm_storeu_si128(out.even.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(b));
         _mm_storeu_si128(out.odd.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256(b, 1));
-        (d, _mm_cvtsi128_si32(s4))
+        (d, sum)
     }
 }
 
@@ -285,7 +360,7 @@ fn row_dots_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::{MR, Quantized};
 
     /// How far ahead of the loop the weights are prefetched, in bytes.
@@ -296,6 +371,11 @@ mod x86 {
     /// groups of four into the eight i32 lanes.
     pub trait Dot {
         unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i;
+        /// acc + w0 · a0 + w1 · a1.
+        #[inline(always)]
+        unsafe fn dot2(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            unsafe { Self::dot(Self::dot(acc, w0, a0), w1, a1) }
+        }
     }
     pub struct Avx2;
     pub struct AvxVnni;
@@ -304,6 +384,14 @@ mod x86 {
         unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
             // |15·127 + 15·127| < 2¹⁵: vpmaddubsw never saturates here.
             unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))) }
+        }
+        #[inline(always)]
+        unsafe fn dot2(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            // Both products summed in i16 first (4 · 15 · 127 < 2¹⁵), then one widening.
+            unsafe {
+                let p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
+                _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+            }
         }
     }
     impl Dot for AvxVnni {
@@ -580,7 +668,8 @@ impl Loop {
 struct Scales<'a> {
     /// Per block, `k_blocks` long.
     block: &'a [f32],
-    /// Per group padded to whole quads; empty when the steps read the block scales.
+    /// Per group padded to whole quads; empty when the steps read the block scales (SIMD loops only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     group: &'a [f32],
     per_block: usize,
 }
@@ -590,6 +679,7 @@ struct Scales<'a> {
 /// # Safety
 /// The CPU has the loop's features; lengths as [`x86::row_dots`] documents.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_unsafe))]
 unsafe fn row_dots(
     lp: Loop,
     wb: &[u8],
@@ -753,13 +843,7 @@ pub fn int4_matmul_int8_on<S: Int4Scale>(
     w.validate()?;
     check_io(m, w.layout.n, w.layout.k, a.len(), y.len())?;
     if !isa.available() {
-        let (build, features) = match isa {
-            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", "avx512f + avx512bw + avx512vl + avx512vnni + avx2 + fma"),
-            Int8Isa::AvxVnni => ("AVX-VNNI", "avxvnni + avx2 + fma"),
-            Int8Isa::Avx2 => ("AVX2", "avx2 + fma"),
-            Int8Isa::Baseline => ("portable", "nothing"),
-        };
-        return Err(Error::Unsupported { build, features });
+        return Err(isa.unsupported());
     }
     if m == 0 {
         return Ok(());

@@ -7,8 +7,10 @@
 //! [`int8`]: int4 weights with the activations quantized to int8 (the decode GEMV).
 
 pub mod int8;
+pub mod tiles;
 
 pub use int8::{Int4Scale, Int8Isa, int4_matmul_int8, int4_matmul_int8_on, int8_isa};
+pub use tiles::{Int4Tiles, TileLayout, Tiled, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on, tile};
 
 use crate::error::Result;
 use crate::layout::{Fp8Scales, Fp8Weights, Int4Weights, check_io};
