@@ -513,3 +513,36 @@ fn fp16_vision_weights_as_exported_encode_as_widened_ones_do() {
     eprintln!("as exported against widened: max|Δ|/max = {diff:.2e}");
     assert!(diff <= 1e-5, "as exported against widened: {diff}");
 }
+
+/// The int4 decoder's weights, which st's operators read in place, lent to ORT from st's own copy on huge
+/// pages (`--huge-pages on`, the default) give the logits that ORT's own reading of the weight file gives,
+/// bit for bit: the same bytes through the same kernels (a tensor lent from the wrong offset or with the
+/// wrong type changes them). Where the kernel offers transparent huge pages the copy is in use; off, nothing
+/// is lent.
+#[test]
+fn int4_weights_lent_from_huge_pages_give_the_files_logits() {
+    use st::engine::HugePages;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    st_export::export(&model("tiny"), &dir, &st_export::ExportOptions::new(st_export::Precision::Int4)).unwrap();
+    let ids: ndarray::Array2<i64> = read_npy(&golden("tiny/input_ids.npy"));
+    let tokens: Vec<u32> = ids.iter().take(24).map(|&t| t as u32).collect();
+    let run = |huge_pages| {
+        let mut e = Engine::load(&dir, &SessionOptions { threads: Some(1), huge_pages, ..Default::default() }).unwrap();
+        let logits = e.forward_tokens(&tokens, 0, tokens.len()).unwrap();
+        (logits, e.model().decoder.lent_weight_bytes())
+    };
+    let (lent, lent_bytes) = run(HugePages::On);
+    let (mapped, mapped_bytes) = run(HugePages::Off);
+    assert_eq!(mapped_bytes, 0, "huge pages off: nothing lent");
+    let differ = lent.iter().zip(&mapped).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} of {} logits differ", lent.len());
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if cfg!(all(target_os = "linux", target_env = "gnu")) && (thp.contains("[always]") || thp.contains("[madvise]")) {
+        // Every layer's tiles, scales and packed q/k/v bias; the f32 lm_head (an ORT MatMul) is not lent.
+        let file = std::fs::metadata(dir.join("decoder.onnx.data")).unwrap().len() as usize;
+        assert!(lent_bytes > 0 && lent_bytes < file, "{lent_bytes} of {file} bytes lent");
+    } else {
+        eprintln!("no transparent huge pages here ({thp:?}): nothing lent, {lent_bytes} bytes");
+    }
+}

@@ -105,6 +105,124 @@ pub fn back_with_huge_pages(_min_bytes: u64) -> Collapsed {
     Collapsed::default()
 }
 
+/// A file's bytes in anonymous memory that the kernel backs with huge pages as it is filled
+/// (`MADV_HUGEPAGE` before the first write, the start 2 MiB aligned); unmapped when dropped.
+///
+/// ORT maps a graph's external data file privately, and Linux backs file mappings with small pages only
+/// (`MADV_COLLAPSE` refuses them with `EINVAL`). st's int4 kernels read the decoder's weights in place
+/// from ORT's initializers, so a decode step walked 4 KiB pages over 3.4 GB on the 7B; handed to ORT as the
+/// file's contents (`AddExternalInitializersFromMemory`), the same weights sit on 2 MiB pages.
+pub struct HugePageCopy {
+    /// The whole anonymous mapping (2 MiB longer than the data, for the alignment).
+    base: *mut u8,
+    map_len: usize,
+    /// The copy's first byte: `base` rounded up to 2 MiB.
+    data: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the copy owns its mapping; after `read` it is only read (through `as_ptr`), from any thread.
+unsafe impl Send for HugePageCopy {}
+// SAFETY: as above, shared reads only.
+unsafe impl Sync for HugePageCopy {}
+
+/// Transparent huge pages' size on x86-64 and (4 KiB-page) AArch64.
+const HUGE_PAGE: usize = 2 << 20;
+
+impl HugePageCopy {
+    /// A copy of `path` holding the byte ranges `ranges` (offset, length; within the file) at their
+    /// offsets; the rest of the copy is never touched, so it takes no memory. `Ok(None)` where this process
+    /// gets no transparent huge pages (`transparent_hugepage=never`, THP disabled for the process, not
+    /// Linux with glibc) or the file is empty: ORT's own mapping of the file is as good then, and its pages
+    /// stay reclaimable.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    pub fn read(path: &std::path::Path, ranges: &[(usize, usize)]) -> std::io::Result<Option<Self>> {
+        use std::os::unix::fs::FileExt;
+        if !huge_pages_offered() {
+            return Ok(None);
+        }
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        for &(offset, n) in ranges {
+            if offset.checked_add(n).is_none_or(|end| end > len) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("bytes {offset}..{} past the file's end ({len} bytes)", offset.saturating_add(n)),
+                ));
+            }
+        }
+        let map_len = len.div_ceil(HUGE_PAGE).saturating_add(1).saturating_mul(HUGE_PAGE);
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = base.cast::<u8>();
+        let data = base.wrapping_add(base.align_offset(HUGE_PAGE));
+        let copy = Self { base, map_len, data, len };
+        // SAFETY: `data .. data + len rounded up to 2 MiB` lies inside the mapping (one spare huge page of
+        // slack). Best effort: a refusal leaves small pages, the contents are the same.
+        unsafe { libc::madvise(data.cast(), len.div_ceil(HUGE_PAGE) * HUGE_PAGE, libc::MADV_HUGEPAGE) };
+        // SAFETY: `len` bytes from `data`, inside the mapping, zero-filled by the kernel, owned by `copy`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(copy.data, len) };
+        for &(offset, n) in ranges {
+            file.read_exact_at(&mut bytes[offset..offset + n], offset as u64)?;
+        }
+        Ok(Some(copy))
+    }
+
+    /// Not Linux with glibc: no copy.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    pub fn read(_path: &std::path::Path, _ranges: &[(usize, usize)]) -> std::io::Result<Option<Self>> {
+        Ok(None)
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.data
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: an empty file gets no copy.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HugePageCopy {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: the mapping `read` made, unmapped once; whoever borrowed the bytes (ORT's session)
+        // is gone by now (the owner drops the session first).
+        unsafe {
+            libc::munmap(self.base.cast(), self.map_len);
+        }
+    }
+}
+
+/// Whether this process gets transparent huge pages where it asks (`MADV_HUGEPAGE`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn huge_pages_offered() -> bool {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    // SAFETY: prctl with PR_GET_THP_DISABLE reads a flag of this process.
+    let off_here = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1;
+    (thp.contains("[always]") || thp.contains("[madvise]")) && !off_here
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod device;
 #[allow(clippy::module_inception)]
 pub mod engine;
 pub mod huge_pages;
+pub mod shared_weights;
 pub mod model;
 pub mod ops;
 pub mod ort_lib;

@@ -3,6 +3,7 @@
 //! serve several [`crate::engine::Engine`]s (clones) across threads.
 
 use super::device::Device;
+use super::shared_weights::SharedWeights;
 use crate::error::{Error, Result};
 use ort::session::Session;
 use st_checkpoint::Manifest;
@@ -90,7 +91,8 @@ pub struct Graph {
 }
 
 enum Slot {
-    Resident(Mutex<Session>),
+    /// The session drops before the weights it reads in place (field order).
+    Resident { session: Mutex<Session>, _weights: Option<SharedWeights> },
     OnDemand { lock: Mutex<()>, open: Box<Reopen> },
 }
 
@@ -136,18 +138,28 @@ impl Graph {
             reason: "a thread panicked while running it; reload the model".into(),
         };
         match &self.slot {
-            Slot::Resident(m) => Ok(GraphSession::Resident(m.lock().map_err(|_| poisoned())?)),
+            Slot::Resident { session, .. } => Ok(GraphSession::Resident(session.lock().map_err(|_| poisoned())?)),
             Slot::OnDemand { lock, open } => {
                 let guard = lock.lock().map_err(|_| poisoned())?;
-                let session = open_session(&open.dir, &open.manifest, self.name, &open.device, &open.opts)?;
+                let (session, _) =
+                    open_session(&open.dir, &open.manifest, self.name, &open.device, &open.opts, false)?;
                 Ok(GraphSession::OnDemand(session, guard))
             }
         }
     }
 
+    /// Bytes of this graph's weights that ORT reads from st's huge-page copy (`--huge-pages on`, the CPU,
+    /// st's own int4 operators): 0 where ORT reads or maps the weight file itself.
+    pub fn lent_weight_bytes(&self) -> usize {
+        match &self.slot {
+            Slot::Resident { _weights: Some(w), .. } => w.lent_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Whether the session stays loaded between calls.
     pub fn is_resident(&self) -> bool {
-        matches!(self.slot, Slot::Resident(_))
+        matches!(self.slot, Slot::Resident { .. })
     }
 }
 
@@ -173,9 +185,9 @@ fn open_graph(
     opts: &SessionOptions,
     resident: bool,
 ) -> Result<Graph> {
-    let session = open_session(dir, manifest, name, device, opts)?;
+    let (session, weights) = open_session(dir, manifest, name, device, opts, resident)?;
     if resident {
-        return Ok(Graph { name, slot: Slot::Resident(Mutex::new(session)) });
+        return Ok(Graph { name, slot: Slot::Resident { session: Mutex::new(session), _weights: weights } });
     }
     drop(session);
     let open =
@@ -183,13 +195,16 @@ fn open_graph(
     Ok(Graph { name, slot: Slot::OnDemand { lock: Mutex::new(()), open: Box::new(open) } })
 }
 
+/// Open a graph's session; for the resident decoder on the CPU with huge pages on, also the copy of its
+/// external data that the session reads its weights from (see [`super::shared_weights`]).
 fn open_session(
     dir: &Path,
     manifest: &Manifest,
     name: &'static str,
     device: &Device,
     opts: &SessionOptions,
-) -> Result<Session> {
+    resident: bool,
+) -> Result<(Session, Option<SharedWeights>)> {
     let env = &crate::engine::init_ort(opts.ort_lib.as_deref())?.environment;
     let spec = manifest.graphs.get(name).ok_or_else(|| Error::Ort {
         context: format!("{}", dir.join("manifest.json").display()),
@@ -216,6 +231,12 @@ fn open_session(
     builder = builder
         .with_operators(super::ops::domain().map_err(|e| ort_err(e.to_string()))?)
         .map_err(|e| ort_err(e.to_string()))?;
+    let weights = if name == "decoder" && resident && matches!(device, Device::Cpu) && opts.huge_pages == HugePages::On
+    {
+        super::shared_weights::lend_to_session(&path, &mut builder)?
+    } else {
+        None
+    };
     let commit_guard = super::ops::commit_lock();
     let session = builder.commit_from_file(&path).map_err(|e| match device {
         Device::Cpu => ort_err(e.to_string()),
@@ -229,8 +250,9 @@ fn open_session(
     let session = session?;
     check_signature(&path, "input", &spec.inputs, session.inputs())?;
     check_signature(&path, "output", &spec.outputs, session.outputs())?;
-    Ok(session)
+    Ok((session, weights))
 }
+
 
 /// The graph's inputs or outputs against the manifest's: the same names in order and the same fixed
 /// sizes, so a graph file from another export (another model's dims) is named at load, not met as a
