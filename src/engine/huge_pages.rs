@@ -1,12 +1,14 @@
 //! Transparent huge pages for the weights a decode step streams.
 //!
 //! Every decode step reads all the decoder's weights (4 GB on the 7B) once. With 4 KiB pages that is a
-//! million TLB misses per token; with 2 MiB pages, two thousand. ORT holds the weights in large
-//! allocations of its own (MLAS's prepacked copies) or in its mapping of the weight file, which Linux
-//! backs with small pages unless told otherwise (`transparent_hugepage=madvise`, the common default).
-//! After the sessions are built, [`back_with_huge_pages`] asks the kernel to back each large, resident
-//! mapping with huge pages now (`MADV_HUGEPAGE` then `MADV_COLLAPSE`, Linux 6.1+): best effort, the
-//! contents unchanged; a kernel that refuses leaves the small pages (docs/PERFORMANCE.md#huge-pages).
+//! million TLB misses per token; with 2 MiB pages, two thousand. Linux backs memory with small pages unless
+//! told otherwise (`transparent_hugepage=madvise`, the common default), and backs file mappings (ORT's
+//! mapping of a weight file) with small pages only. Two tools: [`HugePageCopy`] reads a file's bytes into
+//! anonymous memory that is on huge pages from the first write (what [`super::shared_weights`] lends ORT),
+//! and, after the sessions are built, [`back_with_huge_pages`] asks the kernel to back each large, resident
+//! anonymous mapping (MLAS's prepacked copies, arenas) with huge pages now (`MADV_HUGEPAGE` then
+//! `MADV_COLLAPSE`, Linux 6.1+). Both best effort, the contents unchanged; a kernel that refuses leaves the
+//! small pages (docs/PERFORMANCE.md#huge-pages).
 
 /// What [`back_with_huge_pages`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -288,5 +290,31 @@ Rss:                1024 kB
             let huge_kb = maps.iter().find(|m| m.start <= at && at < m.end).map_or(0, |m| m.anon_huge / 1024);
             assert!(done.collapsed >= 1 && huge_kb >= 32 << 10, "THP {thp:?}, {release}: {done:?}, {huge_kb} kB huge");
         }
+    }
+
+    /// A copy holds each range read at its file offset, zeros elsewhere (never read, never touched), and
+    /// starts on a 2 MiB boundary; a range past the file's end is an error, not a short copy.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_copy_holds_the_ranges_read_at_their_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.data");
+        let bytes: Vec<u8> = (0..5u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let ranges = [(0, 100), (3 << 20, 4096), (bytes.len() - 7, 7)];
+        let Some(copy) = HugePageCopy::read(&path, &ranges).unwrap() else {
+            assert!(!huge_pages_offered(), "huge pages are offered, yet no copy");
+            return;
+        };
+        assert_eq!(copy.len(), bytes.len());
+        assert_eq!(copy.as_ptr() as usize % HUGE_PAGE, 0);
+        // SAFETY: the copy's own `len` bytes, alive for this scope.
+        let held = unsafe { std::slice::from_raw_parts(copy.as_ptr(), copy.len()) };
+        for &(offset, n) in &ranges {
+            assert_eq!(&held[offset..offset + n], &bytes[offset..offset + n], "range at {offset}");
+        }
+        assert!(held[100..3 << 20].iter().all(|&b| b == 0), "bytes outside the ranges were read");
+        let err = HugePageCopy::read(&path, &[(bytes.len() - 10, 11)]).err().expect("past the end");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     }
 }

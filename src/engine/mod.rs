@@ -8,10 +8,10 @@ pub mod device;
 #[allow(clippy::module_inception)]
 pub mod engine;
 pub mod huge_pages;
-pub mod shared_weights;
 pub mod model;
 pub mod ops;
 pub mod ort_lib;
+pub mod shared_weights;
 
 pub use decoder::{DecoderState, KvSnapshot};
 pub use device::Device;

@@ -31,15 +31,17 @@ pub struct SessionOptions {
     pub huge_pages: HugePages,
 }
 
-/// Whether [`Engine::load`](super::Engine::load) asks Linux to back the large resident mappings ORT
-/// holds the weights in with transparent huge pages (docs/PERFORMANCE.md#huge-pages).
+/// Whether [`Engine::load`](super::Engine::load) puts the weights on transparent huge pages (Linux;
+/// best effort; docs/PERFORMANCE.md#huge-pages).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum HugePages {
-    /// After the sessions are built: `MADV_HUGEPAGE` + `MADV_COLLAPSE` on each mapping of at least 16 MiB
-    /// that is at least 90 % resident (a decode step then takes ~500× fewer TLB misses on the weights).
+    /// On the CPU, the decoder's weights that st's own operators read in place are read into st's memory
+    /// on huge pages and lent to ORT ([`super::shared_weights`]); after the sessions are built,
+    /// `MADV_HUGEPAGE` + `MADV_COLLAPSE` on each other mapping of at least 16 MiB that is at least 90 %
+    /// resident. A decode step then takes ~500× fewer TLB misses on the weights.
     #[default]
     On,
-    /// Leave the kernel's default pages.
+    /// Leave the kernel's default pages (and ORT's mapping of the weight file).
     Off,
 }
 
@@ -92,8 +94,14 @@ pub struct Graph {
 
 enum Slot {
     /// The session drops before the weights it reads in place (field order).
-    Resident { session: Mutex<Session>, _weights: Option<SharedWeights> },
-    OnDemand { lock: Mutex<()>, open: Box<Reopen> },
+    Resident {
+        session: Mutex<Session>,
+        _weights: Option<SharedWeights>,
+    },
+    OnDemand {
+        lock: Mutex<()>,
+        open: Box<Reopen>,
+    },
 }
 
 /// What opening an on-demand graph again needs.
@@ -141,8 +149,7 @@ impl Graph {
             Slot::Resident { session, .. } => Ok(GraphSession::Resident(session.lock().map_err(|_| poisoned())?)),
             Slot::OnDemand { lock, open } => {
                 let guard = lock.lock().map_err(|_| poisoned())?;
-                let (session, _) =
-                    open_session(&open.dir, &open.manifest, self.name, &open.device, &open.opts, false)?;
+                let (session, _) = open_session(&open.dir, &open.manifest, self.name, &open.device, &open.opts, false)?;
                 Ok(GraphSession::OnDemand(session, guard))
             }
         }
@@ -252,7 +259,6 @@ fn open_session(
     check_signature(&path, "output", &spec.outputs, session.outputs())?;
     Ok((session, weights))
 }
-
 
 /// The graph's inputs or outputs against the manifest's: the same names in order and the same fixed
 /// sizes, so a graph file from another export (another model's dims) is named at load, not met as a

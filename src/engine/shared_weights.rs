@@ -81,9 +81,8 @@ pub(crate) fn lent_tensors(model: &st_export::onnx::ModelProto, location: &str) 
         if !only_st.get(t.name.as_deref().unwrap_or_default()).copied().unwrap_or(false) {
             continue;
         }
-        let get = |key: &str| {
-            t.external_data.iter().find(|e| e.key.as_deref() == Some(key)).and_then(|e| e.value.clone())
-        };
+        let get =
+            |key: &str| t.external_data.iter().find(|e| e.key.as_deref() == Some(key)).and_then(|e| e.value.clone());
         let external = t.data_location == Some(st_export::onnx::tensor_proto::DataLocation::External as i32);
         if !external || get("location").as_deref() != Some(location) {
             continue;
@@ -126,7 +125,10 @@ fn element_type(data_type: i32) -> Option<(sys::ONNXTensorElementDataType, usize
 /// Read the external data file of the graph at `graph_path` (`GRAPH.data`, as `st export` writes it)
 /// into huge-page memory and lend each of its tensors to the session `builder` will make. `None` (ORT
 /// maps the file as usual) where there is no such file or this process gets no huge pages.
-pub fn lend_to_session(graph_path: &Path, builder: &mut ort::session::builder::SessionBuilder) -> Result<Option<SharedWeights>> {
+pub fn lend_to_session(
+    graph_path: &Path,
+    builder: &mut ort::session::builder::SessionBuilder,
+) -> Result<Option<SharedWeights>> {
     use ort::AsPointer;
     let Some(file_name) = graph_path.file_name().and_then(|n| n.to_str()) else { return Ok(None) };
     let location = format!("{file_name}.data");
@@ -146,7 +148,10 @@ pub fn lend_to_session(graph_path: &Path, builder: &mut ort::session::builder::S
     let ranges: Vec<(usize, usize)> = tensors.iter().map(|t| (t.offset, t.len)).collect();
     let t0 = std::time::Instant::now();
     let Some(copy) = HugePageCopy::read(&data_path, &ranges).map_err(Error::io(&data_path))? else { return Ok(None) };
-    let ort_err = |what: String, e: ort::Error| Error::Ort { context: data_path.display().to_string(), reason: format!("{what}: {e}") };
+    let ort_err = |what: String, e: ort::Error| Error::Ort {
+        context: data_path.display().to_string(),
+        reason: format!("{what}: {e}"),
+    };
     let mut memory_info: *mut sys::OrtMemoryInfo = std::ptr::null_mut();
     // SAFETY: ORT writes a new CPU memory description into `memory_info`, released below.
     let status = unsafe {
@@ -208,7 +213,14 @@ mod tests {
     use super::*;
     use st_export::onnx::{GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, tensor_proto};
 
-    fn external(name: &str, data_type: tensor_proto::DataType, dims: &[i64], location: &str, offset: usize, len: usize) -> TensorProto {
+    fn external(
+        name: &str,
+        data_type: tensor_proto::DataType,
+        dims: &[i64],
+        location: &str,
+        offset: usize,
+        len: usize,
+    ) -> TensorProto {
         let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
         TensorProto {
             name: Some(name.into()),
