@@ -401,6 +401,25 @@ fn damaged_exports_are_named() {
             assert!(took < std::time::Duration::from_secs(5), "{took:?}");
         }
     }
+    // An int4 export's truncated data file, whose tiles st reads itself (to lend them to ORT from huge pages)
+    // where the kernel offers them: named either way, by st or (no huge pages) by ORT.
+    std::fs::remove_dir_all(&a).unwrap();
+    st_export::export(&model("tiny"), &a, &st_export::ExportOptions::new(st_export::Precision::Int4)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    f.set_len(std::fs::metadata(&data).unwrap().len() / 8).unwrap();
+    drop(f);
+    let err = load(&a).0.expect("a truncated int4 decoder.onnx.data must not load");
+    eprintln!("truncated int4 data: {err}");
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[always]") || thp.contains("[madvise]") {
+        // st's own check, before any read: the file, the tensor, the bounds.
+        assert!(
+            err.contains("decoder.onnx.data") && err.contains("past the file's end") && err.contains("weight"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("decoder.onnx") && err.contains("out of bounds"), "{err}");
+    }
 }
 
 #[test]

@@ -145,6 +145,18 @@ pub fn lend_to_session(
     if tensors.is_empty() {
         return Ok(None);
     }
+    let file_len = std::fs::metadata(&data_path).map_err(Error::io(&data_path))?.len();
+    if let Some(t) = tensors.iter().find(|t| t.offset.saturating_add(t.len) as u64 > file_len) {
+        return Err(Error::Ort {
+            context: data_path.display().to_string(),
+            reason: format!(
+                "tensor {}: bytes {}..{} past the file's end ({file_len} bytes); the export is damaged, export it again",
+                t.name,
+                t.offset,
+                t.offset.saturating_add(t.len)
+            ),
+        });
+    }
     let ranges: Vec<(usize, usize)> = tensors.iter().map(|t| (t.offset, t.len)).collect();
     let t0 = std::time::Instant::now();
     let Some(copy) = HugePageCopy::read(&data_path, &ranges).map_err(Error::io(&data_path))? else { return Ok(None) };
