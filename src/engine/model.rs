@@ -96,7 +96,7 @@ enum Slot {
     /// The session drops before the weights it reads in place (field order).
     Resident {
         session: Mutex<Session>,
-        _weights: Option<SharedWeights>,
+        weights: Option<SharedWeights>,
     },
     OnDemand {
         lock: Mutex<()>,
@@ -159,7 +159,7 @@ impl Graph {
     /// st's own int4 operators): 0 where ORT reads or maps the weight file itself.
     pub fn lent_weight_bytes(&self) -> usize {
         match &self.slot {
-            Slot::Resident { _weights: Some(w), .. } => w.lent_bytes(),
+            Slot::Resident { weights: Some(w), .. } => w.lent_bytes(),
             _ => 0,
         }
     }
@@ -194,7 +194,7 @@ fn open_graph(
 ) -> Result<Graph> {
     let (session, weights) = open_session(dir, manifest, name, device, opts, resident)?;
     if resident {
-        return Ok(Graph { name, slot: Slot::Resident { session: Mutex::new(session), _weights: weights } });
+        return Ok(Graph { name, slot: Slot::Resident { session: Mutex::new(session), weights } });
     }
     drop(session);
     let open =

@@ -87,10 +87,9 @@ pub(crate) fn lent_tensors(model: &st_export::onnx::ModelProto, location: &str) 
         if !external || get("location").as_deref() != Some(location) {
             continue;
         }
-        let (Some(offset), Some(len)) = (
-            get("offset").and_then(|v| v.parse::<usize>().ok()).or(Some(0)),
-            get("length").and_then(|v| v.parse::<usize>().ok()),
-        ) else {
+        // No offset means 0 (ONNX's rule); one that does not parse is left for ORT to name.
+        let offset = get("offset").map_or(Some(0), |v| v.parse::<usize>().ok());
+        let (Some(offset), Some(len)) = (offset, get("length").and_then(|v| v.parse::<usize>().ok())) else {
             continue;
         };
         let Some((element, size)) = t.data_type.and_then(element_type) else { continue };
@@ -258,7 +257,8 @@ mod tests {
 
     /// Lent: external tensors in the graph's data file that only st's operators read, with a length that
     /// matches their shape. Not lent: a tensor an ORT kernel also reads (it may prepack and release it),
-    /// one in another file, one stored inline, one whose length disagrees with its shape.
+    /// one in another file, one stored inline, one whose length disagrees with its shape, one whose offset
+    /// does not parse (never read as 0).
     #[test]
     fn only_tensors_st_operators_alone_read_are_lent() {
         use tensor_proto::DataType as D;
@@ -266,11 +266,13 @@ mod tests {
         let mut inline = external("inline", D::Float, &[4], loc, 0, 16);
         inline.data_location = None;
         inline.external_data.clear();
+        let mut bad_offset = external("bad_offset", D::Uint8, &[4], loc, 0, 4);
+        bad_offset.external_data[1].value = Some("-64".into());
         let graph = GraphProto {
             node: vec![
                 node("ai.st", &["x", "tiles", "scales", "shared"]),
                 node("com.microsoft", &["x", "shared", "nbits"]),
-                node("ai.st", &["elsewhere", "inline", "short"]),
+                node("ai.st", &["elsewhere", "inline", "short", "bad_offset"]),
             ],
             initializer: vec![
                 external("tiles", D::Uint8, &[8, 16], loc, 65536, 128),
@@ -280,6 +282,7 @@ mod tests {
                 external("elsewhere", D::Uint8, &[4], "vision.onnx.data", 0, 4),
                 inline,
                 external("short", D::Float, &[4], loc, 256, 15),
+                bad_offset,
             ],
             ..Default::default()
         };
