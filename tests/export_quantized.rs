@@ -120,6 +120,43 @@ fn int8_lm_head() {
     }
 }
 
+/// int8 lm_head with int8 activations (accuracy_level 4, the default export's): on `--target cpu` st's
+/// `ai.st.MatMulInt8` over column tiles (f16 scales, read in place), under `--int4-op nbits` 8-bit
+/// MatMulNBits (MLAS). At block 32 both quantize each group of 32 activations alike, so they agree to f32
+/// summation order (bound 1e-5 of the largest logit; a misplaced byte or scale is O(1)); against the
+/// reference with lm_head quantize-dequantized the activation rounding adds (bound 3e-2, as for int4 at
+/// accuracy_level 4). The errors are printed for docs/PARITY.md.
+#[test]
+fn int8_lm_head_with_int8_activations_st_op_and_matmul_nbits() {
+    for name in ["tiny", "tiny-b"] {
+        let want: Array2<f32> = read_npy(&golden(&format!("{name}/lm_head-int8-b32/logits.npy")));
+        let unquantized: Array2<f32> = read_npy(&golden(&format!("{name}/logits.npy")));
+        let run = |op: Int4Op| {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut opts = ExportOptions::new(Precision::Fp32);
+            opts.linear.lm_head = Precision::Int8;
+            opts.linear.accuracy_level = 4;
+            opts.linear.int4_op = op;
+            let mut g = export(name, tmp.path(), &opts);
+            let decoder = std::fs::read(tmp.path().join(name).join("decoder.onnx")).unwrap();
+            let has = |op: &[u8]| decoder.windows(op.len()).any(|w| w == op);
+            let ops = (has(b"MatMulInt8"), has(b"MatMulNBits"));
+            (prefill(&mut g, name, want.nrows() as i64).0, ops)
+        };
+        let (st, st_ops) = run(Int4Op::St);
+        let (nbits, nbits_ops) = run(Int4Op::NBits);
+        assert_eq!((st_ops, nbits_ops), ((true, false), (false, true)), "{name}: the ops written");
+        let (e_st, e_nbits, e_pair) = (rel_err(&st, &want), rel_err(&nbits, &want), rel_err(&st, &nbits));
+        eprintln!(
+            "{name} int8 lm_head, int8 activations: st {e_st:.3e}, MatMulNBits {e_nbits:.3e} vs dequantized \
+             reference; st vs MatMulNBits {e_pair:.3e}; st vs unquantized {:.3e}",
+            rel_err(&st, &unquantized)
+        );
+        assert!(e_pair <= 1e-5, "{name}: st vs MatMulNBits {e_pair}");
+        assert!(e_st <= 3e-2 && e_nbits <= 3e-2, "{name}: {e_st} {e_nbits}");
+    }
+}
+
 /// The error each bytes-per-token choice costs against the unquantized reference (docs/PARITY.md
 /// lists the figures): the decoder's int4 at block 32 / 64 / 128, and lm_head at int8 or int4 with the
 /// rest in f32. No golden of the dequantized weights exists for these, so the bound is the loose one of

@@ -7,12 +7,15 @@
 //!   at accuracy_level 4 (int8 activations) the bits of `st_kernels::cpu::int4_matmul_int8`, within the
 //!   activation-rounding bound of the float64 reference (NMSE ≤ 1e-4, kernels/tests/cpu_int8.rs) as is
 //!   MatMulNBits at accuracy_level 4.
+//! - ai.st.MatMulInt8 (8-bit weights in tiles, the CPU export's int8 lm_head) runs st_kernels' tiled loop
+//!   bit for bit, within the same activation-rounding bound of the float64 reference as 8-bit MatMulNBits
+//!   at accuracy_level 4 (the form it replaces).
 //! - ai.st.MatMulFp8 gives DequantizeLinear → Gemm's outputs, per-channel and per-block scales.
 
 #[path = "common/matmul_graphs.rs"]
 mod matmul_graphs;
 
-use matmul_graphs::{Fp8Form, Int4Data, Int4Form, fp8_graph, int4_graph, run, session};
+use matmul_graphs::{Fp8Form, Int4Data, Int4Form, Int8Data, Int8Form, fp8_graph, int4_graph, int8_graph, run, session};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use st_kernels::reference::{self, nmse};
@@ -114,6 +117,64 @@ fn matmul_int4_with_f16_scales_and_int8_activations() {
                 e_st <= INT8_BOUND && e_nbits <= INT8_BOUND,
                 "n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e}, MatMulNBits level 4 {e_nbits:e}"
             );
+        }
+    }
+}
+
+#[test]
+fn matmul_int8_tiles_against_8_bit_matmul_nbits() {
+    const INT8_BOUND: f64 = 1e-4;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let shapes: [(usize, usize, usize, bool); 3] = [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 32, false)];
+    for (i, &(n, k, block, zp)) in shapes.iter().enumerate() {
+        let kb = k.div_ceil(block);
+        let w = Int8Data {
+            n,
+            k,
+            block,
+            b: (0..n * kb * block).map(|_| rng.random()).collect(),
+            scales: (0..n * kb).map(|_| half::f16::from_f32(rng.random_range(0.001f32..0.01)).to_f32()).collect(),
+            zero_points: zp.then(|| (0..n * kb).map(|_| rng.random()).collect()),
+        };
+        let graph = |name: &str, form| session(&int8_graph(tmp.path(), &format!("{name}{i}"), form, &w), 2);
+        let (mut st, mut nbits4) = (graph("int8st", Int8Form::StTiles), graph("int8nbits", Int8Form::NBits(4)));
+        let layout = Int4Layout { n, k, block, zero_points: zp };
+        let tiled = st_kernels::cpu::tile_int8(layout, &w.b, &w.scales, w.zero_points.as_deref()).unwrap();
+        let s16: Vec<half::f16> = tiled.scales.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let view = st_kernels::cpu::Int4Tiles {
+            layout: tiled.layout,
+            b: &tiled.b,
+            scales: &s16[..],
+            zero_points: tiled.zero_points.as_deref(),
+        };
+        let weight = |j: usize, kk: usize| {
+            let at = j * kb + kk / block;
+            let z = w.zero_points.as_ref().map_or(128.0, |z| z[at] as f64);
+            (w.b[j * kb * block + kk] as f64 - z) * w.scales[at] as f64
+        };
+        for m in [1usize, 3, 17] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let y = run(&mut st, &a, m, k);
+            let mut direct = vec![f32::NAN; m * n];
+            st_kernels::cpu::int4_tiles_matmul_int8(&a, m, &view, &mut direct, &st_kernels::cpu::Serial).unwrap();
+            assert_eq!(y, direct, "the op runs st_kernels' tiled loop, m={m}");
+            let want = reference::matmul(&f64s(&a), m, n, k, weight);
+            let y_nbits = run(&mut nbits4, &a, m, k);
+            let (e_st, e_nbits, e_pair) =
+                (nmse(f64s(&y), &want), nmse(f64s(&y_nbits), &want), nmse(f64s(&y), &f64s(&y_nbits)));
+            eprintln!(
+                "int8 n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e}, MatMulNBits {e_nbits:e}, pair {e_pair:e}"
+            );
+            assert!(
+                e_st <= INT8_BOUND && e_nbits <= INT8_BOUND,
+                "int8 n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e}, MatMulNBits level 4 {e_nbits:e}"
+            );
+            // At block 32 (lm_head's) MLAS quantizes the activations per group of 32 too: the same
+            // computation, only f32 summation order apart. (At block 64 it quantizes per 64.)
+            if block == 32 {
+                assert!(e_pair <= 1e-11, "int8 n={n} k={k} m={m}: st vs MatMulNBits {e_pair:e}");
+            }
         }
     }
 }

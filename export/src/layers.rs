@@ -26,17 +26,19 @@ pub struct LinearOptions {
     /// Write st's fused ops (`ai.st.MatMulInt4` for 4-bit linears, `ai.st.MatMulFp8`) instead of
     /// MatMulNBits / DequantizeLinear→Gemm (`--target cuda`; f32 scales, as its CUDA kernels take).
     pub fused_ops: bool,
-    /// The operator of the 4-bit linears on `--target cpu` (TensorRT always gets MatMulNBits).
+    /// The operator of the 4-bit linears (and of 8-bit ones at accuracy_level 4: lm_head) on
+    /// `--target cpu` (TensorRT always gets MatMulNBits).
     pub int4_op: Int4Op,
 }
 
-/// How a 4-bit linear is written for the CPU provider.
+/// How a 4-bit linear (and an 8-bit one with int8 activations: lm_head) is written for the CPU provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Int4Op {
     /// `ai.st.MatMulInt4` with f16 scales read in place (no prepacked copy) and, at `accuracy_level` 4,
     /// the weights in column tiles for st's int8-activation GEMV and GEMM (st_kernels::cpu::tiles):
     /// the default, faster than MLAS at prefill, forced runs and decode on the 7B with ~0.5 GB less
-    /// memory (docs/PERFORMANCE.md). Needs st's runtime (the op is st's).
+    /// memory (docs/PERFORMANCE.md); 8-bit linears at `accuracy_level` 4 as `ai.st.MatMulInt8`, the same
+    /// loop over whole-byte tiles. Needs st's runtime (the ops are st's).
     #[default]
     St,
     /// `com.microsoft.MatMulNBits` with f32 scales (ORT's MLAS kernels; ties the scale type to the
@@ -321,10 +323,12 @@ impl<'w> Builder<'w> {
         Ok(out)
     }
 
-    /// Whether 4-bit linears of `scheme` are written for st's CPU op (f16 scales) and whether in
-    /// column tiles (int8 activations).
+    /// Whether linears of `scheme` are written for st's CPU ops (f16 scales) and whether in column
+    /// tiles (int8 activations): 4-bit ones as `ai.st.MatMulInt4`, 8-bit ones (lm_head) as
+    /// `ai.st.MatMulInt8`, which exists in tiles only (at another accuracy_level they stay MatMulNBits).
     fn st_cpu(&self, scheme: NBitsScheme) -> bool {
-        scheme.bits == 4 && !self.linear.fused_ops && self.linear.int4_op == Int4Op::St
+        let bits = scheme.bits == 4 || (scheme.bits == 8 && self.linear.accuracy_level == 4);
+        bits && !self.linear.fused_ops && self.linear.int4_op == Int4Op::St
     }
 
     fn tiled(&self, scheme: NBitsScheme) -> bool {
@@ -462,7 +466,7 @@ impl<'w> Builder<'w> {
         if st_cpu && block < 32 {
             return Err(Error::InvalidOption {
                 name: "int4 block size",
-                reason: format!("{block} with ai.st.MatMulInt4 (32, 64, 128 or 256; --int4-op nbits takes 16)"),
+                reason: format!("{block} with st's CPU ops (32, 64, 128 or 256; --int4-op nbits takes 16)"),
             });
         }
         let mut sources = Vec::with_capacity(parts.len());
@@ -474,7 +478,11 @@ impl<'w> Builder<'w> {
         // after. Tiles take whole groups of TILE rows (a packed weight's parts fill whole tiles).
         let kb = k.div_ceil(block);
         let blob = block * scheme.bits as usize / 8;
-        let tiles = st_kernels::cpu::TileLayout(st_kernels::Int4Layout { n, k, block, zero_points: !scheme.symmetric });
+        let shape = st_kernels::Int4Layout { n, k, block, zero_points: !scheme.symmetric };
+        let tiles = match scheme.bits {
+            8 => st_kernels::cpu::TileLayout::int8(shape),
+            _ => st_kernels::cpu::TileLayout::int4(shape),
+        };
         let chunk = match tiled {
             true => ((CHUNK_ELEMENTS / k.max(1)) / TILE * TILE).max(TILE),
             false => (CHUNK_ELEMENTS / k.max(1)).max(1),
@@ -505,13 +513,18 @@ impl<'w> Builder<'w> {
                     let q = nbits::quantize_parallel(&rows, r1 - r0, k, scheme, threads);
                     if tiled {
                         let layout = st_kernels::Int4Layout { n: r1 - r0, k, block, zero_points: !scheme.symmetric };
-                        let rows = st_kernels::Int4Weights {
-                            layout,
-                            b: &q.packed,
-                            scales: &q.scales,
-                            zero_points: q.zero_points.as_deref(),
+                        let t = if scheme.bits == 8 {
+                            st_kernels::cpu::tile_int8(layout, &q.packed, &q.scales, q.zero_points.as_deref())
+                        } else {
+                            let rows = st_kernels::Int4Weights {
+                                layout,
+                                b: &q.packed,
+                                scales: &q.scales,
+                                zero_points: q.zero_points.as_deref(),
+                            };
+                            st_kernels::cpu::tile(&rows)
                         };
-                        let t = st_kernels::cpu::tile(&rows).map_err(std::io::Error::other)?;
+                        let t = t.map_err(std::io::Error::other)?;
                         w.write_all(&t.b)?;
                         scales.extend_from_slice(&t.scales);
                         zero_points.extend_from_slice(t.zero_points.as_deref().unwrap_or_default());
@@ -554,8 +567,8 @@ impl<'w> Builder<'w> {
             inputs.push(self.bias_f32(parts, prefix)?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        if (self.linear.fused_ops || st_cpu) && scheme.bits == 4 {
-            // ai.st.MatMulInt4 reads MatMulNBits' inputs as they are (scales in f16 on the CPU).
+        if (self.linear.fused_ops && scheme.bits == 4) || st_cpu {
+            // ai.st.MatMulInt4 / MatMulInt8 read MatMulNBits' inputs as they are (scales in f16 on the CPU).
             let mut attrs =
                 vec![("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("block_size", Attr::Int(block as i64))];
             if st_cpu {
@@ -564,10 +577,8 @@ impl<'w> Builder<'w> {
             if tiled {
                 attrs.push(("tile", Attr::Int(TILE as i64)));
             }
-            let y = self
-                .g
-                .node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", crate::graph::ST_DOMAIN, &refs, &attrs, 1)
-                .remove(0);
+            let op = if scheme.bits == 8 { "MatMulInt8" } else { "MatMulInt4" };
+            let y = self.g.node_n(&format!("{prefix}/{op}"), op, crate::graph::ST_DOMAIN, &refs, &attrs, 1).remove(0);
             return Ok((y, bias_taken));
         }
         let attrs = [

@@ -230,6 +230,13 @@ fn write_all(
         }
         if name == "decoder" {
             let head = match opts.linear.lm_head {
+                Precision::Int8
+                    if opts.target == Target::Cpu
+                        && opts.linear.int4_op == crate::layers::Int4Op::St
+                        && opts.linear.accuracy_level == 4 =>
+                {
+                    format!("int8 block {}, ai.st.MatMulInt8, f16 scales", opts.linear.int8.block)
+                }
                 Precision::Int8 => format!("int8 block {}", opts.linear.int8.block),
                 other => other.to_string(),
             };

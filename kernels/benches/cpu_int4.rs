@@ -4,7 +4,8 @@
 //! runs (f16 scales) over MatMulNBits' row layout and over the column tiles `st export` writes. Throughput is the weight bytes read per call, so GB/s compares with
 //! `examples/membw` (the roofline). Each iteration reads the next of
 //! several copies of the weights (≥ 1.2 GB in all), so they come from DRAM, not from a large
-//! last-level cache. `cargo bench -p st-kernels --bench cpu_int4` (`make bench`).
+//! last-level cache. Then lm_head at int8 over 8-bit tiles. `cargo bench -p st-kernels --bench cpu_int4`
+//! (`make bench`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
@@ -59,7 +60,7 @@ fn bench(c: &mut Criterion) {
             }
             // The column-tiled layout (what `st export` writes for the CPU): the same bytes read as
             // tiles (their contents are random either way), f16 scales.
-            let tl = cpu::TileLayout(layout);
+            let tl = cpu::TileLayout::int4(layout);
             assert_eq!((tl.b_len(), tl.scales_len()), (bl, sl), "n is a multiple of the tile width");
             for isa in Int8Isa::ALL.into_iter().filter(|i| i.available()) {
                 g.bench_function(BenchmarkId::new(format!("tiles_{isa:?}"), "f16_scales"), |bench| {
@@ -77,6 +78,40 @@ fn bench(c: &mut Criterion) {
             }
             g.finish();
         }
+    }
+    lm_head_int8(c, &pool);
+}
+
+/// lm_head at int8 (152064 × 3584, block 32, f16 scales) over 8-bit tiles at M = 1 and 16 (a forced
+/// run or a speculative pass verifies several tokens), each build; two copies (1.2 GB) so each call
+/// reads DRAM.
+fn lm_head_int8(c: &mut Criterion, pool: &Threads) {
+    let layout = cpu::TileLayout::int8(Int4Layout { n: 152064, k: 3584, block: 32, zero_points: false });
+    let (bl, sl) = (layout.b_len(), layout.scales_len());
+    let b: Vec<u8> = (0..2 * bl).map(|i| ((i * 2654435761usize) >> 9) as u8).collect();
+    let s16: Vec<f16> = (0..2 * sl).map(|i| f16::from_f32(1e-3 + (i % 13) as f32 * 1e-4)).collect();
+    for m in [1usize, 16] {
+        let a: Vec<f32> = (0..m * 3584).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        let mut y = vec![0.0f32; m * 152064];
+        let mut g = c.benchmark_group(format!("int8_lm_head_m{m}"));
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes(layout.bytes(2) as u64));
+        let mut next = 0usize;
+        for isa in Int8Isa::ALL.into_iter().filter(|i| i.available() && *i != Int8Isa::Baseline) {
+            g.bench_function(BenchmarkId::new(format!("tiles_{isa:?}"), "f16_scales"), |bench| {
+                bench.iter(|| {
+                    next = (next + 1) % 2;
+                    let w = cpu::Int4Tiles {
+                        layout,
+                        b: &b[next * bl..(next + 1) * bl],
+                        scales: &s16[next * sl..(next + 1) * sl],
+                        zero_points: None,
+                    };
+                    cpu::int4_tiles_matmul_int8_on(isa, &a, m, &w, &mut y, pool).expect("matmul")
+                })
+            });
+        }
+        g.finish();
     }
 }
 

@@ -77,7 +77,7 @@ fn main() {
             println!("{name:8} sum pass, {tasks} tasks: {ms:8.3} ms {:6.1} GB/s", bl as f64 / ms / 1e6);
         }
         // The tiled layout: same bytes, read as tiles (random contents either way).
-        let tl = cpu::TileLayout(layout);
+        let tl = cpu::TileLayout::int4(layout);
         if tl.b_len() == bl && tl.scales_len() == sl {
             for isa in Int8Isa::ALL.into_iter().filter(|i| i.available()) {
                 let ms = time(reps, || {

@@ -34,9 +34,9 @@ pub struct ExportArgs {
     /// int4: accuracy_level (0 = f32 compute, 4 = int8 activations, faster on CPU; default 4).
     #[arg(long)]
     pub accuracy_level: Option<i64>,
-    /// int4 on --target cpu: st (ai.st.MatMulInt4, f16 scales read in place, weights in column tiles
-    /// for st's int8 GEMV/GEMM; default: faster, less memory) or nbits (com.microsoft.MatMulNBits, f32
-    /// scales, MLAS; runs in any ONNX Runtime).
+    /// int4 (and the int8 lm_head) on --target cpu: st (ai.st.MatMulInt4 / MatMulInt8, f16 scales read
+    /// in place, weights in column tiles for st's int8 GEMV/GEMM; default: faster, less memory) or nbits
+    /// (com.microsoft.MatMulNBits, f32 scales, MLAS; runs in any ONNX Runtime).
     #[arg(long)]
     pub int4_op: Option<st_export::Int4Op>,
     /// Decoder attention: gqa (GroupQueryAttention, KV cache appended in place; default except for

@@ -9,6 +9,9 @@
 //!   With `tile` = 16 (and accuracy_level 4) B, scales and zero points are in column tiles
 //!   (`st_kernels::cpu::tiles`, what `st export --int4-op st` writes for the CPU): the same loop's GEMV
 //!   and GEMM. The CUDA kernels take f32 scales and MatMulNBits' layout only.
+//! - `ai.st.MatMulInt8(A, B, scales[, zero_points][, bias])`: the same with 8-bit weights (MatMulNBits'
+//!   `bits` = 8; zero point 128 when absent), in column tiles with int8 activations only (`tile` = 16,
+//!   `accuracy_level` 4): the int8 lm_head of a CPU export, read in place where MLAS would prepack a copy.
 //! - `ai.st.MatMulFp8(A, W, scales)`, attributes `K`, `N`, `block_size` (0 = per-channel scales):
 //!   `W` is `[N, K]` E4M3FN bytes (stored as uint8), scales `[N]` or `[N, ceil(K / block_size)]`.
 //!
@@ -35,7 +38,12 @@ pub fn commit_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// The domain with both operators, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(MatMulInt4::F32)?.add(MatMulInt4::F16)?.add(MatMulFp8)
+    OperatorDomain::new(DOMAIN)?
+        .add(MatMulInt4::F32)?
+        .add(MatMulInt4::F16)?
+        .add(MatMulInt4::INT8_F32)?
+        .add(MatMulInt4::INT8_F16)?
+        .add(MatMulFp8)
 }
 
 fn attr(kctx: &KernelContext<'_>, op: &str, name: &str) -> ort::Result<usize> {
@@ -101,14 +109,22 @@ fn u8_input<'a>(ctx: &'a ComputeContext, idx: usize, op: &str, what: &str) -> or
     ctx.input(idx)?.ok_or_else(|| ort::Error::new(format!("{op}: input {what} missing")))
 }
 
-/// `ai.st.MatMulInt4` on the CPU, one registration per scale type.
+/// `ai.st.MatMulInt4` on the CPU, one registration per scale type; and `ai.st.MatMulInt8`, its 8-bit
+/// form (MatMulNBits' `bits` = 8 inputs, zero point 128 when absent), column tiles with int8 activations
+/// only (`tile` = 16, `accuracy_level` 4: what `st export` writes for an int8 lm_head on the CPU).
 #[derive(Clone, Copy)]
 pub struct MatMulInt4 {
     f16_scales: bool,
+    bits8: bool,
 }
 impl MatMulInt4 {
-    pub const F32: MatMulInt4 = MatMulInt4 { f16_scales: false };
-    pub const F16: MatMulInt4 = MatMulInt4 { f16_scales: true };
+    pub const F32: MatMulInt4 = MatMulInt4 { f16_scales: false, bits8: false };
+    pub const F16: MatMulInt4 = MatMulInt4 { f16_scales: true, bits8: false };
+    pub const INT8_F32: MatMulInt4 = MatMulInt4 { f16_scales: false, bits8: true };
+    pub const INT8_F16: MatMulInt4 = MatMulInt4 { f16_scales: true, bits8: true };
+    fn op(&self) -> &'static str {
+        if self.bits8 { "MatMulInt8" } else { "MatMulInt4" }
+    }
 }
 #[derive(Clone, Copy)]
 pub struct Int4Kernel {
@@ -120,12 +136,14 @@ pub struct Int4Kernel {
     f16_scales: bool,
     /// The weights in column tiles (attribute `tile` = 16; st_kernels::cpu::tiles), not MatMulNBits' rows.
     tiled: bool,
+    /// 8-bit weights (`ai.st.MatMulInt8`; always tiled).
+    bits8: bool,
 }
 
 impl Operator for MatMulInt4 {
     type Kernel<'attr> = Int4Kernel;
     fn name(&self) -> &str {
-        "MatMulInt4"
+        self.op()
     }
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let scales = if self.f16_scales { TensorElementType::Float16 } else { TensorElementType::Float32 };
@@ -141,7 +159,7 @@ impl Operator for MatMulInt4 {
         [OperatorOutput::required(TensorElementType::Float32)]
     }
     fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<Int4Kernel> {
-        let op = "MatMulInt4";
+        let op = self.op();
         let level: i64 = kctx.get("accuracy_level").unwrap_or(0);
         if !matches!(level, 0 | 4) {
             return Err(ort::Error::new(format!("{op}: accuracy_level {level} (expected 0 = f32 or 4 = int8)")));
@@ -157,6 +175,13 @@ impl Operator for MatMulInt4 {
                 )));
             }
         };
+        if self.bits8 && !tiled {
+            return Err(ort::Error::new(format!(
+                "{op}: tile {tile}, accuracy_level {level} (8-bit weights run in column tiles only: tile {}, \
+                 accuracy_level 4)",
+                cpu::tiles::TILE
+            )));
+        }
         Ok(Int4Kernel {
             tiled,
             k: attr(kctx, op, "K")?,
@@ -164,13 +189,14 @@ impl Operator for MatMulInt4 {
             block: attr(kctx, op, "block_size")?,
             int8: level == 4,
             f16_scales: self.f16_scales,
+            bits8: self.bits8,
         })
     }
 }
 
 impl Kernel for Int4Kernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let op = "MatMulInt4";
+        let op = if self.bits8 { "MatMulInt8" } else { "MatMulInt4" };
         let b = u8_input(ctx, 1, op, "B")?;
         let (_, b) = b.try_extract_tensor::<u8>()?;
         let s = u8_input(ctx, 2, op, "scales")?;
@@ -187,7 +213,7 @@ impl Kernel for Int4Kernel {
         let layout = Int4Layout { n: self.n, k: self.k, block: self.block, zero_points: zp.is_some() };
         let pool = OrtPool(ctx);
         if self.tiled {
-            let layout = cpu::TileLayout(layout);
+            let layout = if self.bits8 { cpu::TileLayout::int8(layout) } else { cpu::TileLayout::int4(layout) };
             return if self.f16_scales {
                 let (_, scales) = s.try_extract_tensor::<half::f16>()?;
                 let w = cpu::Int4Tiles { layout, b, scales, zero_points: zp };

@@ -209,3 +209,74 @@ pub fn run(s: &mut ort::session::Session, a: &[f32], m: usize, k: usize) -> Vec<
     let out = s.run(ort::inputs!["A" => t]).unwrap();
     out["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
 }
+
+/// 8-bit weights in MatMulNBits' layout (`bits` = 8: `[n][k_blocks][block]` bytes, zero points a byte
+/// each) with f32 scales.
+pub struct Int8Data {
+    pub n: usize,
+    pub k: usize,
+    pub block: usize,
+    pub b: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Option<Vec<u8>>,
+}
+
+pub enum Int8Form {
+    /// com.microsoft.MatMulNBits, `bits` = 8, with this accuracy_level.
+    NBits(i64),
+    /// ai.st.MatMulInt8: column tiles, f16 scales, accuracy_level 4, as `st export` writes lm_head.
+    StTiles,
+}
+
+pub fn int8_graph(dir: &Path, name: &str, form: Int8Form, w: &Int8Data) -> PathBuf {
+    let (n, k, block) = (w.n, w.k, w.block);
+    let kb = k.div_ceil(block);
+    write(
+        dir,
+        name,
+        |g, a| {
+            let (k, n, bl) = (Attr::Int(k as i64), Attr::Int(n as i64), Attr::Int(block as i64));
+            let mut inputs = vec![a.to_string()];
+            match form {
+                Int8Form::NBits(level) => {
+                    inputs.push(g.weight("B", DataType::Uint8, &[w.n, kb, block], &w.b).unwrap());
+                    inputs.push(g.weight("scales", DataType::Float, &[w.n * kb], &f32_bytes(&w.scales)).unwrap());
+                    if let Some(z) = &w.zero_points {
+                        inputs.push(g.weight("zero_points", DataType::Uint8, &[z.len()], z).unwrap());
+                    }
+                    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                    let attrs = [
+                        ("K", k),
+                        ("N", n),
+                        ("bits", Attr::Int(8)),
+                        ("block_size", bl),
+                        ("accuracy_level", Attr::Int(level)),
+                    ];
+                    g.node_n("MatMulNBits", "MatMulNBits", MS_DOMAIN, &refs, &attrs, 1).remove(0)
+                }
+                Int8Form::StTiles => {
+                    let layout = st_kernels::Int4Layout { n: w.n, k: w.k, block, zero_points: w.zero_points.is_some() };
+                    let t = st_kernels::cpu::tile_int8(layout, &w.b, &w.scales, w.zero_points.as_deref()).unwrap();
+                    let shape = [t.layout.tiles(), t.layout.tile_bytes()];
+                    inputs.push(g.weight("B", DataType::Uint8, &shape, &t.b).unwrap());
+                    let h: Vec<u8> = t.scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+                    inputs.push(g.weight("scales", DataType::Float16, &[t.scales.len()], &h).unwrap());
+                    if let Some(z) = &t.zero_points {
+                        inputs.push(g.weight("zero_points", DataType::Uint8, &[z.len()], z).unwrap());
+                    }
+                    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                    let attrs = [
+                        ("K", k),
+                        ("N", n),
+                        ("block_size", bl),
+                        ("accuracy_level", Attr::Int(4)),
+                        ("tile", Attr::Int(st_kernels::cpu::tiles::TILE as i64)),
+                    ];
+                    g.node_n("MatMulInt8", "MatMulInt8", ST_DOMAIN, &refs, &attrs, 1).remove(0)
+                }
+            }
+        },
+        n,
+        k,
+    )
+}

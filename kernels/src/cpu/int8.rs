@@ -376,6 +376,15 @@ pub(crate) mod x86 {
         unsafe fn dot2(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
             unsafe { Self::dot(Self::dot(acc, w0, a0), w1, a1) }
         }
+        /// Whether [`Dot::dot2_w8`] takes the weight bytes unsigned (Σ w · a: the caller takes 128 · Σ a
+        /// off) rather than as w − 128.
+        const W8_UNSIGNED: bool;
+        /// acc + w0 · a0 + w1 · a1 over whole-byte weights (0..=255, zero point 128): Σ w · a when
+        /// [`Dot::W8_UNSIGNED`], else Σ (w − 128) · a.
+        #[inline(always)]
+        unsafe fn dot2_w8(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            unsafe { Self::dot2(acc, w0, a0, w1, a1) }
+        }
     }
     pub struct Avx2;
     pub struct AvxVnni;
@@ -393,12 +402,28 @@ pub(crate) mod x86 {
                 _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
             }
         }
+        const W8_UNSIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn dot2_w8(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            // vpmaddubsw would saturate on bytes up to 255 (255 · 127 · 2 > 2¹⁵): multiply |w − 128| ≤ 128
+            // by a with w − 128's sign instead (2 · 128 · 127 < 2¹⁵), each pair sum widened on its own.
+            unsafe {
+                let flip = _mm256_set1_epi8(-128);
+                let ones = _mm256_set1_epi16(1);
+                let (s0, s1) = (_mm256_xor_si256(w0, flip), _mm256_xor_si256(w1, flip));
+                let p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(s0), _mm256_sign_epi8(a0, s0));
+                let p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(s1), _mm256_sign_epi8(a1, s1));
+                let sum = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+                _mm256_add_epi32(acc, sum)
+            }
+        }
     }
     impl Dot for AvxVnni {
         #[inline(always)]
         unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
             unsafe { _mm256_dpbusd_avx_epi32(acc, w, a) }
         }
+        const W8_UNSIGNED: bool = true;
     }
 
     /// Per-row pointers into the quantized activations: int8 values and group scales spread to lanes.

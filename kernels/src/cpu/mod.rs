@@ -10,7 +10,9 @@ pub mod int8;
 pub mod tiles;
 
 pub use int8::{Int4Scale, Int8Isa, int4_matmul_int8, int4_matmul_int8_on, int8_isa};
-pub use tiles::{Int4Tiles, TileLayout, Tiled, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on, tile};
+pub use tiles::{
+    Int4Tiles, TileLayout, Tiled, WeightBits, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on, tile, tile_int8,
+};
 
 use crate::error::Result;
 use crate::layout::{Fp8Scales, Fp8Weights, Int4Weights, check_io};

@@ -18,6 +18,13 @@
 //! y_c = Σ_blocks s_c,b · ( Σ_{g ∈ b} d_g · dot_c,g  −  z_c,b · Σ_{g ∈ b} d_g Σ_j q_j )
 //! ```
 //!
+//! **8-bit weights** (MatMulNBits' `bits` = 8, lm_head) take the same loop with a step of 8 k in 128 bytes:
+//! byte `4c + j` of its first 64 holds column c at k = 8s + j, of its second 64 at 8s + 4 + j, a whole byte
+//! each (zero point 128 when symmetric). The integer dot is of the signed values, Σ (w − 128) · q, so
+//! the zero-point term above uses z − 128 (0 when symmetric): `vpdpbusd` takes the bytes unsigned and
+//! the group's 128 · Σ q is taken off its lanes, AVX2 multiplies |w − 128| by q with w − 128's sign
+//! (`vpmaddubsw` would saturate on 255 · 127 + 255 · 127).
+//!
 //! Every build does the same f32 operations in the same order per column (the portable one with
 //! `mul_add` where the SIMD ones fuse), and the i32 dot products are exact, so all builds give the
 //! same bits (tested).
@@ -36,20 +43,43 @@ const TASK_TILES: usize = 4;
 /// Activation rows that share one pass over a tile's bytes (the GEMM's reuse).
 const MR: usize = 4;
 
-/// Shape of tiled int4 weights: the `[n, k]` linear's [`Int4Layout`] (block a power of two ≥ 32).
-/// `b` is `[tiles][k_blocks · block / 8][64]` bytes, `scales` `[tiles][k_blocks][16]`, `zero_points`
-/// (optional) `[tiles][k_blocks][16]` one byte each (0..=15; absent means 8). Columns past n are padding
-/// (scale 0).
+/// Shape of tiled weights: the `[n, k]` linear's [`Int4Layout`] (block a power of two ≥ 32) and the
+/// weights' bits. `b` is `[tiles][k_blocks · block / 8][64 · bits / 4]` bytes, `scales`
+/// `[tiles][k_blocks][16]`, `zero_points` (optional) `[tiles][k_blocks][16]` one byte each (absent
+/// means 8 for 4 bits, 128 for 8). Columns past n are padding (scale 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TileLayout(pub Int4Layout);
+pub struct TileLayout(pub Int4Layout, pub WeightBits);
+
+/// The width of tiled weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightBits {
+    /// Two weights a byte (the decoder's linears).
+    Four,
+    /// A weight a byte (lm_head at `int8`).
+    Eight,
+}
 
 impl TileLayout {
+    /// 4-bit weights.
+    pub fn int4(layout: Int4Layout) -> Self {
+        TileLayout(layout, WeightBits::Four)
+    }
+    /// 8-bit weights.
+    pub fn int8(layout: Int4Layout) -> Self {
+        TileLayout(layout, WeightBits::Eight)
+    }
+    pub fn bits(&self) -> usize {
+        match self.1 {
+            WeightBits::Four => 4,
+            WeightBits::Eight => 8,
+        }
+    }
     pub fn tiles(&self) -> usize {
         self.0.n.div_ceil(TILE)
     }
     /// Bytes of one tile's weights.
     pub fn tile_bytes(&self) -> usize {
-        self.0.k_blocks() * self.0.block * TILE / 2
+        self.0.k_blocks() * self.0.block * TILE * self.bits() / 8
     }
     pub fn b_len(&self) -> usize {
         self.tiles() * self.tile_bytes()
@@ -86,13 +116,17 @@ impl<S> Int4Tiles<'_, S> {
     pub fn validate(&self) -> Result<()> {
         use crate::layout::expect_len;
         self.layout.validate()?;
-        expect_len("tiled int4 B", self.layout.b_len(), self.b.len())?;
-        expect_len("tiled int4 scales", self.layout.scales_len(), self.scales.len())?;
+        let [b, scales, zero_points, name] = match self.layout.1 {
+            WeightBits::Four => ["tiled int4 B", "tiled int4 scales", "tiled int4 zero_points", "int4"],
+            WeightBits::Eight => ["tiled int8 B", "tiled int8 scales", "tiled int8 zero_points", "int8"],
+        };
+        expect_len(b, self.layout.b_len(), self.b.len())?;
+        expect_len(scales, self.layout.scales_len(), self.scales.len())?;
         match (self.layout.0.zero_points, self.zero_points) {
-            (true, Some(z)) => expect_len("tiled int4 zero_points", self.layout.zero_points_len(), z.len()),
+            (true, Some(z)) => expect_len(zero_points, self.layout.zero_points_len(), z.len()),
             (false, None) => Ok(()),
-            (true, None) => Err(Error::Shape("tiled int4 layout has zero points but none were given".into())),
-            (false, Some(_)) => Err(Error::Shape("tiled int4 zero points given for a symmetric layout".into())),
+            (true, None) => Err(Error::Shape(format!("tiled {name} layout has zero points but none were given"))),
+            (false, Some(_)) => Err(Error::Shape(format!("tiled {name} zero points given for a symmetric layout"))),
         }
     }
 }
@@ -112,11 +146,11 @@ impl<S> Tiled<S> {
     }
 }
 
-/// Rearranges weights in MatMulNBits' layout ([`crate::Int4Weights`]) into tiles; the values, scales and
-/// zero points are unchanged.
+/// Rearranges 4-bit weights in MatMulNBits' layout ([`crate::Int4Weights`]) into tiles; the values,
+/// scales and zero points are unchanged.
 pub fn tile<S: Copy + Default>(w: &crate::Int4Weights<'_, S>) -> Result<Tiled<S>> {
     w.validate()?;
-    let layout = TileLayout(w.layout);
+    let layout = TileLayout::int4(w.layout);
     layout.validate()?;
     let l = w.layout;
     let (kb, block) = (l.k_blocks(), l.block);
@@ -158,6 +192,52 @@ pub fn tile<S: Copy + Default>(w: &crate::Int4Weights<'_, S>) -> Result<Tiled<S>
     Ok(Tiled { layout, b, scales, zero_points: zps })
 }
 
+/// Rearranges 8-bit weights in MatMulNBits' layout (`bits` = 8: `b` `[n][k_blocks][block]` bytes,
+/// `scales` `[n][k_blocks]`, `zero_points` `[n][k_blocks]` bytes) into tiles; the values, scales and zero
+/// points are unchanged.
+pub fn tile_int8<S: Copy + Default>(
+    layout: Int4Layout,
+    b: &[u8],
+    scales: &[S],
+    zero_points: Option<&[u8]>,
+) -> Result<Tiled<S>> {
+    use crate::layout::expect_len;
+    let tl = TileLayout::int8(layout);
+    tl.validate()?;
+    let (n, kb, block) = (layout.n, layout.k_blocks(), layout.block);
+    expect_len("int8 B", n * kb * block, b.len())?;
+    expect_len("int8 scales", n * kb, scales.len())?;
+    match (layout.zero_points, zero_points) {
+        (true, Some(z)) => expect_len("int8 zero_points", n * kb, z.len())?,
+        (false, None) => {}
+        _ => return Err(Error::Shape("int8 zero points do not match the layout".into())),
+    }
+    let row_bytes = kb * block;
+    let steps = row_bytes / 8;
+    let mut out = vec![0x80u8; tl.b_len()];
+    let mut s = vec![S::default(); tl.scales_len()];
+    let mut zps = layout.zero_points.then(|| vec![128u8; tl.zero_points_len()]);
+    for t in 0..tl.tiles() {
+        let tile = &mut out[t * tl.tile_bytes()..(t + 1) * tl.tile_bytes()];
+        for c in 0..TILE.min(n - t * TILE) {
+            let row = &b[(t * TILE + c) * row_bytes..(t * TILE + c + 1) * row_bytes];
+            for st in 0..steps {
+                for j in 0..4 {
+                    tile[128 * st + 4 * c + j] = row[8 * st + j];
+                    tile[128 * st + 64 + 4 * c + j] = row[8 * st + 4 + j];
+                }
+            }
+            for blk in 0..kb {
+                s[(t * kb + blk) * TILE + c] = scales[(t * TILE + c) * kb + blk];
+                if let (Some(z), Some(src)) = (zps.as_mut(), zero_points) {
+                    z[(t * kb + blk) * TILE + c] = src[(t * TILE + c) * kb + blk];
+                }
+            }
+        }
+    }
+    Ok(Tiled { layout: tl, b: out, scales: s, zero_points: zps })
+}
+
 /// Activation rows quantized per group of 32 in column order, padded with zeros to whole blocks.
 struct Rows {
     /// Padded row length (k_blocks · block).
@@ -168,6 +248,9 @@ struct Rows {
     d: Vec<f32>,
     /// `m × k_blocks`: Σ over the block's groups of d · Σ q.
     c: Vec<f32>,
+    /// `m × groups`: 128 · Σ q, what `vpdpbusd` adds to an 8-bit weight group's dot by taking the bytes
+    /// unsigned.
+    bias128: Vec<i32>,
 }
 
 impl Rows {
@@ -175,7 +258,13 @@ impl Rows {
     fn build(a: &[f32], m: usize, k: usize, kb: usize, block: usize, avx2: bool) -> Self {
         let kp = kb * block;
         let groups = kp / 32;
-        let mut out = Rows { kp, q: vec![0; m * kp], d: vec![0.0; m * groups], c: vec![0.0; m * kb] };
+        let mut out = Rows {
+            kp,
+            q: vec![0; m * kp],
+            d: vec![0.0; m * groups],
+            c: vec![0.0; m * kb],
+            bias128: vec![0; m * groups],
+        };
         for i in 0..m {
             let row = &a[i * k..(i + 1) * k];
             for g in 0..groups {
@@ -185,6 +274,7 @@ impl Rows {
                 let dst = &mut out.q[i * kp + 32 * g..i * kp + 32 * g + 32];
                 let (d, sum) = quantize_into(&vals, dst, avx2);
                 out.d[i * groups + g] = d;
+                out.bias128[i * groups + g] = 128 * sum;
                 out.c[i * kb + (32 * g) / block] += d * sum as f32;
             }
         }
@@ -224,7 +314,7 @@ struct TaskIn<'a, S, const T: usize> {
 
 /// Portable form: per column, per group an exact i32 dot product; the f32 steps as the SIMD forms
 /// take them (fused).
-fn tiles_portable<S: Int4Scale, const T: usize>(
+fn tiles_portable<S: Int4Scale, const T: usize, const B8: bool>(
     ti: &TaskIn<'_, S, T>,
     q: &Rows,
     i0: usize,
@@ -242,9 +332,15 @@ fn tiles_portable<S: Int4Scale, const T: usize>(
                     let mut dot = 0i32;
                     for s in 4 * g..4 * g + 4 {
                         for j in 0..4 {
-                            let byte = ti.w[t][64 * s + 4 * c + j];
-                            dot += (byte & 0xF) as i32 * qrow[8 * s + j] as i32;
-                            dot += (byte >> 4) as i32 * qrow[8 * s + 4 + j] as i32;
+                            let (lo, hi) = if B8 {
+                                let w = ti.w[t];
+                                (w[128 * s + 4 * c + j] as i32 - 128, w[128 * s + 64 + 4 * c + j] as i32 - 128)
+                            } else {
+                                let byte = ti.w[t][64 * s + 4 * c + j];
+                                ((byte & 0xF) as i32, (byte >> 4) as i32)
+                            };
+                            dot += lo * qrow[8 * s + j] as i32;
+                            dot += hi * qrow[8 * s + 4 + j] as i32;
                         }
                     }
                     bacc = (dot as f32).mul_add(q.d[i * groups + g], bacc);
@@ -252,7 +348,10 @@ fn tiles_portable<S: Int4Scale, const T: usize>(
                         let blk = g / ti.per_block;
                         let at = (t * ti.kb + blk) * TILE + c;
                         let cb = q.c[i * ti.kb + blk];
-                        let z = ti.z.map_or(8.0, |z| z[at] as f32);
+                        let z = match (B8, ti.z) {
+                            (false, z) => z.map_or(8.0, |z| z[at] as f32),
+                            (true, z) => z.map_or(0.0, |z| (z[at] as i32 - 128) as f32),
+                        };
                         *acc = (-z).mul_add(cb, bacc).mul_add(ti.s[at].f32(), *acc);
                         bacc = 0.0;
                     }
@@ -284,16 +383,26 @@ mod x86 {
         /// 16 f32 lanes.
         type F: Copy;
         unsafe fn unpack(p: *const u8) -> (Self::W, Self::W);
+        /// 128 bytes of whole-byte weights: the step's first 4 k and its last 4 k.
+        unsafe fn load2(p: *const u8) -> (Self::W, Self::W);
         unsafe fn bcast(p: *const i8) -> Self::A;
         unsafe fn izero() -> Self::I;
         unsafe fn fzero() -> Self::F;
         /// ia + lo · alo + hi · ahi, per lane over 4 bytes each.
         unsafe fn dot(ia: Self::I, lo: Self::W, hi: Self::W, alo: Self::A, ahi: Self::A) -> Self::I;
+        /// Whether [`Lanes::dot_w8`] takes the bytes unsigned (Σ w · a; the caller takes 128 · Σ a off).
+        const W8_UNSIGNED: bool;
+        /// [`Lanes::dot`] over whole-byte weights: Σ w · a when [`Lanes::W8_UNSIGNED`], else Σ (w − 128) · a.
+        unsafe fn dot_w8(ia: Self::I, lo: Self::W, hi: Self::W, alo: Self::A, ahi: Self::A) -> Self::I;
+        /// ia − v, per lane.
+        unsafe fn isub(ia: Self::I, v: i32) -> Self::I;
         /// f32(ia) · d + bacc, fused.
         unsafe fn group(ia: Self::I, d: f32, bacc: Self::F) -> Self::F;
         /// The tile's 16 scales (f32 or f16) and zero points (bytes, or 8 when `z` is null) as f32.
         unsafe fn scales<S: Int4Scale>(s: *const S) -> Self::F;
         unsafe fn zeros(z: *const u8) -> Self::F;
+        /// 8-bit zero points less 128 (0 when `z` is null).
+        unsafe fn zeros_w8(z: *const u8) -> Self::F;
         /// (bacc − z · c) · s + acc, both fused.
         unsafe fn block(bacc: Self::F, s: Self::F, z: Self::F, c: f32, acc: Self::F) -> Self::F;
         unsafe fn store(v: Self::F, out: &mut [f32; TILE]);
@@ -315,6 +424,10 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn load2(p: *const u8) -> (__m512i, __m512i) {
+            unsafe { (_mm512_loadu_si512(p as *const _), _mm512_loadu_si512(p.add(64) as *const _)) }
+        }
+        #[inline(always)]
         unsafe fn bcast(p: *const i8) -> __m512i {
             unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
         }
@@ -329,6 +442,15 @@ mod x86 {
         #[inline(always)]
         unsafe fn dot(ia: __m512i, lo: __m512i, hi: __m512i, alo: __m512i, ahi: __m512i) -> __m512i {
             unsafe { _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia, lo, alo), hi, ahi) }
+        }
+        const W8_UNSIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn dot_w8(ia: __m512i, lo: __m512i, hi: __m512i, alo: __m512i, ahi: __m512i) -> __m512i {
+            unsafe { Self::dot(ia, lo, hi, alo, ahi) }
+        }
+        #[inline(always)]
+        unsafe fn isub(ia: __m512i, v: i32) -> __m512i {
+            unsafe { _mm512_sub_epi32(ia, _mm512_set1_epi32(v)) }
         }
         #[inline(always)]
         unsafe fn group(ia: __m512i, d: f32, bacc: __m512) -> __m512 {
@@ -345,6 +467,17 @@ mod x86 {
                     _mm512_set1_ps(8.0)
                 } else {
                     _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(z as *const __m128i)))
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn zeros_w8(z: *const u8) -> __m512 {
+            unsafe {
+                if z.is_null() {
+                    _mm512_setzero_ps()
+                } else {
+                    let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(z as *const __m128i));
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(z, _mm512_set1_epi32(128)))
                 }
             }
         }
@@ -381,6 +514,14 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn load2(p: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
+            unsafe {
+                let (a, b) = (_mm256_loadu_si256(p as *const _), _mm256_loadu_si256(p.add(32) as *const _));
+                let (c, d) = (_mm256_loadu_si256(p.add(64) as *const _), _mm256_loadu_si256(p.add(96) as *const _));
+                ([a, b], [c, d])
+            }
+        }
+        #[inline(always)]
         unsafe fn bcast(p: *const i8) -> __m256i {
             unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
         }
@@ -401,6 +542,24 @@ mod x86 {
             ahi: __m256i,
         ) -> [__m256i; 2] {
             unsafe { [D::dot2(ia[0], lo[0], alo, hi[0], ahi), D::dot2(ia[1], lo[1], alo, hi[1], ahi)] }
+        }
+        const W8_UNSIGNED: bool = D::W8_UNSIGNED;
+        #[inline(always)]
+        unsafe fn dot_w8(
+            ia: [__m256i; 2],
+            lo: [__m256i; 2],
+            hi: [__m256i; 2],
+            alo: __m256i,
+            ahi: __m256i,
+        ) -> [__m256i; 2] {
+            unsafe { [D::dot2_w8(ia[0], lo[0], alo, hi[0], ahi), D::dot2_w8(ia[1], lo[1], alo, hi[1], ahi)] }
+        }
+        #[inline(always)]
+        unsafe fn isub(ia: [__m256i; 2], v: i32) -> [__m256i; 2] {
+            unsafe {
+                let v = _mm256_set1_epi32(v);
+                [_mm256_sub_epi32(ia[0], v), _mm256_sub_epi32(ia[1], v)]
+            }
         }
         #[inline(always)]
         unsafe fn group(ia: [__m256i; 2], d: f32, bacc: [__m256; 2]) -> [__m256; 2] {
@@ -430,6 +589,19 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn zeros_w8(z: *const u8) -> [__m256; 2] {
+            unsafe {
+                if z.is_null() {
+                    [_mm256_setzero_ps(); 2]
+                } else {
+                    let c = _mm256_set1_epi32(128);
+                    let lo = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(z as *const __m128i)), c);
+                    let hi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(z.add(8) as *const __m128i)), c);
+                    [_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi)]
+                }
+            }
+        }
+        #[inline(always)]
         unsafe fn block(bacc: [__m256; 2], s: [__m256; 2], z: [__m256; 2], c: f32, acc: [__m256; 2]) -> [__m256; 2] {
             unsafe {
                 let c = _mm256_set1_ps(c);
@@ -447,13 +619,15 @@ mod x86 {
         }
     }
 
-    /// `T` tiles × `R` activation rows from `i0` in one pass over the tiles' bytes.
+    /// `T` tiles × `R` activation rows from `i0` in one pass over the tiles' bytes (8-bit weights when
+    /// `B8`).
     ///
     /// # Safety
     /// The CPU has the features `L` uses and AVX2 + FMA; the tiles hold `kb · per_block · 256` bytes
-    /// each, `ti.s` (and `ti.z`) `T · kb · 16` values, and `q` has rows `i0..i0 + R`.
+    /// each (twice that when `B8`), `ti.s` (and `ti.z`) `T · kb · 16` values, and `q` has rows
+    /// `i0..i0 + R`.
     #[inline(always)]
-    pub unsafe fn pass<L: Lanes, S: Int4Scale, const T: usize, const R: usize>(
+    pub unsafe fn pass<L: Lanes, S: Int4Scale, const T: usize, const R: usize, const B8: bool>(
         ti: &TaskIn<'_, S, T>,
         q: &Rows,
         i0: usize,
@@ -463,6 +637,8 @@ mod x86 {
             let qp: [*const i8; R] = std::array::from_fn(|r| q.q.as_ptr().add((i0 + r) * q.kp));
             let dp: [*const f32; R] = std::array::from_fn(|r| q.d.as_ptr().add((i0 + r) * groups));
             let cp: [*const f32; R] = std::array::from_fn(|r| q.c.as_ptr().add((i0 + r) * ti.kb));
+            let bp: [*const i32; R] = std::array::from_fn(|r| q.bias128.as_ptr().add((i0 + r) * groups));
+            let step = if B8 { 128 } else { 64 };
             let wp: [*const u8; T] = std::array::from_fn(|t| ti.w[t].as_ptr());
             let mut acc = [[L::fzero(); T]; R];
             let mut off = 0usize;
@@ -475,6 +651,9 @@ mod x86 {
                         let k = 32 * g + 8 * st;
                         for w in wp {
                             _mm_prefetch::<_MM_HINT_T0>(w.add(off + PREFETCH) as *const i8);
+                            if B8 {
+                                _mm_prefetch::<_MM_HINT_T0>(w.add(off + PREFETCH + 64) as *const i8);
+                            }
                         }
                         // (Loops, not array::from_fn: a closure would not inherit the target features.)
                         let (mut alo, mut ahi) = ([L::bcast(qp[0].add(k)); R], [L::bcast(qp[0].add(k + 4)); R]);
@@ -483,17 +662,25 @@ mod x86 {
                             ahi[r] = L::bcast(qp[r].add(k + 4));
                         }
                         for t in 0..T {
-                            let (lo, hi) = L::unpack(wp[t].add(off));
-                            for r in 0..R {
-                                ia[r][t] = L::dot(ia[r][t], lo, hi, alo[r], ahi[r]);
+                            if B8 {
+                                let (lo, hi) = L::load2(wp[t].add(off));
+                                for r in 0..R {
+                                    ia[r][t] = L::dot_w8(ia[r][t], lo, hi, alo[r], ahi[r]);
+                                }
+                            } else {
+                                let (lo, hi) = L::unpack(wp[t].add(off));
+                                for r in 0..R {
+                                    ia[r][t] = L::dot(ia[r][t], lo, hi, alo[r], ahi[r]);
+                                }
                             }
                         }
-                        off += 64;
+                        off += step;
                     }
                     for r in 0..R {
                         let d = *dp[r].add(g);
                         for t in 0..T {
-                            bacc[r][t] = L::group(ia[r][t], d, bacc[r][t]);
+                            let dot = if B8 && L::W8_UNSIGNED { L::isub(ia[r][t], *bp[r].add(g)) } else { ia[r][t] };
+                            bacc[r][t] = L::group(dot, d, bacc[r][t]);
                         }
                     }
                     g += 1;
@@ -501,7 +688,8 @@ mod x86 {
                 for t in 0..T {
                     let at = (t * ti.kb + blk) * TILE;
                     let s = L::scales(ti.s.as_ptr().add(at));
-                    let z = L::zeros(ti.z.map_or(std::ptr::null(), |z| z.as_ptr().add(at)));
+                    let zp = ti.z.map_or(std::ptr::null(), |z| z.as_ptr().add(at));
+                    let z = if B8 { L::zeros_w8(zp) } else { L::zeros(zp) };
                     for r in 0..R {
                         acc[r][t] = L::block(bacc[r][t], s, z, *cp[r].add(blk), acc[r][t]);
                     }
@@ -561,7 +749,7 @@ impl Loop {
 
 /// One pass: `T` tiles × `mr` rows from `i0`.
 #[inline(always)]
-fn pass<S: Int4Scale, const T: usize>(
+fn pass<S: Int4Scale, const T: usize, const B8: bool>(
     lp: Loop,
     ti: &TaskIn<'_, S, T>,
     q: &Rows,
@@ -574,10 +762,10 @@ fn pass<S: Int4Scale, const T: usize>(
             // SAFETY: the caller checked the loop's features; lengths as documented.
             unsafe {
                 match mr {
-                    1 => x86::pass::<$l, S, T, 1>(ti, q, i0),
-                    2 => x86::pass::<$l, S, T, 2>(ti, q, i0),
-                    3 => x86::pass::<$l, S, T, 3>(ti, q, i0),
-                    _ => x86::pass::<$l, S, T, 4>(ti, q, i0),
+                    1 => x86::pass::<$l, S, T, 1, B8>(ti, q, i0),
+                    2 => x86::pass::<$l, S, T, 2, B8>(ti, q, i0),
+                    3 => x86::pass::<$l, S, T, 3, B8>(ti, q, i0),
+                    _ => x86::pass::<$l, S, T, 4, B8>(ti, q, i0),
                 }
             }
         };
@@ -589,7 +777,7 @@ fn pass<S: Int4Scale, const T: usize>(
         Loop::AvxVnni => by_rows!(x86::L256<super::int8::x86::AvxVnni>),
         #[cfg(target_arch = "x86_64")]
         Loop::Avx2 => by_rows!(x86::L256<super::int8::x86::Avx2>),
-        Loop::Portable => tiles_portable::<S, T>(ti, q, i0, mr),
+        Loop::Portable => tiles_portable::<S, T, B8>(ti, q, i0, mr),
     }
 }
 
@@ -609,7 +797,10 @@ fn run_tiles<S: Int4Scale, const T: usize>(lp: Loop, w: &Int4Tiles<'_, S>, t0: u
     let rows = lp.rows_per_pass();
     for i0 in (0..m).step_by(rows) {
         let mr = rows.min(m - i0);
-        let out = pass::<S, T>(lp, &ti, q, i0, mr);
+        let out = match l.1 {
+            WeightBits::Four => pass::<S, T, false>(lp, &ti, q, i0, mr),
+            WeightBits::Eight => pass::<S, T, true>(lp, &ti, q, i0, mr),
+        };
         for (r, out) in out[..mr].iter().enumerate() {
             for (t, out) in out.iter().enumerate() {
                 let c0 = (t0 + t) * TILE;
