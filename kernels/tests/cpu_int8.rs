@@ -261,31 +261,24 @@ fn tiles_f16_scales_nan_and_bad_input() {
 
 /// 8-bit weights in MatMulNBits' layout (`bits` = 8: a byte a weight, `[n][k_blocks][block]`; zero
 /// points a byte each, 128 when absent) and their float64 value.
-struct Case8 {
-    layout: Int4Layout,
-    b: Vec<u8>,
-    scales: Vec<f32>,
-    zero_points: Option<Vec<u8>>,
-}
-
-impl Case8 {
-    fn new(rng: &mut ChaCha8Rng, n: usize, k: usize, block: usize, zp: bool) -> Self {
+impl Case {
+    fn new8(rng: &mut ChaCha8Rng, n: usize, k: usize, block: usize, zp: bool) -> Self {
         let layout = Int4Layout { n, k, block, zero_points: zp };
         let kb = layout.k_blocks();
-        Case8 {
+        Case {
             layout,
             b: (0..n * kb * block).map(|_| rng.random()).collect(),
             scales: (0..n * kb).map(|_| f16::from_f32(rng.random_range(0.001f32..0.01)).to_f32()).collect(),
             zero_points: zp.then(|| (0..n * kb).map(|_| rng.random()).collect()),
         }
     }
-    fn weight(&self, col: usize, kk: usize) -> f64 {
+    fn weight8(&self, col: usize, kk: usize) -> f64 {
         let (kb, block) = (self.layout.k_blocks(), self.layout.block);
         let at = col * kb + kk / block;
         let z = self.zero_points.as_ref().map_or(128.0, |z| z[at] as f64);
         (self.b[col * kb * block + kk] as f64 - z) * self.scales[at] as f64
     }
-    fn tiled(&self) -> cpu::Tiled<f32> {
+    fn tiled8(&self) -> cpu::Tiled<f32> {
         cpu::tile_int8(self.layout, &self.b, &self.scales, self.zero_points.as_deref()).unwrap()
     }
 }
@@ -298,8 +291,8 @@ impl Case8 {
 fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
     let mut rng = ChaCha8Rng::seed_from_u64(26);
     for (n, k, block, zp) in [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 128, false), (16, 3000, 32, true)] {
-        let case = Case8::new(&mut rng, n, k, block, zp);
-        let tiled = case.tiled();
+        let case = Case::new8(&mut rng, n, k, block, zp);
+        let tiled = case.tiled8();
         let t = tiled.view();
         assert_eq!(t.layout.1, cpu::WeightBits::Eight);
         let (tb, kb) = (t.layout.tile_bytes(), t.layout.0.k_blocks());
@@ -312,15 +305,15 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
                 let z = t.zero_points.map_or(128.0, |z| z[at] as f64);
                 assert_eq!(
                     (byte as f64 - z) * t.scales[at] as f64,
-                    case.weight(col, kk),
+                    case.weight8(col, kk),
                     "n={n} k={k} col={col} k={kk}"
                 );
             }
         }
         for m in [1usize, 2, 3, 4, 5, 9] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let exact = reference::matmul(&quantize_groups(&a, m, k), m, n, k, |j, kk| case.weight(j, kk));
-            let plain = reference::matmul(&f64s(&a), m, n, k, |j, kk| case.weight(j, kk));
+            let exact = reference::matmul(&quantize_groups(&a, m, k), m, n, k, |j, kk| case.weight8(j, kk));
+            let plain = reference::matmul(&f64s(&a), m, n, k, |j, kk| case.weight8(j, kk));
             let mut base = vec![f32::NAN; m * n];
             cpu::int4_tiles_matmul_int8_on(Int8Isa::Baseline, &a, m, &t, &mut base, &Serial).unwrap();
             let (e_exact, e_plain) = (nmse(f64s(&base), &exact), nmse(f64s(&base), &plain));
@@ -342,13 +335,13 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
     }
     // Saturating bytes: 0 and 255 against activations of ±1 (q = ±127), symmetric and with zero points.
     for zp in [false, true] {
-        let mut case = Case8::new(&mut rng, 32, 256, 32, zp);
+        let mut case = Case::new8(&mut rng, 32, 256, 32, zp);
         for (i, b) in case.b.iter_mut().enumerate() {
             *b = if (i / 3) % 2 == 0 { 255 } else { 0 };
         }
         let a: Vec<f32> = (0..256).map(|i| if i % 4 < 2 { 1.0 } else { -1.0 }).collect();
-        let exact = reference::matmul(&quantize_groups(&a, 1, 256), 1, 32, 256, |j, kk| case.weight(j, kk));
-        let tiled = case.tiled();
+        let exact = reference::matmul(&quantize_groups(&a, 1, 256), 1, 32, 256, |j, kk| case.weight8(j, kk));
+        let tiled = case.tiled8();
         for isa in builds() {
             let mut y = vec![f32::NAN; 32];
             cpu::int4_tiles_matmul_int8_on(isa, &a, 1, &tiled.view(), &mut y, &Serial).unwrap();
@@ -357,10 +350,10 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
         }
     }
     // Lengths the kernel cannot read are errors naming the tensor.
-    let case = Case8::new(&mut rng, 16, 64, 32, false);
+    let case = Case::new8(&mut rng, 16, 64, 32, false);
     let err = cpu::tile_int8(case.layout, &case.b[1..], &case.scales, None).unwrap_err();
     assert!(err.to_string().contains("int8 B"), "{err}");
-    let tiled = case.tiled();
+    let tiled = case.tiled8();
     let short = cpu::Int4Tiles { b: &tiled.b[1..], ..tiled.view() };
     let err = cpu::int4_tiles_matmul_int8(&[0.0; 64], 1, &short, &mut [0.0; 16], &Serial).unwrap_err();
     assert!(err.to_string().contains("tiled int8 B"), "{err}");

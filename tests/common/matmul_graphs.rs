@@ -210,16 +210,9 @@ pub fn run(s: &mut ort::session::Session, a: &[f32], m: usize, k: usize) -> Vec<
     out["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
 }
 
-/// 8-bit weights in MatMulNBits' layout (`bits` = 8: `[n][k_blocks][block]` bytes, zero points a byte
-/// each) with f32 scales.
-pub struct Int8Data {
-    pub n: usize,
-    pub k: usize,
-    pub block: usize,
-    pub b: Vec<u8>,
-    pub scales: Vec<f32>,
-    pub zero_points: Option<Vec<u8>>,
-}
+/// 8-bit weights in MatMulNBits' layout (`bits` = 8: `b` `[n][k_blocks][block]` bytes, zero points a
+/// byte each) with f32 scales: the same fields as the int4 ones.
+pub type Int8Data = Int4Data;
 
 pub enum Int8Form {
     /// com.microsoft.MatMulNBits, `bits` = 8, with this accuracy_level.
