@@ -165,6 +165,24 @@ fn bad_lengths_are_errors() {
 /// point, and each build over the tiles matches the float64 references as the row loop does, gives the
 /// portable build's bits exactly (every build takes the same f32 steps per column, fused), and equals
 /// the row loop to f32 reassociation.
+/// Every build over the tiles `t` on 2 threads gives `base` (the portable build's output) exactly, and
+/// each row alone its bits among the others: a row's outputs do not depend on the rows beside it (a pass
+/// of 1, 2 or 4 rows, 1–4 tiles, takes the same steps per column), so a verification pass of several
+/// drafted tokens gives each the bits of its own one-token step.
+fn every_build_gives_the_portable_bits(t: &cpu::Int4Tiles<'_, f32>, a: &[f32], m: usize, base: &[f32], what: &str) {
+    let (n, k) = (t.layout.0.n, t.layout.0.k);
+    for isa in builds() {
+        let mut y = vec![f32::NAN; m * n];
+        cpu::int4_tiles_matmul_int8_on(isa, a, m, t, &mut y, &Threads(2)).unwrap();
+        assert_eq!(y, base, "{isa:?} n={n} k={k} {what} m={m}: not the portable bits");
+        for i in 0..m {
+            let mut one = vec![f32::NAN; n];
+            cpu::int4_tiles_matmul_int8_on(isa, &a[i * k..(i + 1) * k], 1, t, &mut one, &Serial).unwrap();
+            assert_eq!(one, y[i * n..(i + 1) * n], "{isa:?} n={n} k={k} {what} m={m}: row {i} alone");
+        }
+    }
+}
+
 #[test]
 fn tiles_match_the_reference_and_every_build_gives_the_same_bits() {
     let mut rng = ChaCha8Rng::seed_from_u64(24);
@@ -210,19 +228,7 @@ fn tiles_match_the_reference_and_every_build_gives_the_same_bits() {
                 "tiles n={n} k={k} block={block} zp={zp} m={m}: vs quantized {e_exact:e}, vs the row loop \
                  {e_rows:e}, vs f32 activations {e_plain:e}"
             );
-            for isa in builds() {
-                let mut y = vec![f32::NAN; m * n];
-                cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t, &mut y, &Threads(2)).unwrap();
-                assert_eq!(y, base, "{isa:?} n={n} k={k} block={block} zp={zp} m={m}: not the portable bits");
-                // A row's outputs do not depend on the rows beside it (a pass of 1, 2 or 4 rows, 1–4
-                // tiles, takes the same steps per column): a verification pass of several drafted
-                // tokens gives each the bits of its own one-token step.
-                for i in 0..m {
-                    let mut one = vec![f32::NAN; n];
-                    cpu::int4_tiles_matmul_int8_on(isa, &a[i * k..(i + 1) * k], 1, &t, &mut one, &Serial).unwrap();
-                    assert_eq!(one, y[i * n..(i + 1) * n], "{isa:?} n={n} k={k} m={m}: row {i} alone");
-                }
-            }
+            every_build_gives_the_portable_bits(&t, &a, m, &base, &format!("block={block} zp={zp}"));
         }
     }
 }
@@ -321,16 +327,7 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
                 e_exact <= F32_SUM_BOUND && e_plain <= QUANTIZED_ACTIVATIONS_BOUND,
                 "int8 tiles n={n} k={k} block={block} zp={zp} m={m}: vs quantized {e_exact:e}, vs f32 {e_plain:e}"
             );
-            for isa in builds() {
-                let mut y = vec![f32::NAN; m * n];
-                cpu::int4_tiles_matmul_int8_on(isa, &a, m, &t, &mut y, &Threads(2)).unwrap();
-                assert_eq!(y, base, "{isa:?} n={n} k={k} block={block} zp={zp} m={m}: not the portable bits");
-                for i in 0..m {
-                    let mut one = vec![f32::NAN; n];
-                    cpu::int4_tiles_matmul_int8_on(isa, &a[i * k..(i + 1) * k], 1, &t, &mut one, &Serial).unwrap();
-                    assert_eq!(one, y[i * n..(i + 1) * n], "{isa:?} n={n} k={k} m={m}: row {i} alone");
-                }
-            }
+            every_build_gives_the_portable_bits(&t, &a, m, &base, &format!("block={block} zp={zp}"));
         }
     }
     // Saturating bytes: 0 and 255 against activations of ±1 (q = ±127), symmetric and with zero points.
