@@ -196,6 +196,7 @@ bench: venv qwen-tokenizer
 	$(CARGO) bench --bench decode_step
 	$(CARGO) bench --bench grammar_mask
 	$(CARGO) bench -p st-kernels --bench cpu_int4
+	$(CARGO) bench -p st-kernels --bench attention
 
 $(REF_STAMP): tests/reference/requirements.txt
 	$(PYTHON) -m venv $(REF_VENV)

@@ -352,3 +352,26 @@ fn a_short_soak_answers_validly_with_flat_memory_and_descriptors() {
     bad["fds_end"] = 99.into();
     assert!(st::cli::soak::verdict(&bad).unwrap_err().contains("descriptors changed"));
 }
+
+/// `st export --attention`: st's GroupQueryAttention by default on the CPU, ORT's with `--int4-op nbits`
+/// (a graph with no st operator at all, for a stock ONNX Runtime), and `st` refused off the CPU.
+#[test]
+fn export_attention_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = |out: &str, extra: &[&str]| {
+        let o = st().arg("export").arg(model("tiny")).arg(tmp.path().join(out)).args(extra).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let decoder = |out: &str| std::fs::read(tmp.path().join(out).join("decoder.onnx")).unwrap();
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let (ok, err) = export("default", &["--precision", "int4"]);
+    assert!(ok, "{err}");
+    assert!(has(&decoder("default"), b"ai.st") && has(&decoder("default"), b"GroupQueryAttention"));
+    let (ok, err) = export("nbits", &["--precision", "int4", "--int4-op", "nbits"]);
+    assert!(ok, "{err}");
+    let nbits = decoder("nbits");
+    assert!(has(&nbits, b"GroupQueryAttention") && !has(&nbits, b"ai.st"), "a stock-ORT graph");
+    let (ok, err) = export("cuda", &["--attention", "st", "--target", "cuda"]);
+    assert!(!ok && err.contains("--attention st runs on --target cpu only"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

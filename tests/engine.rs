@@ -24,7 +24,9 @@ fn greedy(n: usize) -> GenerateOptions {
     GenerateOptions { max_new_tokens: Some(n), grammar: false, ..Default::default() }
 }
 
-const ATTENTION: [st_export::Attention; 2] = [st_export::Attention::GroupQuery, st_export::Attention::Standard];
+/// st's GroupQueryAttention (the CPU default), ORT's, and the plain ONNX form.
+const ATTENTION: [st_export::Attention; 3] =
+    [st_export::Attention::StGroupQuery, st_export::Attention::GroupQuery, st_export::Attention::Standard];
 
 #[test]
 fn greedy_generation_reproduces_transformers() {

@@ -63,6 +63,18 @@ fn check(name: &str, block: usize, symmetric: bool) {
         assert_eq!(contrib(b"q_proj/MatMul"), !cpu, "{name} {target} {op}: q_proj on its own");
         let add = if cpu { &b"qkv_proj/AddBias"[..] } else { &b"q_proj/AddBias"[..] };
         assert_eq!(contrib(add), !(cpu && op == Int4Op::St), "{name} {target} {op}: the q/k/v bias Add");
+        // The attention: st's GroupQueryAttention on the CPU (the library's default), ORT's elsewhere.
+        let model = <st_export::onnx::ModelProto as prost::Message>::decode(&*decoder).unwrap();
+        let domains: std::collections::BTreeSet<_> = model
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("GroupQueryAttention"))
+            .map(|n| n.domain.clone().unwrap_or_default())
+            .collect();
+        let want = if cpu { "ai.st" } else { "com.microsoft" };
+        assert_eq!(domains, [want.to_string()].into(), "{name} {target} {op}: GroupQueryAttention's domain");
     }
 }
 

@@ -26,6 +26,11 @@ fn default_7b_recipe() {
     // `st export --precision int4` with no recipe writes the recipe's int4 scheme.
     let plain = st_export::ExportOptions::new(Precision::Int4);
     assert_eq!((plain.linear.int4, plain.linear.accuracy_level), (opts.linear.int4, opts.linear.accuracy_level));
+    // st's ops, st's attention; `op = "nbits"` asks for a graph a stock ONNX Runtime runs: ORT's attention.
+    assert_eq!((opts.linear.int4_op, opts.attention), (st_export::Int4Op::St, st_export::Attention::StGroupQuery));
+    let (_d, nbits) = recipe("precision = \"int4\"\n[int4]\nop = \"nbits\"\n");
+    let nbits = Recipe::from_file(&nbits).unwrap().options(&nbits).unwrap();
+    assert_eq!(nbits.attention, st_export::Attention::GroupQuery);
 }
 
 /// Op type and `bits` of the node computing `linear` in the exported decoder.

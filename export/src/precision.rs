@@ -87,4 +87,8 @@ pub enum Attention {
     /// to the same buffer (past sized to the maximum length), ORT appends in place instead of
     /// copying the cache.
     GroupQuery,
+    /// The same node in st's domain, `ai.st.GroupQueryAttention` (its CPU kernel works per KV head:
+    /// `st_kernels::cpu::attention`), with GroupQueryAttention rotating q and k: on `--target cpu`, the
+    /// default with st's int4 op. Other targets get [`Attention::GroupQuery`].
+    StGroupQuery,
 }

@@ -86,6 +86,12 @@ impl Recipe {
                     path: path.to_path_buf(),
                     reason: format!("int4.op: {reason}"),
                 })?;
+                // "nbits" asks for a graph a stock ONNX Runtime runs: its attention too.
+                if opts.linear.int4_op == crate::layers::Int4Op::NBits
+                    && opts.attention == crate::precision::Attention::StGroupQuery
+                {
+                    opts.attention = crate::precision::Attention::GroupQuery;
+                }
             }
         }
         for o in &self.overrides {

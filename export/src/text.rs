@@ -67,7 +67,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
     let t = &c.text;
     let (kv, hd) = (t.num_key_value_heads, t.head_dim);
     let (batch, seq, past, total) = (Dim::Sym("batch"), Dim::Sym("seq"), Dim::Sym("past"), Dim::Sym("total"));
-    let gqa = b.attention == Attention::GroupQuery;
+    let gqa = matches!(b.attention, Attention::GroupQuery | Attention::StGroupQuery);
     let g = &mut b.g;
     let mut x = g.input("inputs_embeds", DataType::Float, &[batch, seq, Dim::Fixed(t.hidden_size)]);
     let cos = g.input("rope_cos", DataType::Float, &[batch, seq, Dim::Fixed(hd)]);
@@ -263,7 +263,8 @@ fn rotary_in_attention(g: &mut crate::graph::Graph, cos: &str, sin: &str, total:
     [cos_cache, sin_cache, ids]
 }
 
-/// `com.microsoft.GroupQueryAttention` over BSH queries and keys (rotated before it, or by it).
+/// `com.microsoft.GroupQueryAttention` over BSH queries and keys (rotated before it, or by it); st's
+/// `ai.st.GroupQueryAttention` where asked and the op rotates them (`--attention st` on the CPU).
 fn attention_gqa(
     b: &mut Builder<'_>,
     c: &ModelConfig,
@@ -293,13 +294,12 @@ fn attention_gqa(
         ("kv_num_heads", Attr::Int(t.num_key_value_heads as i64)),
         ("do_rotary", Attr::Int(i64::from(sh.rotary_cache.is_some()))),
     ];
-    let out = g.node_n(
-        &format!("{a}/GroupQueryAttention"),
-        "GroupQueryAttention",
-        crate::graph::MS_DOMAIN,
-        &inputs,
-        &attrs,
-        3,
-    );
+    let domain = if b.attention == Attention::StGroupQuery && sh.rotary_cache.is_some() {
+        crate::graph::ST_DOMAIN
+    } else {
+        crate::graph::MS_DOMAIN
+    };
+    let g = &mut b.g;
+    let out = g.node_n(&format!("{a}/GroupQueryAttention"), "GroupQueryAttention", domain, &inputs, &attrs, 3);
     Ok((out[0].clone(), out[1].clone(), out[2].clone()))
 }

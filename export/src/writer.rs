@@ -58,7 +58,7 @@ impl ExportOptions {
             embed,
             vision,
             target: Target::Cpu,
-            attention: crate::precision::Attention::GroupQuery,
+            attention: crate::precision::Attention::StGroupQuery,
             overrides: vec![],
             progress: false,
             lora: None,
@@ -205,7 +205,12 @@ fn write_all(
             },
             progress: &progress,
             overrides: &overrides,
-            attention: opts.attention,
+            attention: match (opts.attention, opts.target) {
+                (crate::precision::Attention::StGroupQuery, t) if t != Target::Cpu => {
+                    crate::precision::Attention::GroupQuery
+                }
+                (a, _) => a,
+            },
             contrib_fusions: opts.target == Target::Cpu,
             lora,
         };

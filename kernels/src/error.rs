@@ -10,6 +10,9 @@ pub enum Error {
     #[error("invalid matmul shape: {0}")]
     Shape(String),
 
+    #[error("attention: {0}")]
+    Attention(String),
+
     #[error(
         "no CUDA driver library (libcuda.so) could be loaded: install the NVIDIA driver or run on the CPU \
          (the CUDA kernels need a GPU)"

@@ -39,8 +39,10 @@ pub struct ExportArgs {
     /// (com.microsoft.MatMulNBits, f32 scales, MLAS; runs in any ONNX Runtime).
     #[arg(long)]
     pub int4_op: Option<st_export::Int4Op>,
-    /// Decoder attention: gqa (GroupQueryAttention, KV cache appended in place; default except for
-    /// tensorrt) or standard (plain ONNX ops, any provider).
+    /// Decoder attention: st (ai.st.GroupQueryAttention, st's CPU kernel per KV head; the default on
+    /// --target cpu with --int4-op st), gqa (com.microsoft.GroupQueryAttention; the default on cuda and
+    /// with --int4-op nbits), both appending to the KV cache in place, or standard (plain ONNX ops,
+    /// any provider; the default on tensorrt).
     #[arg(long)]
     pub attention: Option<String>,
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, e.g. the
@@ -76,10 +78,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     opts.target = args.target;
     opts.attention = match (args.attention.as_deref(), args.target) {
+        (Some("st"), st_export::Target::Cpu) => st_export::Attention::StGroupQuery,
+        (Some("st"), t) => anyhow::bail!("--attention st runs on --target cpu only (not {t:?}): use gqa"),
         (Some("gqa"), _) => st_export::Attention::GroupQuery,
         (Some("standard"), _) => st_export::Attention::Standard,
-        (Some(other), _) => anyhow::bail!("--attention {other:?}: expected gqa or standard"),
+        (Some(other), _) => anyhow::bail!("--attention {other:?}: expected st, gqa or standard"),
         (None, st_export::Target::TensorRt) => st_export::Attention::Standard,
+        (None, st_export::Target::Cpu) if opts.linear.int4_op == st_export::Int4Op::St => {
+            st_export::Attention::StGroupQuery
+        }
         (None, _) => st_export::Attention::GroupQuery,
     };
     if let Some(p) = args.lm_head {

@@ -14,6 +14,9 @@
 //!   `accuracy_level` 4): the int8 lm_head of a CPU export, read in place where MLAS would prepack a copy.
 //! - `ai.st.MatMulFp8(A, W, scales)`, attributes `K`, `N`, `block_size` (0 = per-channel scales):
 //!   `W` is `[N, K]` E4M3FN bytes (stored as uint8), scales `[N]` or `[N, ceil(K / block_size)]`.
+//! - `ai.st.GroupQueryAttention`: `com.microsoft.GroupQueryAttention`'s inputs and outputs for the CPU
+//!   decoder `st export` writes (rotary from the cos/sin cache, KV cache appended in place), computed per
+//!   KV head by [`st_kernels::cpu::attention`] ([`GroupQueryAttention`]).
 //!
 //! `Y[..., N] = A[..., K] · Wᵀ`. This file registers the CPU implementation for f32 activations
 //! ([`st_kernels::cpu`]: dequantization inside the matmul loop, AVX-512 where the CPU has it, ORT's
@@ -43,7 +46,8 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(MatMulInt4::F16)?
         .add(MatMulInt4::INT8_F32)?
         .add(MatMulInt4::INT8_F16)?
-        .add(MatMulFp8)
+        .add(MatMulFp8)?
+        .add(GroupQueryAttention)
 }
 
 fn attr(kctx: &KernelContext<'_>, op: &str, name: &str) -> ort::Result<usize> {
@@ -284,6 +288,181 @@ impl Kernel for Fp8Kernel {
         let w = Fp8Weights { layout: Fp8Layout { n: self.n, k: self.k, scales }, w, scales: s };
         let pool = OrtPool(ctx);
         run_matmul(ctx, op, self.k, self.n, None, |a, m, y| cpu::fp8_matmul(a, m, &w, y, &pool))
+    }
+}
+
+/// `ai.st.GroupQueryAttention`: `com.microsoft.GroupQueryAttention`'s inputs, outputs and semantics on
+/// the CPU for what `st export` writes (`do_rotary` = 1, non-interleaved, batch 1, f32; packed q/k/v
+/// in `query` or separate `key` / `value`), computed per KV head ([`st_kernels::cpu::attention`]).
+/// The present holds max(past buffer, total) positions; past and present may be one buffer (bound so
+/// by the engine): the new keys and values are then appended in place, otherwise the past's positions
+/// are copied into the present first.
+pub struct GroupQueryAttention;
+
+pub struct GqaKernel {
+    shape: cpu::GqaShape,
+}
+
+const GQA: &str = "ai.st.GroupQueryAttention";
+
+impl Operator for GroupQueryAttention {
+    type Kernel<'attr> = GqaKernel;
+    const INPLACES: &[(u32, u32)] = &[(3, 1), (4, 2)];
+    fn name(&self) -> &str {
+        "GroupQueryAttention"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        use TensorElementType::{Float32, Int32, Int64};
+        [
+            OperatorInput::required(Float32),
+            OperatorInput::optional(Float32),
+            OperatorInput::optional(Float32),
+            OperatorInput::required(Float32),
+            OperatorInput::required(Float32),
+            OperatorInput::required(Int32),
+            OperatorInput::required(Int32),
+            OperatorInput::required(Float32),
+            OperatorInput::required(Float32),
+            OperatorInput::required(Int64),
+        ]
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [TensorElementType::Float32; 3].map(OperatorOutput::required)
+    }
+    fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<GqaKernel> {
+        for (name, want) in [("do_rotary", 1), ("rotary_interleaved", 0), ("local_window_size", -1)] {
+            let v: i64 = kctx.get(name).unwrap_or(want);
+            if v != want {
+                return Err(ort::Error::new(format!("{GQA}: attribute {name} = {v} (only {want} is implemented)")));
+            }
+        }
+        let softcap: f32 = kctx.get("softcap").unwrap_or(0.0);
+        if softcap != 0.0 {
+            return Err(ort::Error::new(format!("{GQA}: attribute softcap = {softcap} (only 0 is implemented)")));
+        }
+        Ok(GqaKernel {
+            shape: cpu::GqaShape {
+                heads: attr(kctx, GQA, "num_heads")?,
+                kv_heads: attr(kctx, GQA, "kv_num_heads")?,
+                head_dim: 0,
+                scale: kctx.get("scale").unwrap_or(0.0),
+            },
+        })
+    }
+}
+
+fn dims_of(shape: &ort::value::Shape) -> Vec<i64> {
+    shape.iter().copied().collect()
+}
+
+impl Kernel for GqaKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let input =
+            |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")));
+        let qv = input(0, "query")?;
+        let (qshape, q) = qv.try_extract_tensor::<f32>()?;
+        let qdims = dims_of(qshape);
+        let pkv = input(3, "past_key")?;
+        let (pshape, _) = pkv.try_extract_tensor::<f32>()?;
+        let pdims = dims_of(pshape);
+        let (h, kvh) = (self.shape.heads, self.shape.kv_heads);
+        let &[pb, pkvh, capacity, hd] = pdims.as_slice() else {
+            return Err(ort::Error::new(format!(
+                "{GQA}: past_key has shape {pdims:?}, expected [1, kv_heads, capacity, head_dim]"
+            )));
+        };
+        if pb != 1 || pkvh as usize != kvh || hd <= 0 {
+            return Err(ort::Error::new(format!(
+                "{GQA}: past_key has shape {pdims:?}, expected [1, {kvh}, capacity, head_dim] (batch 1)"
+            )));
+        }
+        let (capacity, hd) = (capacity as usize, hd as usize);
+        let shape = cpu::GqaShape { head_dim: hd, ..self.shape };
+        let &[1, s_len, width] = qdims.as_slice() else {
+            return Err(ort::Error::new(format!(
+                "{GQA}: query has shape {qdims:?}, expected [1, tokens, hidden] (batch 1)"
+            )));
+        };
+        let (s_len, width) = (s_len as usize, width as usize);
+        let kv = ctx.input(1)?;
+        let vv = ctx.input(2)?;
+        let (k_sep, v_sep) = match (&kv, &vv) {
+            (Some(k), Some(v)) => (Some(k.try_extract_tensor::<f32>()?.1), Some(v.try_extract_tensor::<f32>()?.1)),
+            (None, None) => (None, None),
+            _ => return Err(ort::Error::new(format!("{GQA}: give both key and value, or neither (packed query)"))),
+        };
+        let (qw, kw) = (h * hd, kvh * hd);
+        let (k, v, kv_stride, q_stride) = match (k_sep, v_sep) {
+            (Some(k), Some(v)) if width == qw => (k, v, kw, qw),
+            (None, None) if width == qw + 2 * kw => (&q[qw.min(q.len())..], &q[(qw + kw).min(q.len())..], width, width),
+            _ => {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: query has {width} columns for {h} heads and {kvh} kv heads of {hd} ({qw}, or {} packed)",
+                    qw + 2 * kw
+                )));
+            }
+        };
+        let seqlens = input(5, "seqlens_k")?;
+        let (_, seqlens) = seqlens.try_extract_tensor::<i32>()?;
+        let total = match seqlens {
+            [t] if *t >= 0 => *t as usize + 1,
+            other => {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: seqlens_k = {other:?}, expected one length ≥ 0 (batch 1)"
+                )));
+            }
+        };
+        let past = total.checked_sub(s_len).ok_or_else(|| {
+            ort::Error::new(format!("{GQA}: seqlens_k + 1 = {total} is shorter than the {s_len} new tokens"))
+        })?;
+        let cos = input(7, "cos_cache")?;
+        let (_, cos) = cos.try_extract_tensor::<f32>()?;
+        let sin = input(8, "sin_cache")?;
+        let (_, sin) = sin.try_extract_tensor::<f32>()?;
+        let pos = input(9, "position_ids")?;
+        let (_, positions) = pos.try_extract_tensor::<i64>()?;
+        let x = cpu::GqaTokens { tokens: s_len, q, q_stride, k, v, kv_stride, cos, sin, positions };
+
+        let mut out = ctx
+            .output(0, vec![1, s_len as i64, qw as i64])?
+            .ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        // The present holds max(past buffer, total) positions, as ORT's GroupQueryAttention: the past's
+        // own buffer when it is large enough (one buffer with the past when bound so: appended in place),
+        // else a longer one the past is copied into.
+        let present_cap = capacity.max(total);
+        let present_dims = vec![1, kvh as i64, present_cap as i64, hd as i64];
+        let mut present = Vec::with_capacity(2);
+        for (i, o, name) in [(3, 1, "key"), (4, 2, "value")] {
+            let past_v = input(i, name)?;
+            let (shape, data) = past_v.try_extract_tensor::<f32>()?;
+            if dims_of(shape) != pdims {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: past_{name} has shape {:?}, past_key {pdims:?}",
+                    dims_of(shape)
+                )));
+            }
+            let (src, len) = (data.as_ptr(), data.len());
+            let mut p = ctx
+                .output(o, present_dims.clone())?
+                .ok_or_else(|| ort::Error::new(format!("{GQA}: present_{name} missing")))?;
+            let (_, dst) = p.try_extract_tensor_mut::<f32>()?;
+            if dst.as_ptr() != src && past > 0 {
+                // Not one buffer: the present starts with the past's positions.
+                // SAFETY: src points at the live past tensor of `len` floats, a different buffer than dst.
+                let src = unsafe { std::slice::from_raw_parts(src, len) };
+                for g in 0..kvh {
+                    let (from, to) = (g * capacity * hd, g * present_cap * hd);
+                    dst[to..to + past * hd].copy_from_slice(&src[from..from + past * hd]);
+                }
+            }
+            present.push(p);
+        }
+        let [pk, pv] = present.as_mut_slice() else { unreachable!("two present outputs") };
+        let (_, kc) = pk.try_extract_tensor_mut::<f32>()?;
+        let (_, vc) = pv.try_extract_tensor_mut::<f32>()?;
+        let mut cache = cpu::KvCache { k: kc, v: vc, capacity: present_cap, past };
+        cpu::gqa(shape, &x, &mut cache, out, &OrtPool(ctx)).map_err(|e| kernel_err(GQA, e))
     }
 }
 

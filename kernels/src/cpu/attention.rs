@@ -1,0 +1,504 @@
+//! Grouped-query attention over a KV cache appended in place, on the CPU: what ORT's
+//! `com.microsoft.GroupQueryAttention` computes with `do_rotary` = 1 (non-interleaved rotary from a
+//! cos/sin cache looked up by position id, causal, scale 1/√hd), with the work grouped by KV head.
+//!
+//! ORT's CPU kernel runs one GEMM per *query* head, so each KV head's keys and values are packed and
+//! read once per query head of its group (7 times for Qwen2.5-7B) and a decode step's attention grows
+//! by ~0.7 µs per cached position and layer. Here the group's query rows (its heads × the call's
+//! tokens) are one matrix: per KV head (and block of tokens) one `Q·Kᵀ` GEMM, a causal softmax per row
+//! and one `P·V` GEMM, through `matrixmultiply`'s sgemm, with the tasks on the caller's pool.
+//!
+//! ```text
+//! q', k' = rotate(q, k)            x'[i] = x[i]·cos[p,i] − x[i+h]·sin[p,i],  x'[i+h] = x[i+h]·cos[p,i] + x[i]·sin[p,i]
+//! cache[past + s] = k', v          (positions 0..past are the cached ones)
+//! out[s, head] = softmax_{t ≤ past+s}(scale · q'[s, head] · cache_k[t]) · cache_v
+//! ```
+
+use super::Parallel;
+use crate::error::{Error, Result};
+
+/// Heads and head size of the attention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GqaShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Scale of the scores (ORT's `scale` attribute; 0 means 1/√head_dim).
+    pub scale: f32,
+}
+
+impl GqaShape {
+    fn validate(&self) -> Result<()> {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(Error::Attention(format!(
+                "heads {} with kv heads {} (expected kv heads ≥ 1 dividing heads)",
+                self.heads, self.kv_heads
+            )));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(Error::Attention(format!("head_dim {} (expected even, > 0)", self.head_dim)));
+        }
+        Ok(())
+    }
+    fn scale(&self) -> f32 {
+        if self.scale == 0.0 { 1.0 / (self.head_dim as f32).sqrt() } else { self.scale }
+    }
+}
+
+/// One call's new tokens: q, k and v rows (`tokens` rows each, `*_stride` floats apart: a packed
+/// projection is one buffer at three offsets) and their rotary rows.
+#[derive(Debug, Clone, Copy)]
+pub struct GqaTokens<'a> {
+    pub tokens: usize,
+    /// `[tokens][heads · hd]` at a stride of `q_stride`.
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    /// `[tokens][kv_heads · hd]` at a stride of `kv_stride`.
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub kv_stride: usize,
+    /// `[rows][hd / 2]` each.
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    /// `[tokens]` rows of `cos` / `sin`.
+    pub positions: &'a [i64],
+}
+
+/// The KV cache: `[kv_heads][capacity][hd]` each, positions `0..past` filled.
+pub struct KvCache<'a> {
+    pub k: &'a mut [f32],
+    pub v: &'a mut [f32],
+    pub capacity: usize,
+    pub past: usize,
+}
+
+/// Query tokens per task (a task is one KV head and a block of tokens).
+const TOKEN_BLOCK: usize = 16;
+
+/// The builds of the attention's loops (the GEMMs are `matrixmultiply`'s, which picks its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBuild {
+    /// Plain f32 (libm's `expf`).
+    Portable,
+    /// AVX2 + FMA: 8-lane dot products, weighted sums and exponentials.
+    Avx2,
+}
+
+impl AttentionBuild {
+    pub const ALL: [AttentionBuild; 2] = [AttentionBuild::Portable, AttentionBuild::Avx2];
+    /// Whether this CPU runs the build.
+    pub fn available(self) -> bool {
+        match self {
+            AttentionBuild::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            AttentionBuild::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            AttentionBuild::Avx2 => false,
+        }
+    }
+    /// The fastest build this CPU runs.
+    pub fn best() -> Self {
+        if AttentionBuild::Avx2.available() { AttentionBuild::Avx2 } else { AttentionBuild::Portable }
+    }
+}
+
+/// Appends the call's rotated keys and values to `cache` at `past..past + tokens` and writes the
+/// attention of each token over positions `0..=past + s` to `out` (`[tokens][heads · hd]`), with the
+/// fastest build this CPU runs.
+pub fn gqa(
+    shape: GqaShape,
+    x: &GqaTokens<'_>,
+    cache: &mut KvCache<'_>,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
+    gqa_on(AttentionBuild::best(), shape, x, cache, out, par)
+}
+
+/// [`gqa`] with the loops of `build` (an error when this CPU lacks it).
+pub fn gqa_on(
+    build: AttentionBuild,
+    shape: GqaShape,
+    x: &GqaTokens<'_>,
+    cache: &mut KvCache<'_>,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
+    if !build.available() {
+        return Err(Error::Unsupported { build: "AVX2 attention", features: "AVX2 and FMA" });
+    }
+    let avx2 = build == AttentionBuild::Avx2;
+    shape.validate()?;
+    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let (s_len, half, group) = (x.tokens, hd / 2, h / kvh);
+    let total = cache.past + s_len;
+    if total > cache.capacity {
+        return Err(Error::Attention(format!(
+            "{} cached + {s_len} new positions exceed the cache's capacity {}",
+            cache.past, cache.capacity
+        )));
+    }
+    let need = |what: &'static str, len: usize, stride: usize, width: usize| -> Result<()> {
+        let want = if s_len == 0 { 0 } else { (s_len - 1) * stride + width };
+        if stride < width || len < want {
+            return Err(Error::Attention(format!(
+                "{what}: {len} floats at a stride of {stride} for {s_len} tokens of {width}"
+            )));
+        }
+        Ok(())
+    };
+    need("q", x.q.len(), x.q_stride, h * hd)?;
+    need("k", x.k.len(), x.kv_stride, kvh * hd)?;
+    need("v", x.v.len(), x.kv_stride, kvh * hd)?;
+    crate::layout::expect_len("attention position_ids", s_len, x.positions.len())?;
+    crate::layout::expect_len("attention cache k", kvh * cache.capacity * hd, cache.k.len())?;
+    crate::layout::expect_len("attention cache v", kvh * cache.capacity * hd, cache.v.len())?;
+    crate::layout::expect_len("attention output", s_len * h * hd, out.len())?;
+    if x.cos.len() != x.sin.len() || !x.cos.len().is_multiple_of(half) {
+        return Err(Error::Attention(format!(
+            "rotary caches: cos {} and sin {} floats (expected equal, rows of {half})",
+            x.cos.len(),
+            x.sin.len()
+        )));
+    }
+    let rows = x.cos.len() / half;
+    let mut table = Vec::with_capacity(s_len);
+    for (s, &p) in x.positions.iter().enumerate() {
+        match usize::try_from(p) {
+            Ok(p) if p < rows => table.push(p * half),
+            _ => {
+                return Err(Error::Attention(format!(
+                    "position_ids[{s}] = {p} outside the rotary cache's {rows} rows"
+                )));
+            }
+        }
+    }
+    if s_len == 0 {
+        return Ok(());
+    }
+
+    // Rotated queries grouped by KV head, `[kv_heads][tokens][group][hd]`: a task's rows are contiguous.
+    let mut qr = vec![0.0f32; s_len * h * hd];
+    let rotate = |src: &[f32], dst: &mut [f32], at: usize| {
+        let (cos, sin) = (&x.cos[at..at + half], &x.sin[at..at + half]);
+        for i in 0..half {
+            let (a, b) = (src[i], src[i + half]);
+            dst[i] = a * cos[i] - b * sin[i];
+            dst[i + half] = b * cos[i] + a * sin[i];
+        }
+    };
+    for (s, &at) in table.iter().enumerate() {
+        let q = &x.q[s * x.q_stride..s * x.q_stride + h * hd];
+        for (head, src) in q.chunks_exact(hd).enumerate() {
+            let (g, j) = (head / group, head % group);
+            let o = ((g * s_len + s) * group + j) * hd;
+            rotate(src, &mut qr[o..o + hd], at);
+        }
+        let k = &x.k[s * x.kv_stride..s * x.kv_stride + kvh * hd];
+        let v = &x.v[s * x.kv_stride..s * x.kv_stride + kvh * hd];
+        for g in 0..kvh {
+            let o = (g * cache.capacity + cache.past + s) * hd;
+            rotate(&k[g * hd..(g + 1) * hd], &mut cache.k[o..o + hd], at);
+            cache.v[o..o + hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
+        }
+    }
+
+    let (kc, vc, cap, past) = (&*cache.k, &*cache.v, cache.capacity, cache.past);
+    let dst = super::Output { ptr: out.as_mut_ptr(), len: out.len() };
+    let scale = shape.scale();
+    // A task's result rows, (token, head in group) order, to `out`.
+    let scatter = |g: usize, s0: usize, rows: &[f32]| {
+        for (r, row) in rows.chunks_exact(hd).enumerate() {
+            let (s, j) = (s0 + r / group, r % group);
+            let base = s * h * hd + (g * group + j) * hd;
+            for (i, &v) in row.iter().enumerate() {
+                // SAFETY: each (token, head) row of `out` belongs to exactly one task.
+                unsafe { dst.write(base + i, v) };
+            }
+        }
+    };
+    if s_len <= DIRECT_TOKENS {
+        // One task per KV head and token: its group's rows against the visible keys, read once.
+        let task = |t: usize| {
+            let (g, s) = (t / s_len, t % s_len);
+            let n = past + s + 1;
+            let q = &qr[((g * s_len + s) * group) * hd..((g * s_len + s + 1) * group) * hd];
+            let keys = &kc[g * cap * hd..(g * cap + n) * hd];
+            let values = &vc[g * cap * hd..(g * cap + n) * hd];
+            let mut p = vec![0.0f32; group * n];
+            let mut o = vec![0.0f32; group * hd];
+            attend_rows(avx2, q, keys, values, hd, scale, &mut p, &mut o);
+            scatter(g, s, &o);
+        };
+        par.run(kvh * s_len, &task);
+        return Ok(());
+    }
+    let blocks = s_len.div_ceil(TOKEN_BLOCK);
+    let task = |t: usize| {
+        let (g, b) = (t / blocks, t % blocks);
+        let s0 = b * TOKEN_BLOCK;
+        let sb = TOKEN_BLOCK.min(s_len - s0);
+        let m = sb * group;
+        // Keys this block can see: up to its last token's position.
+        let n = past + s0 + sb;
+        let a = &qr[((g * s_len + s0) * group) * hd..((g * s_len + s0 + sb) * group) * hd];
+        let keys = &kc[g * cap * hd..(g * cap + n) * hd];
+        let values = &vc[g * cap * hd..(g * cap + n) * hd];
+        let mut p = vec![0.0f32; m * n];
+        // SAFETY: a is m × hd (row stride hd), keysᵀ is hd × n (key t's row is column t), p is m × n;
+        // every index the strides reach lies inside those slices.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                hd,
+                n,
+                scale,
+                a.as_ptr(),
+                hd as isize,
+                1,
+                keys.as_ptr(),
+                1,
+                hd as isize,
+                0.0,
+                p.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        for (r, row) in p.chunks_exact_mut(n).enumerate() {
+            let visible = past + s0 + r / group + 1;
+            softmax_prefix(row, visible, avx2);
+        }
+        let mut o = vec![0.0f32; m * hd];
+        // SAFETY: p is m × n, values n × hd, o m × hd, all row-major and in bounds.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                n,
+                hd,
+                1.0,
+                p.as_ptr(),
+                n as isize,
+                1,
+                values.as_ptr(),
+                hd as isize,
+                1,
+                0.0,
+                o.as_mut_ptr(),
+                hd as isize,
+                1,
+            );
+        }
+        scatter(g, s0, &o);
+    };
+    par.run(kvh * blocks, &task);
+    Ok(())
+}
+
+/// Calls of at most this many tokens (decode, forced and speculated runs) take the direct loop: per KV
+/// head and token, each key and value read once for the whole group; longer ones (prefill) the GEMMs.
+const DIRECT_TOKENS: usize = 4;
+
+/// `o` (`rows × hd`) = softmax(scale · q · keysᵀ) · values for `rows` query rows `q` over all of
+/// `keys` / `values` (`n × hd` each); `p` is `rows × n` scratch. With `avx2` (the caller checked the
+/// CPU has AVX2 and FMA) the AVX2 build.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows(
+    avx2: bool,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    hd: usize,
+    scale: f32,
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller checked AVX2 and FMA.
+        return unsafe { attend_rows_avx2(q, keys, values, hd, scale, p, o) };
+    }
+    let _ = avx2;
+    attend_rows_portable(q, keys, values, hd, scale, p, o)
+}
+
+/// The same in plain f32 (CPUs without AVX2 and FMA).
+fn attend_rows_portable(q: &[f32], keys: &[f32], values: &[f32], hd: usize, scale: f32, p: &mut [f32], o: &mut [f32]) {
+    let n = keys.len() / hd;
+    for (t, k) in keys.chunks_exact(hd).enumerate() {
+        for (j, qj) in q.chunks_exact(hd).enumerate() {
+            p[j * n + t] = scale * qj.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+        }
+    }
+    for row in p.chunks_exact_mut(n) {
+        softmax_prefix(row, n, false);
+    }
+    o.fill(0.0);
+    for (t, v) in values.chunks_exact(hd).enumerate() {
+        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+            let w = p[j * n + t];
+            oj.iter_mut().zip(v).for_each(|(y, x)| *y += w * x);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_rows_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    hd: usize,
+    scale: f32,
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = keys.len() / hd;
+    for (t, k) in keys.chunks_exact(hd).enumerate() {
+        for (j, qj) in q.chunks_exact(hd).enumerate() {
+            // SAFETY: AVX2/FMA enabled; both rows hold hd floats and the loads stay below hd.
+            p[j * n + t] = scale * unsafe { dot_avx2(qj, k) };
+        }
+    }
+    for row in p.chunks_exact_mut(n) {
+        // SAFETY: AVX2 and FMA are enabled here.
+        unsafe { softmax_prefix_avx2(row, n) };
+    }
+    // Per block of value rows (L1-resident), per query row, 64 output floats in 8 registers at a time.
+    o.fill(0.0);
+    let main = hd / 64 * 64;
+    for tb in (0..n).step_by(VALUE_BLOCK) {
+        let te = (tb + VALUE_BLOCK).min(n);
+        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+            let w = &p[j * n + tb..j * n + te];
+            for c in (0..main).step_by(64) {
+                let y = &mut oj[c..c + 64];
+                // SAFETY: y holds 64 floats; 8·i + 8 ≤ 64.
+                let mut acc: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(y.as_ptr().add(8 * i)) });
+                for (t, &wt) in (tb..te).zip(w) {
+                    let wv = _mm256_set1_ps(wt);
+                    let v = &values[t * hd + c..t * hd + c + 64];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: v holds 64 floats; 8·i + 8 ≤ 64.
+                        *a = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * i)) }, *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(8 * i), *a) };
+                }
+            }
+            for (d, y) in oj.iter_mut().enumerate().skip(main) {
+                *y = (tb..te).zip(w).fold(*y, |acc, (t, &wt)| wt.mul_add(values[t * hd + d], acc));
+            }
+        }
+    }
+}
+
+/// Value rows per block of the weighted sum: 32 rows of head_dim 128 are 16 KiB, inside L1, where they
+/// are re-read once per query row and 64 columns.
+const VALUE_BLOCK: usize = 32;
+
+/// Σ a·b over two rows of equal length, 16 lanes in two registers, then pairwise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let len = a.len().min(b.len());
+    let (mut x, mut y) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats below len.
+    unsafe {
+        while i + 16 <= len {
+            x = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), x);
+            y = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), y);
+            i += 16;
+        }
+        if i + 8 <= len {
+            x = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), x);
+            i += 8;
+        }
+    }
+    let s = _mm256_add_ps(x, y);
+    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(a, b)| a * b).sum();
+    _mm_cvtss_f32(s) + tail
+}
+
+/// Softmax over `row[..visible]` (max subtracted), zeros after it; the AVX2 build when `avx2` (the
+/// caller checked the CPU).
+fn softmax_prefix(row: &mut [f32], visible: usize, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller checked AVX2 and FMA.
+        return unsafe { softmax_prefix_avx2(row, visible) };
+    }
+    let _ = avx2;
+    let (live, masked) = row.split_at_mut(visible.min(row.len()));
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in live.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|v| *v *= inv);
+    masked.fill(0.0);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
+    use std::arch::x86_64::*;
+    let (live, masked) = row.split_at_mut(visible.min(row.len()));
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (chunks, tail) = live.as_chunks_mut::<8>();
+    let m = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    for c in chunks.iter_mut() {
+        // SAFETY: c is 8 floats.
+        let e = exp_avx2(_mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, m));
+        acc = _mm256_add_ps(acc, e);
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: lanes is 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum: f32 = lanes.iter().sum();
+    for v in tail.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|v| *v *= inv);
+    masked.fill(0.0);
+}
+
+/// e^x per lane for x ≤ 0 (softmax after the max is taken off): x = n·ln 2 + r with |r| ≤ ln 2 / 2,
+/// e^r by Cephes' degree-6 polynomial for `expf` (relative error ~1e-7), times 2^n built in the
+/// exponent bits; below −87.3 (2^−126) the result is 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)))
+}

@@ -1,0 +1,248 @@
+//! The grouped-query attention (`st_kernels::cpu::gqa`) against a float64 reference written here from
+//! the formula (rotate q and k by the cos/sin rows their position ids pick, append to the cache,
+//! causal softmax of scale · q·k, times v), on a prefill spanning several token blocks, one decode token
+//! after a long cache and a few tokens after a cache (the forced / speculated steps), with packed and
+//! separate q/k/v rows. Bound: max |error| ≤ 2e-6 on outputs of magnitude ≲ 1: f32 sums of ≤ 128
+//! products of magnitude ≤ 1 and an f32 softmax (relative error ~1e-7 per step, ≲ 1e-6 worst case; seen:
+//! ≤ 1.3e-7). The cache: positions past..past+tokens
+//! are the rotated keys and the values (same bound; the copies are exact), every other position is
+//! untouched. Serial and threaded runs give the same bits. Bad shapes are errors naming the argument.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use st_kernels::cpu::{AttentionBuild, GqaShape, GqaTokens, KvCache, Serial, Threads, gqa, gqa_on};
+
+const BOUND: f64 = 2e-6;
+
+struct Case {
+    shape: GqaShape,
+    tokens: usize,
+    past: usize,
+    capacity: usize,
+    /// `[tokens][(heads + 2 kv) · hd]` packed.
+    qkv: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    positions: Vec<i64>,
+    cache_k: Vec<f32>,
+    cache_v: Vec<f32>,
+}
+
+impl Case {
+    fn new(seed: u64, heads: usize, kv: usize, hd: usize, tokens: usize, past: usize) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let capacity = past + tokens + 3;
+        let width = (heads + 2 * kv) * hd;
+        let rows = 2 * tokens + 1;
+        let angle: Vec<f32> = (0..rows * hd / 2).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        Case {
+            shape: GqaShape { heads, kv_heads: kv, head_dim: hd, scale: 0.0 },
+            tokens,
+            past,
+            capacity,
+            qkv: (0..tokens * width).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+            cos: angle.iter().map(|a| a.cos()).collect(),
+            sin: angle.iter().map(|a| a.sin()).collect(),
+            // Any rows of the tables, as the exporter's per-call tables are looked up.
+            positions: (0..tokens).map(|_| rng.random_range(0..rows as i64)).collect(),
+            cache_k: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+            cache_v: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        }
+    }
+    fn width(&self) -> usize {
+        (self.shape.heads + 2 * self.shape.kv_heads) * self.shape.head_dim
+    }
+
+    /// (output, cache k, cache v) from the kernel's best build, packed rows.
+    fn run(&self, par: &dyn st_kernels::cpu::Parallel) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        self.run_on(AttentionBuild::best(), par)
+    }
+
+    fn run_on(&self, build: AttentionBuild, par: &dyn st_kernels::cpu::Parallel) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let s = self.shape;
+        let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        let x = GqaTokens {
+            tokens: self.tokens,
+            q: &self.qkv,
+            q_stride: self.width(),
+            k: &self.qkv[qw..],
+            v: &self.qkv[qw + kw..],
+            kv_stride: self.width(),
+            cos: &self.cos,
+            sin: &self.sin,
+            positions: &self.positions,
+        };
+        self.run_with(build, &x, par)
+    }
+
+    fn run_with(
+        &self,
+        build: AttentionBuild,
+        x: &GqaTokens<'_>,
+        par: &dyn st_kernels::cpu::Parallel,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut k, mut v) = (self.cache_k.clone(), self.cache_v.clone());
+        let mut out = vec![f32::NAN; self.tokens * self.shape.heads * self.shape.head_dim];
+        let mut cache = KvCache { k: &mut k, v: &mut v, capacity: self.capacity, past: self.past };
+        gqa_on(build, self.shape, x, &mut cache, &mut out, par).expect("gqa");
+        (out, k, v)
+    }
+
+    /// The float64 reference: (output, cache k, cache v).
+    fn reference(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let s = self.shape;
+        let (h, kvh, hd) = (s.heads, s.kv_heads, s.head_dim);
+        let half = hd / 2;
+        let rot = |x: &[f32], p: i64| -> Vec<f64> {
+            let at = p as usize * half;
+            let mut o = vec![0.0; hd];
+            for i in 0..half {
+                let (c, sn) = (self.cos[at + i] as f64, self.sin[at + i] as f64);
+                let (a, b) = (x[i] as f64, x[i + half] as f64);
+                o[i] = a * c - b * sn;
+                o[i + half] = b * c + a * sn;
+            }
+            o
+        };
+        let mut ck: Vec<f64> = self.cache_k.iter().map(|&v| v as f64).collect();
+        let mut cv: Vec<f64> = self.cache_v.iter().map(|&v| v as f64).collect();
+        let w = self.width();
+        for t in 0..self.tokens {
+            let row = &self.qkv[t * w..(t + 1) * w];
+            for g in 0..kvh {
+                let o = (g * self.capacity + self.past + t) * hd;
+                let k = rot(&row[h * hd + g * hd..h * hd + (g + 1) * hd], self.positions[t]);
+                ck[o..o + hd].copy_from_slice(&k);
+                for i in 0..hd {
+                    cv[o + i] = row[(h + kvh) * hd + g * hd + i] as f64;
+                }
+            }
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0.0; self.tokens * h * hd];
+        for t in 0..self.tokens {
+            let row = &self.qkv[t * w..(t + 1) * w];
+            for head in 0..h {
+                let g = head / (h / kvh);
+                let q = rot(&row[head * hd..(head + 1) * hd], self.positions[t]);
+                let visible = self.past + t + 1;
+                let scores: Vec<f64> = (0..visible)
+                    .map(|p| {
+                        let k = &ck[(g * self.capacity + p) * hd..(g * self.capacity + p + 1) * hd];
+                        scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (p, e) in e.iter().enumerate() {
+                    let v = &cv[(g * self.capacity + p) * hd..(g * self.capacity + p + 1) * hd];
+                    for i in 0..hd {
+                        out[(t * h + head) * hd + i] += e / sum * v[i];
+                    }
+                }
+            }
+        }
+        (out, ck, cv)
+    }
+}
+
+fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn attention_matches_the_float64_reference_prefill_decode_and_multi_token_steps() {
+    // (heads, kv heads, head_dim, tokens, past): Qwen2.5-7B's group of 7; a prefill over three token
+    // blocks; one decode token after 90 cached; 5 tokens after 20 (forced / speculated); MHA (group 1).
+    for (seed, &(h, kv, hd, tokens, past)) in [
+        (14, 2, 16, 37, 0),
+        (14, 2, 16, 1, 90),
+        (28, 4, 64, 5, 20),
+        (4, 4, 8, 3, 6),
+        (14, 2, 128, 2, 70),
+        (7, 1, 96, 3, 40),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let c = Case::new(seed as u64, h, kv, hd, tokens, past);
+        let (want, want_k, want_v) = c.reference();
+        for build in AttentionBuild::ALL.into_iter().filter(|b| b.available()) {
+            let (out, k, v) = c.run_on(build, &Serial);
+            let (e, ek, ev) = (max_err(&out, &want), max_err(&k, &want_k), max_err(&v, &want_v));
+            eprintln!("case {seed} {build:?}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}");
+            assert!(
+                e <= BOUND && ek <= BOUND && ev <= BOUND,
+                "case {seed} {build:?}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}"
+            );
+            // Positions outside past..past+tokens keep their bytes.
+            let hd = c.shape.head_dim;
+            for g in 0..kv {
+                for p in (0..c.past).chain(c.past + tokens..c.capacity) {
+                    let r = (g * c.capacity + p) * hd..(g * c.capacity + p + 1) * hd;
+                    assert_eq!(k[r.clone()], c.cache_k[r.clone()], "case {seed}: k position {p} changed");
+                    assert_eq!(v[r.clone()], c.cache_v[r], "case {seed}: v position {p} changed");
+                }
+            }
+            let threaded = c.run_on(build, &Threads(3));
+            assert!(threaded == (out, k, v), "case {seed} {build:?}: threaded differs from serial");
+        }
+    }
+}
+
+#[test]
+fn separate_q_k_v_rows_give_the_packed_bits() {
+    let c = Case::new(9, 14, 2, 16, 4, 11);
+    let (h, kv, hd, w) = (14 * 16, 2 * 16, 16, c.width());
+    let _ = hd;
+    let q: Vec<f32> = (0..c.tokens).flat_map(|t| c.qkv[t * w..t * w + h].to_vec()).collect();
+    let k: Vec<f32> = (0..c.tokens).flat_map(|t| c.qkv[t * w + h..t * w + h + kv].to_vec()).collect();
+    let v: Vec<f32> = (0..c.tokens).flat_map(|t| c.qkv[t * w + h + kv..t * w + h + 2 * kv].to_vec()).collect();
+    let x = GqaTokens {
+        tokens: c.tokens,
+        q: &q,
+        q_stride: h,
+        k: &k,
+        v: &v,
+        kv_stride: kv,
+        cos: &c.cos,
+        sin: &c.sin,
+        positions: &c.positions,
+    };
+    assert!(c.run_with(AttentionBuild::best(), &x, &Serial) == c.run(&Serial));
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_the_argument() {
+    let c = Case::new(3, 14, 2, 16, 4, 11);
+    let w = c.width();
+    let good = GqaTokens {
+        tokens: c.tokens,
+        q: &c.qkv,
+        q_stride: w,
+        k: &c.qkv[224..],
+        v: &c.qkv[256..],
+        kv_stride: w,
+        cos: &c.cos,
+        sin: &c.sin,
+        positions: &c.positions,
+    };
+    let run = |x: &GqaTokens<'_>, shape: GqaShape, capacity: usize, past: usize| {
+        let (mut k, mut v) = (vec![0.0; 2 * capacity * 16], vec![0.0; 2 * capacity * 16]);
+        let mut out = vec![0.0; x.tokens * 14 * 16];
+        let mut cache = KvCache { k: &mut k, v: &mut v, capacity, past };
+        gqa(shape, x, &mut cache, &mut out, &Serial).map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert_eq!(run(&good, c.shape, c.capacity, c.past), Ok(()));
+    let full = run(&good, c.shape, 14, 11).unwrap_err();
+    assert!(full.contains("capacity 14"), "{full}");
+    let bad_heads = run(&good, GqaShape { kv_heads: 3, ..c.shape }, c.capacity, c.past).unwrap_err();
+    assert!(bad_heads.contains("kv heads 3"), "{bad_heads}");
+    let positions = [0, 1, 99, 2];
+    let far = run(&GqaTokens { positions: &positions, ..good }, c.shape, c.capacity, c.past).unwrap_err();
+    assert!(far.contains("position_ids[2] = 99"), "{far}");
+    let short = run(&GqaTokens { q: &c.qkv[..w * 3], ..good }, c.shape, c.capacity, c.past).unwrap_err();
+    assert!(short.contains("attention: q:"), "{short}");
+}
