@@ -126,7 +126,8 @@ fn matmul_int8_tiles_against_8_bit_matmul_nbits() {
     const INT8_BOUND: f64 = 1e-4;
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let shapes: [(usize, usize, usize, bool); 3] = [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 32, false)];
+    let shapes: [(usize, usize, usize, bool); 5] =
+        [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 32, false), (96, 160, 32, false), (160, 96, 32, false)];
     for (i, &(n, k, block, zp)) in shapes.iter().enumerate() {
         let kb = k.div_ceil(block);
         let w = Int8Data {
