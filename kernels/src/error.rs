@@ -37,8 +37,8 @@ pub enum Error {
     #[error("kernel cache {path}: {source}")]
     Cache { path: std::path::PathBuf, source: std::io::Error },
 
-    #[error("this CPU lacks {features}, which the {build} build of the int8 loop needs")]
-    Unsupported { build: &'static str, features: &'static str },
+    #[error("this CPU lacks {features}, which the {build} build of the {kernel} needs")]
+    Unsupported { kernel: &'static str, build: &'static str, features: &'static str },
 
     #[error("unknown kernel {0} (host emulation)")]
     UnknownKernel(String),

@@ -82,10 +82,12 @@ pub enum AttentionBuild {
     Portable,
     /// AVX2 + FMA: 8-lane dot products, weighted sums and exponentials.
     Avx2,
+    /// AVX-512F: the same in 16 lanes.
+    Avx512,
 }
 
 impl AttentionBuild {
-    pub const ALL: [AttentionBuild; 2] = [AttentionBuild::Portable, AttentionBuild::Avx2];
+    pub const ALL: [AttentionBuild; 3] = [AttentionBuild::Portable, AttentionBuild::Avx2, AttentionBuild::Avx512];
     /// Whether this CPU runs the build.
     pub fn available(self) -> bool {
         match self {
@@ -94,13 +96,18 @@ impl AttentionBuild {
             AttentionBuild::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            AttentionBuild::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            AttentionBuild::Avx2 => false,
+            AttentionBuild::Avx2 | AttentionBuild::Avx512 => false,
         }
     }
     /// The fastest build this CPU runs.
     pub fn best() -> Self {
-        if AttentionBuild::Avx2.available() { AttentionBuild::Avx2 } else { AttentionBuild::Portable }
+        [AttentionBuild::Avx512, AttentionBuild::Avx2]
+            .into_iter()
+            .find(|b| b.available())
+            .unwrap_or(AttentionBuild::Portable)
     }
 }
 
@@ -127,9 +134,12 @@ pub fn gqa_on(
     par: &dyn Parallel,
 ) -> Result<()> {
     if !build.available() {
-        return Err(Error::Unsupported { build: "AVX2 attention", features: "AVX2 and FMA" });
+        let (build, features) = match build {
+            AttentionBuild::Avx512 => ("AVX-512", "avx512f"),
+            _ => ("AVX2", "avx2 + fma"),
+        };
+        return Err(Error::Unsupported { kernel: "attention", build, features });
     }
-    let avx2 = build == AttentionBuild::Avx2;
     shape.validate()?;
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
     let (s_len, half, group) = (x.tokens, hd / 2, h / kvh);
@@ -229,7 +239,7 @@ pub fn gqa_on(
             let values = &vc[g * cap * hd..(g * cap + n) * hd];
             let mut p = vec![0.0f32; group * n];
             let mut o = vec![0.0f32; group * hd];
-            attend_rows(avx2, q, keys, values, hd, scale, &mut p, &mut o);
+            attend_rows(build, q, keys, values, hd, scale, &mut p, &mut o);
             scatter(g, s, &o);
         };
         par.run(kvh * s_len, &task);
@@ -269,7 +279,7 @@ pub fn gqa_on(
         }
         for (r, row) in p.chunks_exact_mut(n).enumerate() {
             let visible = past + s0 + r / group + 1;
-            softmax_prefix(row, visible, avx2);
+            softmax_prefix(row, visible, build);
         }
         let mut o = vec![0.0f32; m * hd];
         // SAFETY: p is m × n, values n × hd, o m × hd, all row-major and in bounds.
@@ -302,11 +312,11 @@ pub fn gqa_on(
 const DIRECT_TOKENS: usize = 4;
 
 /// `o` (`rows × hd`) = softmax(scale · q · keysᵀ) · values for `rows` query rows `q` over all of
-/// `keys` / `values` (`n × hd` each); `p` is `rows × n` scratch. With `avx2` (the caller checked the
-/// CPU has AVX2 and FMA) the AVX2 build.
+/// `keys` / `values` (`n × hd` each); `p` is `rows × n` scratch. The caller checked that the CPU runs
+/// `build`.
 #[allow(clippy::too_many_arguments)]
 fn attend_rows(
-    avx2: bool,
+    build: AttentionBuild,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -315,13 +325,14 @@ fn attend_rows(
     p: &mut [f32],
     o: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: the caller checked AVX2 and FMA.
-        return unsafe { attend_rows_avx2(q, keys, values, hd, scale, p, o) };
+    match build {
+        // SAFETY: the caller checked the CPU's features for the build.
+        #[cfg(target_arch = "x86_64")]
+        AttentionBuild::Avx2 => unsafe { attend_rows_avx2(q, keys, values, hd, scale, p, o) },
+        #[cfg(target_arch = "x86_64")]
+        AttentionBuild::Avx512 => unsafe { attend_rows_avx512(q, keys, values, hd, scale, p, o) },
+        _ => attend_rows_portable(q, keys, values, hd, scale, p, o),
     }
-    let _ = avx2;
-    attend_rows_portable(q, keys, values, hd, scale, p, o)
 }
 
 /// The same in plain f32 (CPUs without AVX2 and FMA).
@@ -333,7 +344,7 @@ fn attend_rows_portable(q: &[f32], keys: &[f32], values: &[f32], hd: usize, scal
         }
     }
     for row in p.chunks_exact_mut(n) {
-        softmax_prefix(row, n, false);
+        softmax_prefix_portable(row, n);
     }
     o.fill(0.0);
     for (t, v) in values.chunks_exact(hd).enumerate() {
@@ -430,15 +441,20 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     _mm_cvtss_f32(s) + tail
 }
 
-/// Softmax over `row[..visible]` (max subtracted), zeros after it; the AVX2 build when `avx2` (the
+/// Softmax over `row[..visible]` (max subtracted), zeros after it, with `build`'s exponentials (the
 /// caller checked the CPU).
-fn softmax_prefix(row: &mut [f32], visible: usize, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: the caller checked AVX2 and FMA.
-        return unsafe { softmax_prefix_avx2(row, visible) };
+fn softmax_prefix(row: &mut [f32], visible: usize, build: AttentionBuild) {
+    match build {
+        // SAFETY: the caller checked the CPU's features for the build.
+        #[cfg(target_arch = "x86_64")]
+        AttentionBuild::Avx2 => unsafe { softmax_prefix_avx2(row, visible) },
+        #[cfg(target_arch = "x86_64")]
+        AttentionBuild::Avx512 => unsafe { softmax_prefix_avx512(row, visible) },
+        _ => softmax_prefix_portable(row, visible),
     }
-    let _ = avx2;
+}
+
+fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
     let (live, masked) = row.split_at_mut(visible.min(row.len()));
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
@@ -501,4 +517,142 @@ fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
     let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
     _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_rows_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    hd: usize,
+    scale: f32,
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = keys.len() / hd;
+    for (t, k) in keys.chunks_exact(hd).enumerate() {
+        for (j, qj) in q.chunks_exact(hd).enumerate() {
+            // SAFETY: AVX-512F enabled; both rows hold hd floats.
+            p[j * n + t] = scale * unsafe { dot_avx512(qj, k) };
+        }
+    }
+    for row in p.chunks_exact_mut(n) {
+        // SAFETY: AVX-512F is enabled here.
+        unsafe { softmax_prefix_avx512(row, n) };
+    }
+    // As the AVX2 build, 128 output floats of a query row in 8 registers, then 16 at a time.
+    o.fill(0.0);
+    let wide = hd / 128 * 128;
+    let narrow = hd / 16 * 16;
+    for tb in (0..n).step_by(VALUE_BLOCK) {
+        let te = (tb + VALUE_BLOCK).min(n);
+        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+            let w = &p[j * n + tb..j * n + te];
+            for c in (0..wide).step_by(128) {
+                let y = &mut oj[c..c + 128];
+                // SAFETY: y holds 128 floats; 16·i + 16 ≤ 128.
+                let mut acc: [__m512; 8] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(y.as_ptr().add(16 * i)) });
+                for (t, &wt) in (tb..te).zip(w) {
+                    let wv = _mm512_set1_ps(wt);
+                    let v = &values[t * hd + c..t * hd + c + 128];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: v holds 128 floats.
+                        *a = _mm512_fmadd_ps(wv, unsafe { _mm512_loadu_ps(v.as_ptr().add(16 * i)) }, *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), *a) };
+                }
+            }
+            for c in (wide..narrow).step_by(16) {
+                let y = &mut oj[c..c + 16];
+                // SAFETY: y holds 16 floats.
+                let mut a = unsafe { _mm512_loadu_ps(y.as_ptr()) };
+                for (t, &wt) in (tb..te).zip(w) {
+                    let v = &values[t * hd + c..t * hd + c + 16];
+                    // SAFETY: v holds 16 floats.
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(wt), unsafe { _mm512_loadu_ps(v.as_ptr()) }, a);
+                }
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(y.as_mut_ptr(), a) };
+            }
+            for (d, y) in oj.iter_mut().enumerate().skip(narrow) {
+                *y = (tb..te).zip(w).fold(*y, |acc, (t, &wt)| wt.mul_add(values[t * hd + d], acc));
+            }
+        }
+    }
+}
+
+/// Σ a·b over two rows of equal length, 32 lanes in two registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let len = a.len().min(b.len());
+    let (mut x, mut y) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load reads 16 floats below len.
+    unsafe {
+        while i + 32 <= len {
+            x = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), x);
+            y = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i + 16)), _mm512_loadu_ps(b.as_ptr().add(i + 16)), y);
+            i += 32;
+        }
+        if i + 16 <= len {
+            x = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), x);
+            i += 16;
+        }
+    }
+    let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(a, b)| a * b).sum();
+    _mm512_reduce_add_ps(_mm512_add_ps(x, y)) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_prefix_avx512(row: &mut [f32], visible: usize) {
+    use std::arch::x86_64::*;
+    let (live, masked) = row.split_at_mut(visible.min(row.len()));
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (chunks, tail) = live.as_chunks_mut::<16>();
+    let m = _mm512_set1_ps(max);
+    let mut acc = _mm512_setzero_ps();
+    for c in chunks.iter_mut() {
+        // SAFETY: c is 16 floats.
+        let e = exp_avx512(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, m));
+        acc = _mm512_add_ps(acc, e);
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
+    }
+    let mut sum = _mm512_reduce_add_ps(acc);
+    for v in tail.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|v| *v *= inv);
+    masked.fill(0.0);
+}
+
+/// [`exp_avx2`] in 16 lanes, 2^n by `vscalefps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let live = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.3));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+    _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n))
 }

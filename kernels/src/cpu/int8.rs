@@ -132,7 +132,7 @@ impl Int8Isa {
             Int8Isa::Avx2 => ("AVX2", "avx2 + fma"),
             Int8Isa::Baseline => ("portable", "nothing"),
         };
-        Error::Unsupported { build, features }
+        Error::Unsupported { kernel: "int8 loop", build, features }
     }
     pub const ALL: [Int8Isa; 4] = [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2, Int8Isa::Baseline];
 }
