@@ -223,10 +223,8 @@ pub fn gqa_on(
         for (r, row) in rows.chunks_exact(hd).enumerate() {
             let (s, j) = (s0 + r / group, r % group);
             let base = s * h * hd + (g * group + j) * hd;
-            for (i, &v) in row.iter().enumerate() {
-                // SAFETY: each (token, head) row of `out` belongs to exactly one task.
-                unsafe { dst.write(base + i, v) };
-            }
+            // SAFETY: each (token, head) row of `out` belongs to exactly one task.
+            unsafe { dst.write_slice(base, row) };
         }
     };
     if s_len <= DIRECT_TOKENS {

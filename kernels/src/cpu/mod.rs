@@ -68,9 +68,19 @@ unsafe impl Sync for Output {}
 impl Output {
     /// # Safety
     /// No two tasks may write the same index.
+    #[inline(always)]
     unsafe fn write(&self, i: usize, v: f32) {
         assert!(i < self.len);
         unsafe { *self.ptr.add(i) = v }
+    }
+    /// `v` at `i..i + v.len()`.
+    ///
+    /// # Safety
+    /// No two tasks may write the same index.
+    #[inline(always)]
+    unsafe fn write_slice(&self, i: usize, v: &[f32]) {
+        assert!(i <= self.len && v.len() <= self.len - i);
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
     }
 }
 
