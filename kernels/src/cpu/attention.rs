@@ -326,9 +326,9 @@ fn attend_rows(
     match build {
         // SAFETY: the caller checked the CPU's features for the build.
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx2 => unsafe { attend_rows_avx2(q, keys, values, hd, scale, p, o) },
+        AttentionBuild::Avx2 => unsafe { simd::attend_rows_avx2(q, keys, values, hd, scale, p, o) },
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx512 => unsafe { attend_rows_avx512(q, keys, values, hd, scale, p, o) },
+        AttentionBuild::Avx512 => unsafe { simd::attend_rows_avx512(q, keys, values, hd, scale, p, o) },
         _ => attend_rows_portable(q, keys, values, hd, scale, p, o),
     }
 }
@@ -353,91 +353,9 @@ fn attend_rows_portable(q: &[f32], keys: &[f32], values: &[f32], hd: usize, scal
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_rows_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    hd: usize,
-    scale: f32,
-    p: &mut [f32],
-    o: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let n = keys.len() / hd;
-    for (t, k) in keys.chunks_exact(hd).enumerate() {
-        for (j, qj) in q.chunks_exact(hd).enumerate() {
-            // SAFETY: AVX2/FMA enabled; both rows hold hd floats and the loads stay below hd.
-            p[j * n + t] = scale * unsafe { dot_avx2(qj, k) };
-        }
-    }
-    for row in p.chunks_exact_mut(n) {
-        // SAFETY: AVX2 and FMA are enabled here.
-        unsafe { softmax_prefix_avx2(row, n) };
-    }
-    // Per block of value rows (L1-resident), per query row, 64 output floats in 8 registers at a time.
-    o.fill(0.0);
-    let main = hd / 64 * 64;
-    for tb in (0..n).step_by(VALUE_BLOCK) {
-        let te = (tb + VALUE_BLOCK).min(n);
-        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
-            let w = &p[j * n + tb..j * n + te];
-            for c in (0..main).step_by(64) {
-                let y = &mut oj[c..c + 64];
-                // SAFETY: y holds 64 floats; 8·i + 8 ≤ 64.
-                let mut acc: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(y.as_ptr().add(8 * i)) });
-                for (t, &wt) in (tb..te).zip(w) {
-                    let wv = _mm256_set1_ps(wt);
-                    let v = &values[t * hd + c..t * hd + c + 64];
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: v holds 64 floats; 8·i + 8 ≤ 64.
-                        *a = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * i)) }, *a);
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    // SAFETY: as above.
-                    unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(8 * i), *a) };
-                }
-            }
-            for (d, y) in oj.iter_mut().enumerate().skip(main) {
-                *y = (tb..te).zip(w).fold(*y, |acc, (t, &wt)| wt.mul_add(values[t * hd + d], acc));
-            }
-        }
-    }
-}
-
 /// Value rows per block of the weighted sum: 32 rows of head_dim 128 are 16 KiB, inside L1, where they
-/// are re-read once per query row and 64 columns.
+/// are re-read once per query row and 8 registers of output columns.
 const VALUE_BLOCK: usize = 32;
-
-/// Σ a·b over two rows of equal length, 16 lanes in two registers, then pairwise.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let len = a.len().min(b.len());
-    let (mut x, mut y) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats below len.
-    unsafe {
-        while i + 16 <= len {
-            x = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), x);
-            y = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), y);
-            i += 16;
-        }
-        if i + 8 <= len {
-            x = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), x);
-            i += 8;
-        }
-    }
-    let s = _mm256_add_ps(x, y);
-    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(a, b)| a * b).sum();
-    _mm_cvtss_f32(s) + tail
-}
 
 /// Softmax over `row[..visible]` (max subtracted), zeros after it, with `build`'s exponentials (the
 /// caller checked the CPU).
@@ -445,9 +363,9 @@ fn softmax_prefix(row: &mut [f32], visible: usize, build: AttentionBuild) {
     match build {
         // SAFETY: the caller checked the CPU's features for the build.
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx2 => unsafe { softmax_prefix_avx2(row, visible) },
+        AttentionBuild::Avx2 => unsafe { simd::softmax_avx2(row, visible) },
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx512 => unsafe { softmax_prefix_avx512(row, visible) },
+        AttentionBuild::Avx512 => unsafe { simd::softmax_avx512(row, visible) },
         _ => softmax_prefix_portable(row, visible),
     }
 }
@@ -465,192 +383,320 @@ fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
     masked.fill(0.0);
 }
 
+/// The SIMD builds: one generic loop over a register type ([`simd::Lanes`]: 8 lanes with AVX2+FMA, 16 with
+/// AVX-512F), instantiated inside a `target_feature` function per build.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
+mod simd {
+    use super::VALUE_BLOCK;
     use std::arch::x86_64::*;
-    let (live, masked) = row.split_at_mut(visible.min(row.len()));
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (chunks, tail) = live.as_chunks_mut::<8>();
-    let m = _mm256_set1_ps(max);
-    let mut acc = _mm256_setzero_ps();
-    for c in chunks.iter_mut() {
-        // SAFETY: c is 8 floats.
-        let e = exp_avx2(_mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, m));
-        acc = _mm256_add_ps(acc, e);
-        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: lanes is 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut sum: f32 = lanes.iter().sum();
-    for v in tail.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|v| *v *= inv);
-    masked.fill(0.0);
-}
 
-/// e^x per lane for x ≤ 0 (softmax after the max is taken off): x = n·ln 2 + r with |r| ≤ ln 2 / 2,
-/// e^r by Cephes' degree-6 polynomial for `expf` (relative error ~1e-7), times 2^n built in the
-/// exponent bits; below −87.3 (2^−126) the result is 0.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
-    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    /// One register of f32 lanes.
+    pub trait Lanes: Copy {
+        const N: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        /// a · b + c, fused.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// c − a · b, fused.
+        unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn mul(a: Self, b: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn sub(a: Self, b: Self) -> Self;
+        unsafe fn sum(self) -> f32;
+        /// e^x per lane for x ≤ 0 (softmax after the max is taken off): x = n·ln 2 + r with |r| ≤ ln 2 / 2,
+        /// e^r by Cephes' degree-6 polynomial for `expf` (relative error ~1e-7), times 2^n; below −87.3
+        /// (2^−126) the result is 0.
+        unsafe fn exp(self) -> Self;
     }
-    let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-    _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)))
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_rows_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    hd: usize,
-    scale: f32,
-    p: &mut [f32],
-    o: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let n = keys.len() / hd;
-    for (t, k) in keys.chunks_exact(hd).enumerate() {
-        for (j, qj) in q.chunks_exact(hd).enumerate() {
-            // SAFETY: AVX-512F enabled; both rows hold hd floats.
-            p[j * n + t] = scale * unsafe { dot_avx512(qj, k) };
+    /// Cephes' `expf` constants: ln 2 in two parts, the polynomial's coefficients from the highest.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+    const EXP_MIN: f32 = -87.3;
+
+    /// n = round(x / ln 2) and the polynomial e^r, for the builds' own 2^n.
+    #[inline(always)]
+    unsafe fn exp_parts<V: Lanes>(x: V, round: impl Fn(V) -> V) -> (V, V) {
+        unsafe {
+            let n = round(V::mul(x, V::splat(std::f32::consts::LOG2_E)));
+            let r = V::fnmadd(n, V::splat(LN2_HI), x);
+            let r = V::fnmadd(n, V::splat(LN2_LO), r);
+            let mut p = V::splat(EXP_POLY[0]);
+            for c in &EXP_POLY[1..] {
+                p = V::fmadd(p, r, V::splat(*c));
+            }
+            let y = V::add(V::fmadd(V::mul(p, r), r, r), V::splat(1.0));
+            (n, y)
         }
     }
-    for row in p.chunks_exact_mut(n) {
-        // SAFETY: AVX-512F is enabled here.
-        unsafe { softmax_prefix_avx512(row, n) };
+
+    impl Lanes for __m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm256_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fnmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe {
+                let s = _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps::<1>(self));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+            }
+        }
+        /// 2^n built in the exponent bits.
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            unsafe {
+                let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(self, _mm256_set1_ps(EXP_MIN));
+                let x = _mm256_max_ps(self, _mm256_set1_ps(EXP_MIN));
+                let (n, y) = exp_parts(x, |v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+                let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+                _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)))
+            }
+        }
     }
-    // As the AVX2 build, 128 output floats of a query row in 8 registers, then 16 at a time.
-    o.fill(0.0);
-    let wide = hd / 128 * 128;
-    let narrow = hd / 16 * 16;
-    for tb in (0..n).step_by(VALUE_BLOCK) {
-        let te = (tb + VALUE_BLOCK).min(n);
-        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
-            let w = &p[j * n + tb..j * n + te];
-            for c in (0..wide).step_by(128) {
-                let y = &mut oj[c..c + 128];
-                // SAFETY: y holds 128 floats; 16·i + 16 ≤ 128.
-                let mut acc: [__m512; 8] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(y.as_ptr().add(16 * i)) });
-                for (t, &wt) in (tb..te).zip(w) {
-                    let wv = _mm512_set1_ps(wt);
-                    let v = &values[t * hd + c..t * hd + c + 128];
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: v holds 128 floats.
-                        *a = _mm512_fmadd_ps(wv, unsafe { _mm512_loadu_ps(v.as_ptr().add(16 * i)) }, *a);
+
+    impl Lanes for __m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm512_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fnmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self) }
+        }
+        /// 2^n by `vscalefps`.
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            unsafe {
+                let live = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(self, _mm512_set1_ps(EXP_MIN));
+                let x = _mm512_max_ps(self, _mm512_set1_ps(EXP_MIN));
+                let (n, y) =
+                    exp_parts(x, |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+                _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n))
+            }
+        }
+    }
+
+    /// Σ a·b over two rows of equal length: two registers of lanes, then one, then the tail.
+    #[inline(always)]
+    unsafe fn dot<V: Lanes>(a: &[f32], b: &[f32]) -> f32 {
+        let len = a.len().min(b.len());
+        let n = V::N;
+        let mut i = 0;
+        // SAFETY: every load reads V::N floats below len.
+        unsafe {
+            let (mut x, mut y) = (V::zero(), V::zero());
+            while i + 2 * n <= len {
+                x = V::fmadd(V::load(a.as_ptr().add(i)), V::load(b.as_ptr().add(i)), x);
+                y = V::fmadd(V::load(a.as_ptr().add(i + n)), V::load(b.as_ptr().add(i + n)), y);
+                i += 2 * n;
+            }
+            if i + n <= len {
+                x = V::fmadd(V::load(a.as_ptr().add(i)), V::load(b.as_ptr().add(i)), x);
+                i += n;
+            }
+            let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(a, b)| a * b).sum();
+            V::add(x, y).sum() + tail
+        }
+    }
+
+    /// Softmax over `row[..visible]` with the lanes' `exp`, zeros after it.
+    #[inline(always)]
+    unsafe fn softmax<V: Lanes>(row: &mut [f32], visible: usize) {
+        let (live, masked) = row.split_at_mut(visible.min(row.len()));
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let whole = live.len() / V::N * V::N;
+        let (chunks, tail) = live.split_at_mut(whole);
+        // SAFETY: each load and store covers V::N floats of `chunks`.
+        let mut sum = unsafe {
+            let m = V::splat(max);
+            let mut acc = V::zero();
+            for c in chunks.chunks_exact_mut(V::N) {
+                let e = V::sub(V::load(c.as_ptr()), m).exp();
+                acc = V::add(acc, e);
+                e.store(c.as_mut_ptr());
+            }
+            acc.sum()
+        };
+        for v in tail.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        live.iter_mut().for_each(|v| *v *= inv);
+        masked.fill(0.0);
+    }
+
+    /// [`super::attend_rows`] in lanes: the scores a dot product each, the softmax, then per block of
+    /// value rows and query row 8 registers of output columns (64 with AVX2, 128 with AVX-512), then one,
+    /// then the tail.
+    #[inline(always)]
+    unsafe fn attend<V: Lanes>(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        hd: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    ) {
+        let n = keys.len() / hd;
+        for (t, k) in keys.chunks_exact(hd).enumerate() {
+            for (j, qj) in q.chunks_exact(hd).enumerate() {
+                // SAFETY: the caller's target features are V's.
+                p[j * n + t] = scale * unsafe { dot::<V>(qj, k) };
+            }
+        }
+        for row in p.chunks_exact_mut(n) {
+            // SAFETY: as above.
+            unsafe { softmax::<V>(row, n) };
+        }
+        o.fill(0.0);
+        let (wide, narrow) = (hd / (8 * V::N) * 8 * V::N, hd / V::N * V::N);
+        for tb in (0..n).step_by(VALUE_BLOCK) {
+            let te = (tb + VALUE_BLOCK).min(n);
+            for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+                let w = &p[j * n + tb..j * n + te];
+                // SAFETY: every load and store covers V::N floats inside `y` or a value row's `c..c + 8·N`
+                // (or `c..c + N`), all below hd.
+                unsafe {
+                    for c in (0..wide).step_by(8 * V::N) {
+                        let y = &mut oj[c..c + 8 * V::N];
+                        let mut acc: [V; 8] = std::array::from_fn(|i| V::load(y.as_ptr().add(i * V::N)));
+                        for (t, &wt) in (tb..te).zip(w) {
+                            let wv = V::splat(wt);
+                            let v = &values[t * hd + c..t * hd + c + 8 * V::N];
+                            for (i, a) in acc.iter_mut().enumerate() {
+                                *a = V::fmadd(wv, V::load(v.as_ptr().add(i * V::N)), *a);
+                            }
+                        }
+                        for (i, a) in acc.iter().enumerate() {
+                            a.store(y.as_mut_ptr().add(i * V::N));
+                        }
+                    }
+                    for c in (wide..narrow).step_by(V::N) {
+                        let y = &mut oj[c..c + V::N];
+                        let mut a = V::load(y.as_ptr());
+                        for (t, &wt) in (tb..te).zip(w) {
+                            a = V::fmadd(V::splat(wt), V::load(values[t * hd + c..t * hd + c + V::N].as_ptr()), a);
+                        }
+                        a.store(y.as_mut_ptr());
                     }
                 }
-                for (i, a) in acc.iter().enumerate() {
-                    // SAFETY: as above.
-                    unsafe { _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), *a) };
+                for (d, y) in oj.iter_mut().enumerate().skip(narrow) {
+                    *y = (tb..te).zip(w).fold(*y, |acc, (t, &wt)| wt.mul_add(values[t * hd + d], acc));
                 }
             }
-            for c in (wide..narrow).step_by(16) {
-                let y = &mut oj[c..c + 16];
-                // SAFETY: y holds 16 floats.
-                let mut a = unsafe { _mm512_loadu_ps(y.as_ptr()) };
-                for (t, &wt) in (tb..te).zip(w) {
-                    let v = &values[t * hd + c..t * hd + c + 16];
-                    // SAFETY: v holds 16 floats.
-                    a = _mm512_fmadd_ps(_mm512_set1_ps(wt), unsafe { _mm512_loadu_ps(v.as_ptr()) }, a);
-                }
-                // SAFETY: as above.
-                unsafe { _mm512_storeu_ps(y.as_mut_ptr(), a) };
-            }
-            for (d, y) in oj.iter_mut().enumerate().skip(narrow) {
-                *y = (tb..te).zip(w).fold(*y, |acc, (t, &wt)| wt.mul_add(values[t * hd + d], acc));
-            }
         }
     }
-}
 
-/// Σ a·b over two rows of equal length, 32 lanes in two registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let len = a.len().min(b.len());
-    let (mut x, mut y) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut i = 0;
-    // SAFETY: every load reads 16 floats below len.
-    unsafe {
-        while i + 32 <= len {
-            x = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), x);
-            y = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i + 16)), _mm512_loadu_ps(b.as_ptr().add(i + 16)), y);
-            i += 32;
-        }
-        if i + 16 <= len {
-            x = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), x);
-            i += 16;
-        }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_rows_avx2(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        hd: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    ) {
+        // SAFETY: AVX2 and FMA are enabled here.
+        unsafe { attend::<__m256>(q, keys, values, hd, scale, p, o) }
     }
-    let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(a, b)| a * b).sum();
-    _mm512_reduce_add_ps(_mm512_add_ps(x, y)) + tail
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_prefix_avx512(row: &mut [f32], visible: usize) {
-    use std::arch::x86_64::*;
-    let (live, masked) = row.split_at_mut(visible.min(row.len()));
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (chunks, tail) = live.as_chunks_mut::<16>();
-    let m = _mm512_set1_ps(max);
-    let mut acc = _mm512_setzero_ps();
-    for c in chunks.iter_mut() {
-        // SAFETY: c is 16 floats.
-        let e = exp_avx512(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, m));
-        acc = _mm512_add_ps(acc, e);
-        // SAFETY: as above.
-        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend_rows_avx512(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        hd: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    ) {
+        // SAFETY: AVX-512F is enabled here.
+        unsafe { attend::<__m512>(q, keys, values, hd, scale, p, o) }
     }
-    let mut sum = _mm512_reduce_add_ps(acc);
-    for v in tail.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|v| *v *= inv);
-    masked.fill(0.0);
-}
 
-/// [`exp_avx2`] in 16 lanes, 2^n by `vscalefps`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let live = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.3));
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-        x,
-        _mm512_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_avx2(row: &mut [f32], visible: usize) {
+        // SAFETY: AVX2 and FMA are enabled here.
+        unsafe { softmax::<__m256>(row, visible) }
     }
-    let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
-    _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n))
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_avx512(row: &mut [f32], visible: usize) {
+        // SAFETY: AVX-512F is enabled here.
+        unsafe { softmax::<__m512>(row, visible) }
+    }
 }
