@@ -433,44 +433,63 @@ mod simd {
         }
     }
 
+    /// The methods both register types spell alike, by their intrinsics' names.
+    macro_rules! lanes {
+        ($t:ty, $n:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fmadd:ident, $fnmadd:ident, $mul:ident, $add:ident, $sub:ident) => {
+            const N: usize = $n;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn splat(v: f32) -> Self {
+                unsafe { $splat(v) }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                unsafe { $load(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                unsafe { $store(p, self) }
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                unsafe { $fmadd(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+                unsafe { $fnmadd(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn mul(a: Self, b: Self) -> Self {
+                unsafe { $mul(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self, b: Self) -> Self {
+                unsafe { $add(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn sub(a: Self, b: Self) -> Self {
+                unsafe { $sub(a, b) }
+            }
+        };
+    }
+
     impl Lanes for __m256 {
-        const N: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            unsafe { _mm256_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm256_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm256_fnmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            unsafe { _mm256_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            unsafe { _mm256_sub_ps(a, b) }
-        }
+        lanes!(
+            __m256,
+            8,
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_fmadd_ps,
+            _mm256_fnmadd_ps,
+            _mm256_mul_ps,
+            _mm256_add_ps,
+            _mm256_sub_ps
+        );
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe {
@@ -493,43 +512,19 @@ mod simd {
     }
 
     impl Lanes for __m512 {
-        const N: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            unsafe { _mm512_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm512_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm512_fnmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            unsafe { _mm512_sub_ps(a, b) }
-        }
+        lanes!(
+            __m512,
+            16,
+            _mm512_setzero_ps,
+            _mm512_set1_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_fmadd_ps,
+            _mm512_fnmadd_ps,
+            _mm512_mul_ps,
+            _mm512_add_ps,
+            _mm512_sub_ps
+        );
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self) }
