@@ -24,7 +24,12 @@ const KV: usize = 2;
 const HD: usize = 32;
 
 fn graph(dir: &Path, domain: &str) -> PathBuf {
-    let name = if domain == ST_DOMAIN { "st" } else { "ort" };
+    let attrs =
+        [("num_heads", Attr::Int(HEADS as i64)), ("kv_num_heads", Attr::Int(KV as i64)), ("do_rotary", Attr::Int(1))];
+    graph_with(dir, domain, if domain == ST_DOMAIN { "st" } else { "ort" }, &attrs)
+}
+
+fn graph_with(dir: &Path, domain: &str, name: &str, attrs: &[(&str, Attr<'_>)]) -> PathBuf {
     let external = ExternalData::create(dir, &format!("{name}.data")).unwrap();
     let mut g = Graph::new(name, external);
     let s = Dim::Sym("s");
@@ -39,10 +44,8 @@ fn graph(dir: &Path, domain: &str) -> PathBuf {
     let cos = g.input("cos_cache", DataType::Float, &[Dim::Sym("rows"), Dim::Fixed(HD / 2)]);
     let sin = g.input("sin_cache", DataType::Float, &[Dim::Sym("rows"), Dim::Fixed(HD / 2)]);
     let pos = g.input("position_ids", DataType::Int64, &[Dim::Fixed(1), s]);
-    let attrs =
-        [("num_heads", Attr::Int(HEADS as i64)), ("kv_num_heads", Attr::Int(KV as i64)), ("do_rotary", Attr::Int(1))];
     let inputs = [q.as_str(), "", "", &pk, &pv, &seqlens, &total, &cos, &sin, &pos];
-    let out = g.node_n("attn", "GroupQueryAttention", domain, &inputs, &attrs, 3);
+    let out = g.node_n("attn", "GroupQueryAttention", domain, &inputs, attrs, 3);
     g.output(&out[0], "out", DataType::Float, &[Dim::Fixed(1), s, Dim::Fixed(HEADS * HD)]);
     g.output(&out[1], "present_key", DataType::Float, &present_dims);
     g.output(&out[2], "present_value", DataType::Float, &present_dims);
@@ -163,4 +166,31 @@ fn bad_inputs_are_errors_naming_the_op_and_input() {
     far.positions = vec![0, 10_000];
     let err = far.try_run(&mut st_gqa).expect_err("position outside the tables").to_string();
     assert!(err.contains("position_ids[1] = 10000"), "{err}");
+}
+
+/// What st's op does not implement is refused when the session is built, naming the attribute: no
+/// rotation (`do_rotary` absent means 0, as in ORT), interleaved rotation.
+#[test]
+fn unimplemented_attributes_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = || [("num_heads", Attr::Int(HEADS as i64)), ("kv_num_heads", Attr::Int(KV as i64))];
+    let [h, kv] = heads();
+    let interleaved = [h, kv, ("do_rotary", Attr::Int(1)), ("rotary_interleaved", Attr::Int(1))];
+    let plain = heads();
+    for (name, attrs, needle) in
+        [("norotary", &plain[..], "do_rotary = 0"), ("interleaved", &interleaved[..], "rotary_interleaved = 1")]
+    {
+        let path = graph_with(tmp.path(), ST_DOMAIN, name, attrs);
+        let env = &st::engine::init_ort(None).unwrap().environment;
+        let _guard = st::engine::ops::commit_lock();
+        let err = ort::session::Session::builder(env)
+            .unwrap()
+            .with_operators(st::engine::ops::domain().unwrap())
+            .unwrap()
+            .commit_from_file(&path)
+            .map(|_| ())
+            .expect_err(name)
+            .to_string();
+        assert!(err.contains("ai.st.GroupQueryAttention") && err.contains(needle), "{err}");
+    }
 }

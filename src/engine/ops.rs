@@ -330,8 +330,11 @@ impl Operator for GroupQueryAttention {
         [TensorElementType::Float32; 3].map(OperatorOutput::required)
     }
     fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<GqaKernel> {
-        for (name, want) in [("do_rotary", 1), ("rotary_interleaved", 0), ("local_window_size", -1)] {
-            let v: i64 = kctx.get(name).unwrap_or(want);
+        // (attribute, the value st implements, ORT's default when absent)
+        for (name, want, default) in
+            [("do_rotary", 1, 0), ("rotary_interleaved", 0, 0), ("local_window_size", -1, -1), ("smooth_softmax", 0, 0)]
+        {
+            let v: i64 = kctx.get(name).unwrap_or(default);
             if v != want {
                 return Err(ort::Error::new(format!("{GQA}: attribute {name} = {v} (only {want} is implemented)")));
             }

@@ -435,7 +435,7 @@ mod simd {
 
     /// The methods both register types spell alike, by their intrinsics' names.
     macro_rules! lanes {
-        ($t:ty, $n:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fmadd:ident, $fnmadd:ident, $mul:ident, $add:ident, $sub:ident) => {
+        ($n:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fmadd:ident, $fnmadd:ident, $mul:ident, $add:ident, $sub:ident) => {
             const N: usize = $n;
             #[inline(always)]
             unsafe fn zero() -> Self {
@@ -478,7 +478,6 @@ mod simd {
 
     impl Lanes for __m256 {
         lanes!(
-            __m256,
             8,
             _mm256_setzero_ps,
             _mm256_set1_ps,
@@ -513,7 +512,6 @@ mod simd {
 
     impl Lanes for __m512 {
         lanes!(
-            __m512,
             16,
             _mm512_setzero_ps,
             _mm512_set1_ps,
