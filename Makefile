@@ -125,7 +125,7 @@ test: venv qwen-tokenizer
 	$(MAKE) fuzz-smoke
 	rm -rf target/pytest-export
 	for m in tiny tiny-b; do \
-		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m >/dev/null; \
+		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m --attention gqa >/dev/null; \
 		$(CARGO) run -q --bin st -- export tests/fixtures/models/$$m target/pytest-export/$$m-std --attention standard >/dev/null; \
 	done
 	$(VENV)/bin/python tests/reference/test_exported_graphs.py \

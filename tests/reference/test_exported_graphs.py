@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The graphs `st export` writes, run in Python onnxruntime (the project venv: onnxruntime +
-numpy, no torch), give the transformers goldens' logits.
+numpy, no torch), give the transformers goldens' logits. A stock onnxruntime has none of st's
+operators, so `make test` exports with `--attention gqa` (ORT's GroupQueryAttention) and
+`--attention standard`; st's own attention is checked against ORT's in tests/attention_op.rs.
 
 usage: test_exported_graphs.py EXPORTED_DIR GOLDEN_DIR [EXPORTED_DIR GOLDEN_DIR ...]
 
