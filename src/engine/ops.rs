@@ -86,7 +86,7 @@ fn run_matmul(
     }
     let a = ctx.input(0)?.ok_or_else(|| ort::Error::new(format!("{op}: input A missing")))?;
     let (shape, a) = a.try_extract_tensor::<f32>()?;
-    let dims: Vec<i64> = shape.iter().copied().collect();
+    let dims = dims_of(shape);
     if dims.last().copied() != Some(k as i64) {
         return Err(ort::Error::new(format!("{op}: A has shape {dims:?}, expected [..., {k}]")));
     }

@@ -653,43 +653,32 @@ mod simd {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend_rows_avx2(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        hd: usize,
-        scale: f32,
-        p: &mut [f32],
-        o: &mut [f32],
-    ) {
-        // SAFETY: AVX2 and FMA are enabled here.
-        unsafe { attend::<__m256>(q, keys, values, hd, scale, p, o) }
+    /// A build's entry points: the loop and the softmax instantiated for its register type inside a
+    /// function compiled with its target features.
+    macro_rules! build {
+        ($features:literal, $lanes:ty, $attend:ident, $softmax:ident) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $attend(
+                q: &[f32],
+                keys: &[f32],
+                values: &[f32],
+                hd: usize,
+                scale: f32,
+                p: &mut [f32],
+                o: &mut [f32],
+            ) {
+                // SAFETY: the build's features are enabled here.
+                unsafe { attend::<$lanes>(q, keys, values, hd, scale, p, o) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn $softmax(row: &mut [f32], visible: usize) {
+                // SAFETY: as above.
+                unsafe { softmax::<$lanes>(row, visible) }
+            }
+        };
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn attend_rows_avx512(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        hd: usize,
-        scale: f32,
-        p: &mut [f32],
-        o: &mut [f32],
-    ) {
-        // SAFETY: AVX-512F is enabled here.
-        unsafe { attend::<__m512>(q, keys, values, hd, scale, p, o) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax_avx2(row: &mut [f32], visible: usize) {
-        // SAFETY: AVX2 and FMA are enabled here.
-        unsafe { softmax::<__m256>(row, visible) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_avx512(row: &mut [f32], visible: usize) {
-        // SAFETY: AVX-512F is enabled here.
-        unsafe { softmax::<__m512>(row, visible) }
-    }
+    build!("avx2,fma", __m256, attend_rows_avx2, softmax_avx2);
+    build!("avx512f", __m512, attend_rows_avx512, softmax_avx512);
 }
