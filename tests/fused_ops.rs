@@ -10,12 +10,16 @@
 //! - ai.st.MatMulInt8 (8-bit weights in tiles, the CPU export's int8 lm_head) runs st_kernels' tiled loop
 //!   bit for bit, within the same activation-rounding bound of the float64 reference as 8-bit MatMulNBits
 //!   at accuracy_level 4 (the form it replaces).
+//! - ai.st.MatMulInt4 with `activation` = "swiglu" (an MLP's gate and up in alternating tiles) gives
+//!   what the two tiled ops and ORT's Sigmoid, Mul, Mul give, element by element.
 //! - ai.st.MatMulFp8 gives DequantizeLinear → Gemm's outputs, per-channel and per-block scales.
 
 #[path = "common/matmul_graphs.rs"]
 mod matmul_graphs;
 
-use matmul_graphs::{Fp8Form, Int4Data, Int4Form, Int8Data, Int8Form, fp8_graph, int4_graph, int8_graph, run, session};
+use matmul_graphs::{
+    Fp8Form, Int4Data, Int4Form, Int8Data, Int8Form, fp8_graph, int4_graph, int8_graph, run, session, swiglu_graph,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use st_kernels::reference::{self, nmse};
@@ -116,6 +120,68 @@ fn matmul_int4_with_f16_scales_and_int8_activations() {
             assert!(
                 e_st <= INT8_BOUND && e_nbits <= INT8_BOUND,
                 "n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e}, MatMulNBits level 4 {e_nbits:e}"
+            );
+        }
+    }
+}
+
+/// The fused MLP op runs `st_kernels::cpu::int4_tiles_swiglu_int8` (bit for bit), which is within 5e-7
+/// relative per element of the float64 silu(g) · u of the gate and up products the two tiled ops compute
+/// (kernels/tests/cpu_int8.rs shows why); and it agrees with the separate form in ORT (the two tiled ops,
+/// then ORT's own Sigmoid → Mul → Mul, which ORT's optimizer may turn into QuickGelu → Mul) to NMSE ≤ 1e-12
+/// — per element MLAS's logistic is the looser of the two: its error is absolute (~1e-7), so where the gate is
+/// very negative and silu(g) tiny, ORT's product is off by up to 2× its own size (printed; st's stays within
+/// 1.5e-7 relative there), while swapped gate and up tiles or a wrong activation are O(1) apart in NMSE. Gate values reach ±10 here, so both tails of the sigmoid count.
+#[test]
+fn matmul_int4_swiglu_equals_sigmoid_mul_mul() {
+    const SILU_BOUND: f64 = 5e-7;
+    const PAIR_NMSE: f64 = 1e-12;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    for (i, &(n, k, block, zp)) in [(32, 200, 32, false), (96, 160, 32, false), (80, 256, 128, true)].iter().enumerate()
+    {
+        let layout = Int4Layout { n, k, block, zero_points: zp };
+        let mut data = || Int4Data {
+            n,
+            k,
+            block,
+            b: (0..layout.b_len()).map(|_| rng.random()).collect(),
+            scales: (0..layout.scales_len())
+                .map(|_| half::f16::from_f32(rng.random_range(0.01f32..0.1)).to_f32())
+                .collect(),
+            zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
+        };
+        let (gate, up) = (data(), data());
+        let mut fused = session(&swiglu_graph(tmp.path(), &format!("fused{i}"), true, &gate, &up), 2);
+        let mut separate = session(&swiglu_graph(tmp.path(), &format!("separate{i}"), false, &gate, &up), 2);
+        let tiled = |w: &Int4Data| {
+            let v = Int4Weights { layout, b: &w.b, scales: &w.scales, zero_points: w.zero_points.as_deref() };
+            st_kernels::cpu::tile(&v).unwrap()
+        };
+        let (g_t, u_t) = (tiled(&gate), tiled(&up));
+        let pairs = st_kernels::cpu::swiglu_pairs(&g_t, &u_t).unwrap();
+        for m in [1usize, 3, 17] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let (y, ort) = (run(&mut fused, &a, m, k), run(&mut separate, &a, m, k));
+            let serial = &st_kernels::cpu::Serial;
+            let mut direct = vec![f32::NAN; m * n];
+            st_kernels::cpu::int4_tiles_swiglu_int8(&a, m, &pairs.view(), &mut direct, serial).unwrap();
+            assert_eq!(y, direct, "the op runs st_kernels' SwiGLU loop, n={n} m={m}");
+            let (mut g, mut u) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            st_kernels::cpu::int4_tiles_matmul_int8(&a, m, &g_t.view(), &mut g, serial).unwrap();
+            st_kernels::cpu::int4_tiles_matmul_int8(&a, m, &u_t.view(), &mut u, serial).unwrap();
+            let want: Vec<f64> =
+                g.iter().zip(&u).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+            let worst = |v: &[f32]| {
+                v.iter().zip(&want).map(|(&y, &w)| (y as f64 - w).abs() / w.abs().max(1e-30)).fold(0.0, f64::max)
+            };
+            let (e_st, e_ort, pair) = (worst(&y), worst(&ort), nmse(f64s(&y), &f64s(&ort)));
+            eprintln!(
+                "n={n} k={k} m={m}: worst relative vs float64: st {e_st:.2e}, ORT's ops {e_ort:.2e}; NMSE {pair:.1e}"
+            );
+            assert!(
+                e_st <= SILU_BOUND && pair <= PAIR_NMSE,
+                "n={n} k={k} block={block} zp={zp} m={m}: st {e_st:e} (ORT's ops {e_ort:e}), st vs ORT NMSE {pair:e}"
             );
         }
     }

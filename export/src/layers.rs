@@ -29,6 +29,11 @@ pub struct LinearOptions {
     /// The operator of the 4-bit linears (and of 8-bit ones at accuracy_level 4: lm_head) on
     /// `--target cpu` (TensorRT always gets MatMulNBits).
     pub int4_op: Int4Op,
+    /// Where st's tiled int4 op runs an MLP's gate and up projections (int4, int8 activations, no bias):
+    /// one `ai.st.MatMulInt4` over both, tiles alternating, with `activation` = "swiglu" writing
+    /// silu(gate) · up itself (one call instead of two, no Sigmoid/Mul nodes; `st export --separate-mlp`
+    /// turns it off).
+    pub fused_mlp: bool,
 }
 
 /// How a 4-bit linear (and an 8-bit one with int8 activations: lm_head) is written for the CPU provider.
@@ -75,6 +80,7 @@ impl Default for LinearOptions {
             accuracy_level: 4,
             fused_ops: false,
             int4_op: Int4Op::St,
+            fused_mlp: true,
         }
     }
 }
@@ -123,6 +129,15 @@ impl Progress {
 }
 
 /// One HF linear of a (possibly packed) quantized linear: its weight's name, module prefix and [N, K].
+/// How [`Builder::matmul_nbits`] lays out several parts' columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pack {
+    /// One after another (q/k/v; a single linear).
+    Concat,
+    /// Two (gate, up) in alternating column tiles, the op writing silu(gate) · up.
+    SwiGlu,
+}
+
 struct Part {
     weight: String,
     prefix: String,
@@ -295,11 +310,37 @@ impl<'w> Builder<'w> {
         if self.tiled(scheme) && parts.iter().any(|p| p.n % TILE != 0) {
             return Ok(None);
         }
-        let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias)?;
+        let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias, Pack::Concat)?;
         if bias && !bias_taken {
             let b = self.bias_f32(&parts, name)?;
             return Ok(Some(self.g.node(&format!("{name}/AddBias"), "Add", &[&y, &b], &[])));
         }
+        Ok(Some(y))
+    }
+
+    /// silu(gate(x)) · up(x) as one `ai.st.MatMulInt4` with `activation` = "swiglu" over the two
+    /// projections' tiles in alternation (st_kernels::cpu::swiglu_pairs); `None` (nothing written) where
+    /// the option is off, there is a bias, or the two are not int4 tiles of one shape filling whole tiles.
+    fn gate_up_swiglu(&mut self, x: &str, prefix: &str, bias: bool) -> Result<Option<String>> {
+        let names = [format!("{prefix}.gate_proj"), format!("{prefix}.up_proj")];
+        if !self.linear.fused_mlp || bias {
+            return Ok(None);
+        }
+        let [gate, up] = [self.precision_of(&names[0], self.precision)?, self.precision_of(&names[1], self.precision)?];
+        if gate != Precision::Int4 || up != Precision::Int4 || !self.tiled(self.linear.int4) {
+            return Ok(None);
+        }
+        let mut parts = Vec::with_capacity(2);
+        for p in &names {
+            let weight = format!("{p}.weight");
+            let (n, k) = self.matrix_shape(&weight)?;
+            parts.push(Part { weight, prefix: p.clone(), n, k });
+        }
+        if parts[0].n != parts[1].n || parts[0].k != parts[1].k || parts[0].n % TILE != 0 {
+            return Ok(None);
+        }
+        let (y, _) =
+            self.matmul_nbits(x, &parts, &format!("{prefix}.gate_up_proj"), self.linear.int4, false, Pack::SwiGlu)?;
         Ok(Some(y))
     }
 
@@ -377,7 +418,7 @@ impl<'w> Builder<'w> {
                 let scheme = if precision == Precision::Int4 { self.linear.int4 } else { self.linear.int8 };
                 let (n, k) = self.matrix_shape(weight)?;
                 let part = Part { weight: weight.to_string(), prefix: prefix.to_string(), n, k };
-                let (y, bias_taken) = self.matmul_nbits(x, &[part], prefix, scheme, bias)?;
+                let (y, bias_taken) = self.matmul_nbits(x, &[part], prefix, scheme, bias, Pack::Concat)?;
                 self.add_bias(y, prefix, bias && !bias_taken)
             }
             Precision::Fp8 => {
@@ -439,6 +480,7 @@ impl<'w> Builder<'w> {
         prefix: &str,
         scheme: NBitsScheme,
         bias: bool,
+        pack: Pack,
     ) -> Result<(String, bool)> {
         let n: usize = parts.iter().map(|p| p.n).sum();
         let k = parts.first().map_or(0, |p| p.k);
@@ -492,49 +534,72 @@ impl<'w> Builder<'w> {
         let mut scales = Vec::with_capacity(n * kb);
         let mut zero_points = Vec::new();
         let mut failure = None;
+        // What one step quantizes and writes: a chunk of one part's rows, or (SwiGLU) the same rows of
+        // both parts, their tiles then interleaved.
+        let jobs: Vec<Vec<(usize, usize, &crate::lora::Source<'_>)>> = match pack {
+            Pack::Concat => parts
+                .iter()
+                .zip(&sources)
+                .flat_map(|(p, t)| (0..p.n).step_by(chunk).map(move |r0| vec![(r0, (r0 + chunk).min(p.n), t)]))
+                .collect(),
+            Pack::SwiGlu => (0..parts.first().map_or(0, |p| p.n))
+                .step_by(chunk)
+                .map(|r0| sources.iter().map(|t| (r0, (r0 + chunk).min(parts[0].n), t)).collect())
+                .collect(),
+        };
         let b = self.g.weight_with(
             &format!("{prefix}.weight_q{}{}", scheme.bits, if tiled { "_tiles" } else { "" }),
             DataType::Uint8,
             &if tiled { vec![tiles.tiles(), tiles.tile_bytes()] } else { vec![n, kb, blob] },
             b_len as u64,
             |w| {
-                for (r0, r1, t) in parts
-                    .iter()
-                    .zip(&sources)
-                    .flat_map(|(p, t)| (0..p.n).step_by(chunk).map(move |r0| (r0, (r0 + chunk).min(p.n), t)))
-                {
-                    let rows = match t.rows_f32(r0..r1) {
-                        Ok(rows) => rows,
-                        Err(e) => {
-                            failure = Some(e);
-                            return Err(std::io::Error::other("source tensor unreadable"));
-                        }
-                    };
-                    let q = nbits::quantize_parallel(&rows, r1 - r0, k, scheme, threads);
-                    if tiled {
-                        let layout = st_kernels::Int4Layout { n: r1 - r0, k, block, zero_points: !scheme.symmetric };
-                        let t = if scheme.bits == 8 {
-                            st_kernels::cpu::tile_int8(layout, &q.packed, &q.scales, q.zero_points.as_deref())
-                        } else {
-                            let rows = st_kernels::Int4Weights {
-                                layout,
-                                b: &q.packed,
-                                scales: &q.scales,
-                                zero_points: q.zero_points.as_deref(),
-                            };
-                            st_kernels::cpu::tile(&rows)
+                for job in &jobs {
+                    let mut tiled_rows = Vec::with_capacity(job.len());
+                    for &(r0, r1, t) in job {
+                        let rows = match t.rows_f32(r0..r1) {
+                            Ok(rows) => rows,
+                            Err(e) => {
+                                failure = Some(e);
+                                return Err(std::io::Error::other("source tensor unreadable"));
+                            }
                         };
-                        let t = t.map_err(std::io::Error::other)?;
-                        w.write_all(&t.b)?;
-                        scales.extend_from_slice(&t.scales);
-                        zero_points.extend_from_slice(t.zero_points.as_deref().unwrap_or_default());
-                        continue;
+                        let q = nbits::quantize_parallel(&rows, r1 - r0, k, scheme, threads);
+                        if tiled {
+                            let layout =
+                                st_kernels::Int4Layout { n: r1 - r0, k, block, zero_points: !scheme.symmetric };
+                            let t = if scheme.bits == 8 {
+                                st_kernels::cpu::tile_int8(layout, &q.packed, &q.scales, q.zero_points.as_deref())
+                            } else {
+                                let rows = st_kernels::Int4Weights {
+                                    layout,
+                                    b: &q.packed,
+                                    scales: &q.scales,
+                                    zero_points: q.zero_points.as_deref(),
+                                };
+                                st_kernels::cpu::tile(&rows)
+                            };
+                            tiled_rows.push(t.map_err(std::io::Error::other)?);
+                            continue;
+                        }
+                        w.write_all(&q.packed)?;
+                        scales.extend_from_slice(&q.scales);
+                        if let Some(z) = q.zero_points {
+                            zero_points.extend_from_slice(&z);
+                        }
                     }
-                    w.write_all(&q.packed)?;
-                    scales.extend_from_slice(&q.scales);
-                    if let Some(z) = q.zero_points {
-                        zero_points.extend_from_slice(&z);
-                    }
+                    let pairs;
+                    let t = match tiled_rows.as_slice() {
+                        [] => continue,
+                        [gate, up] if pack == Pack::SwiGlu => {
+                            pairs = st_kernels::cpu::swiglu_pairs(gate, up).map_err(std::io::Error::other)?;
+                            &pairs
+                        }
+                        [one] => one,
+                        _ => return Err(std::io::Error::other("a packing step of unexpected parts")),
+                    };
+                    w.write_all(&t.b)?;
+                    scales.extend_from_slice(&t.scales);
+                    zero_points.extend_from_slice(t.zero_points.as_deref().unwrap_or_default());
                 }
                 Ok(())
             },
@@ -577,6 +642,9 @@ impl<'w> Builder<'w> {
             if tiled {
                 attrs.push(("tile", Attr::Int(TILE as i64)));
             }
+            if pack == Pack::SwiGlu {
+                attrs.push(("activation", Attr::Str("swiglu")));
+            }
             let op = if scheme.bits == 8 { "MatMulInt8" } else { "MatMulInt4" };
             let y = self.g.node_n(&format!("{prefix}/{op}"), op, crate::graph::ST_DOMAIN, &refs, &attrs, 1).remove(0);
             return Ok((y, bias_taken));
@@ -611,8 +679,12 @@ impl<'w> Builder<'w> {
         self.g.node(&format!("{name}/Add"), "Add", &[&a, &b], &[])
     }
 
-    /// SwiGLU MLP: down(silu(gate(x)) · up(x)).
+    /// SwiGLU MLP: down(silu(gate(x)) · up(x)); gate, up and the product as one node where
+    /// [`LinearOptions::fused_mlp`] allows.
     pub fn mlp(&mut self, x: &str, prefix: &str, bias: bool) -> Result<String> {
+        if let Some(prod) = self.gate_up_swiglu(x, prefix, bias)? {
+            return self.linear(&prod, &format!("{prefix}.down_proj"), bias);
+        }
         let gate = self.linear(x, &format!("{prefix}.gate_proj"), bias)?;
         let up = self.linear(x, &format!("{prefix}.up_proj"), bias)?;
         let sig = self.g.node(&format!("{prefix}/Sigmoid"), "Sigmoid", &[&gate], &[]);

@@ -1,4 +1,4 @@
-//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L] [--int4-op st|nbits] [--lora ADAPTER_DIR]`.
+//! `st export CHECKPOINT_DIR OUT_DIR [--precision fp32|int4] [--block N] [--asymmetric] [--accuracy-level L] [--int4-op st|nbits] [--attention st|gqa|standard] [--separate-mlp] [--lora ADAPTER_DIR]`.
 
 use std::path::PathBuf;
 
@@ -45,6 +45,11 @@ pub struct ExportArgs {
     /// any provider; the default on tensorrt).
     #[arg(long)]
     pub attention: Option<String>,
+    /// Keep each MLP's gate and up projections as two linears with SiLU and Mul nodes between. By
+    /// default, where st's tiled int4 op runs them (--target cpu, --int4-op st, accuracy_level 4), they
+    /// are one ai.st.MatMulInt4 that writes silu(gate) · up itself.
+    #[arg(long)]
+    pub separate_mlp: bool,
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, e.g. the
     /// `adapter/` of an `st finetune` run) merged into the weights before quantization.
     #[arg(long)]
@@ -75,6 +80,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     if let Some(op) = args.int4_op {
         opts.linear.int4_op = op;
+    }
+    if args.separate_mlp {
+        opts.linear.fused_mlp = false;
     }
     opts.target = args.target;
     opts.attention = match (args.attention.as_deref(), args.target) {

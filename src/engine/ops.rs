@@ -142,6 +142,9 @@ pub struct Int4Kernel {
     tiled: bool,
     /// 8-bit weights (`ai.st.MatMulInt8`; always tiled).
     bits8: bool,
+    /// `activation` = "swiglu": the tiles alternate an MLP's gate and up projection and Y is
+    /// silu(gate) · up, `[..., N / 2]` (st_kernels::cpu::int4_tiles_swiglu_int8).
+    swiglu: bool,
 }
 
 impl Operator for MatMulInt4 {
@@ -179,6 +182,18 @@ impl Operator for MatMulInt4 {
                 )));
             }
         };
+        let activation: String = kctx.get("activation").unwrap_or_default();
+        let swiglu = match activation.as_str() {
+            "" => false,
+            "swiglu" if tiled && !self.bits8 => true,
+            other => {
+                return Err(ort::Error::new(format!(
+                    "{op}: activation \"{other}\" with tile {tile} (expected none, or \"swiglu\" on 4-bit column \
+                     tiles: tile {}, accuracy_level 4)",
+                    cpu::tiles::TILE
+                )));
+            }
+        };
         if self.bits8 && !tiled {
             return Err(ort::Error::new(format!(
                 "{op}: tile {tile}, accuracy_level {level} (8-bit weights run in column tiles only: tile {}, \
@@ -194,13 +209,36 @@ impl Operator for MatMulInt4 {
             int8: level == 4,
             f16_scales: self.f16_scales,
             bits8: self.bits8,
+            swiglu,
         })
+    }
+}
+
+impl Int4Kernel {
+    fn op(&self) -> &'static str {
+        MatMulInt4 { f16_scales: self.f16_scales, bits8: self.bits8 }.op()
+    }
+
+    /// The tiled forms: Y = A · Wᵀ (+ bias), or silu(gate) · up over tile pairs.
+    fn run_tiles<S: cpu::Int4Scale>(
+        &self,
+        ctx: &ComputeContext,
+        bias: Option<&[f32]>,
+        w: cpu::Int4Tiles<'_, S>,
+        pool: &OrtPool<'_>,
+    ) -> ort::Result<()> {
+        let op = self.op();
+        if self.swiglu {
+            run_matmul(ctx, op, self.k, self.n / 2, None, |a, m, y| cpu::int4_tiles_swiglu_int8(a, m, &w, y, pool))
+        } else {
+            run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_tiles_matmul_int8(a, m, &w, y, pool))
+        }
     }
 }
 
 impl Kernel for Int4Kernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let op = if self.bits8 { "MatMulInt8" } else { "MatMulInt4" };
+        let op = self.op();
         let b = u8_input(ctx, 1, op, "B")?;
         let (_, b) = b.try_extract_tensor::<u8>()?;
         let s = u8_input(ctx, 2, op, "scales")?;
@@ -218,14 +256,16 @@ impl Kernel for Int4Kernel {
         let pool = OrtPool(ctx);
         if self.tiled {
             let layout = if self.bits8 { cpu::TileLayout::int8(layout) } else { cpu::TileLayout::int4(layout) };
+            if self.swiglu && bias.is_some() {
+                // The bias would go before the activation; st export never writes one here.
+                return Err(ort::Error::new(format!("{op}: a bias input with activation \"swiglu\"")));
+            }
             return if self.f16_scales {
                 let (_, scales) = s.try_extract_tensor::<half::f16>()?;
-                let w = cpu::Int4Tiles { layout, b, scales, zero_points: zp };
-                run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_tiles_matmul_int8(a, m, &w, y, &pool))
+                self.run_tiles(ctx, bias, cpu::Int4Tiles { layout, b, scales, zero_points: zp }, &pool)
             } else {
                 let (_, scales) = s.try_extract_tensor::<f32>()?;
-                let w = cpu::Int4Tiles { layout, b, scales, zero_points: zp };
-                run_matmul(ctx, op, self.k, self.n, bias, |a, m, y| cpu::int4_tiles_matmul_int8(a, m, &w, y, &pool))
+                self.run_tiles(ctx, bias, cpu::Int4Tiles { layout, b, scales, zero_points: zp }, &pool)
             };
         }
         if self.f16_scales {

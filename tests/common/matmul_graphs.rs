@@ -143,6 +143,63 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
     )
 }
 
+/// An MLP's `silu(A · gateᵀ) · (A · upᵀ)`, `Y [M, n]`, from two int4 linears of the same shape in column
+/// tiles (f16 scales, accuracy_level 4): `fused`, one ai.st.MatMulInt4 over `st_kernels::cpu::swiglu_pairs`
+/// with `activation` = "swiglu", as `st export` writes it; otherwise the two ops and ORT's own Sigmoid, Mul,
+/// Mul (`st export --separate-mlp`).
+pub fn swiglu_graph(dir: &Path, name: &str, fused: bool, gate: &Int4Data, up: &Int4Data) -> PathBuf {
+    let (n, k, block) = (gate.n, gate.k, gate.block);
+    let tiled = |w: &Int4Data| {
+        let layout = st_kernels::Int4Layout { n, k, block, zero_points: w.zero_points.is_some() };
+        st_kernels::cpu::tile(&st_kernels::Int4Weights {
+            layout,
+            b: &w.b,
+            scales: &w.scales,
+            zero_points: w.zero_points.as_deref(),
+        })
+        .unwrap()
+    };
+    let (g_t, u_t) = (tiled(gate), tiled(up));
+    write(
+        dir,
+        name,
+        |g, a| {
+            let mut linear = |t: &st_kernels::cpu::Tiled<f32>, prefix: &str, activation: Option<&str>| {
+                let b = g
+                    .weight(&format!("{prefix}.B"), DataType::Uint8, &[t.layout.tiles(), t.layout.tile_bytes()], &t.b)
+                    .unwrap();
+                let h: Vec<u8> = t.scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+                let s = g.weight(&format!("{prefix}.scales"), DataType::Float16, &[t.scales.len()], &h).unwrap();
+                let mut inputs = vec![a.to_string(), b, s];
+                if let Some(z) = &t.zero_points {
+                    inputs.push(g.weight(&format!("{prefix}.zero_points"), DataType::Uint8, &[z.len()], z).unwrap());
+                }
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                let mut attrs = vec![
+                    ("K", Attr::Int(k as i64)),
+                    ("N", Attr::Int(t.layout.0.n as i64)),
+                    ("block_size", Attr::Int(block as i64)),
+                    ("accuracy_level", Attr::Int(4)),
+                    ("tile", Attr::Int(st_kernels::cpu::tiles::TILE as i64)),
+                ];
+                if let Some(act) = activation {
+                    attrs.push(("activation", Attr::Str(act)));
+                }
+                g.node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", ST_DOMAIN, &refs, &attrs, 1).remove(0)
+            };
+            if fused {
+                return linear(&st_kernels::cpu::swiglu_pairs(&g_t, &u_t).unwrap(), "gate_up", Some("swiglu"));
+            }
+            let (gate, up) = (linear(&g_t, "gate", None), linear(&u_t, "up", None));
+            let sig = g.node("Sigmoid", "Sigmoid", &[&gate], &[]);
+            let silu = g.node("SiLU", "Mul", &[&gate, &sig], &[]);
+            g.node("MulUp", "Mul", &[&silu, &up], &[])
+        },
+        n,
+        k,
+    )
+}
+
 /// fp8 E4M3FN bytes `[n, k]` with f32 scales, per channel (`block` 0) or per `block` inputs.
 #[allow(clippy::too_many_arguments)]
 pub fn fp8_graph(

@@ -411,11 +411,7 @@ mod simd {
         unsafe fn exp(self) -> Self;
     }
 
-    /// Cephes' `expf` constants: ln 2 in two parts, the polynomial's coefficients from the highest.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
-    const EXP_MIN: f32 = -87.3;
+    use crate::cpu::expf::{EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
 
     /// n = round(x / ln 2) and the polynomial e^r, for the builds' own 2^n.
     #[inline(always)]

@@ -7,13 +7,15 @@
 //! [`int8`]: int4 weights with the activations quantized to int8 (the decode GEMV).
 
 pub mod attention;
+mod expf;
 pub mod int8;
 pub mod tiles;
 
 pub use attention::{AttentionBuild, GqaShape, GqaTokens, KvCache, gqa, gqa_on};
 pub use int8::{Int4Scale, Int8Isa, int4_matmul_int8, int4_matmul_int8_on, int8_isa};
 pub use tiles::{
-    Int4Tiles, TileLayout, Tiled, WeightBits, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on, tile, tile_int8,
+    Int4Tiles, TileLayout, Tiled, WeightBits, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on,
+    int4_tiles_swiglu_int8, int4_tiles_swiglu_int8_on, swiglu_pairs, tile, tile_int8,
 };
 
 use crate::error::Result;

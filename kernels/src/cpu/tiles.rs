@@ -146,6 +146,37 @@ impl<S> Tiled<S> {
     }
 }
 
+/// An MLP's gate and up projections, tiled alike (n a multiple of 16), as one linear of 2n columns
+/// whose tiles alternate gate and up ([`int4_tiles_swiglu_int8`]'s layout): tile 2j is the gate's tile j,
+/// tile 2j + 1 the up projection's. Bytes, scales and zero points are moved, not changed.
+pub fn swiglu_pairs<S: Copy>(gate: &Tiled<S>, up: &Tiled<S>) -> Result<Tiled<S>> {
+    gate.view().validate()?;
+    up.view().validate()?;
+    let l = gate.layout;
+    if up.layout != l || l.0.n % TILE != 0 {
+        return Err(Error::Shape(format!(
+            "SwiGLU pairs: gate {:?} and up {:?} (expected the same tiled layout, n a multiple of {TILE})",
+            gate.layout, up.layout
+        )));
+    }
+    let zip = |g: &[u8], u: &[u8], each: usize| -> Vec<u8> {
+        g.chunks_exact(each).zip(u.chunks_exact(each)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect()
+    };
+    let per = l.0.k_blocks() * TILE;
+    let scales = gate
+        .scales
+        .chunks_exact(per)
+        .zip(up.scales.chunks_exact(per))
+        .flat_map(|(g, u)| g.iter().chain(u).copied())
+        .collect();
+    let zero_points = match (&gate.zero_points, &up.zero_points) {
+        (Some(g), Some(u)) => Some(zip(g, u, per)),
+        _ => None,
+    };
+    let layout = TileLayout(Int4Layout { n: 2 * l.0.n, ..l.0 }, l.1);
+    Ok(Tiled { layout, b: zip(&gate.b, &up.b, l.tile_bytes()), scales, zero_points })
+}
+
 /// Rearranges 4-bit weights in MatMulNBits' layout ([`crate::Int4Weights`]) into tiles; the values,
 /// scales and zero points are unchanged.
 pub fn tile<S: Copy + Default>(w: &crate::Int4Weights<'_, S>) -> Result<Tiled<S>> {
@@ -781,42 +812,119 @@ fn pass<S: Int4Scale, const T: usize, const B8: bool>(
     }
 }
 
-/// Runs `T` tiles from `t0` over every activation row, writing their columns.
+/// What a task writes from its tiles' columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epilogue {
+    /// Each column as computed: `y` is `[m, n]`.
+    Plain,
+    /// SwiGLU over tile pairs: tiles 2j and 2j + 1 hold the gate's and the up projection's columns
+    /// 16j..16j + 16 (what `st export` writes for an MLP's gate and up as one linear), and `y` is
+    /// `[m, n / 2]` with `y[i][16j + c] = silu(gate) · up` — the MLP's `act_fn(gate_proj(x)) · up_proj(x)`
+    /// without the two `[m, n / 2]` tensors and the two nodes between (n a multiple of 32).
+    SwiGlu,
+}
+
+/// The task's view of `T` tiles from `t0`.
 #[inline(always)]
-fn run_tiles<S: Int4Scale, const T: usize>(lp: Loop, w: &Int4Tiles<'_, S>, t0: usize, q: &Rows, m: usize, y: &Output) {
+fn task_in<'a, S: Int4Scale, const T: usize>(w: &Int4Tiles<'a, S>, t0: usize) -> TaskIn<'a, S, T> {
     let l = w.layout;
-    let (n, kb, tb) = (l.0.n, l.0.k_blocks(), l.tile_bytes());
+    let (kb, tb) = (l.0.k_blocks(), l.tile_bytes());
     let per = kb * TILE;
-    let ti = TaskIn::<S, T> {
+    TaskIn::<S, T> {
         w: std::array::from_fn(|t| &w.b[(t0 + t) * tb..(t0 + t + 1) * tb]),
         s: &w.scales[t0 * per..(t0 + T) * per],
         z: w.zero_points.map(|z| &z[t0 * per..(t0 + T) * per]),
         kb,
         per_block: l.0.block / 32,
-    };
+    }
+}
+
+/// One pass's rows `i0..i0 + mr` over `ti`'s tiles.
+#[inline(always)]
+fn pass_rows<S: Int4Scale, const T: usize>(
+    lp: Loop,
+    bits: WeightBits,
+    ti: &TaskIn<'_, S, T>,
+    q: &Rows,
+    i0: usize,
+    mr: usize,
+) -> [[[f32; TILE]; T]; MR] {
+    match bits {
+        WeightBits::Four => pass::<S, T, false>(lp, ti, q, i0, mr),
+        WeightBits::Eight => pass::<S, T, true>(lp, ti, q, i0, mr),
+    }
+}
+
+/// Writes row `i`'s silu(gate) · up for the tile pair whose gate tile is `gate_tile` (even).
+#[inline(always)]
+fn write_swiglu(y: &Output, n: usize, i: usize, gate_tile: usize, gate: &[f32; TILE], up: &[f32; TILE]) {
+    let mut v = [0f32; TILE];
+    super::expf::silu_mul(gate, up, &mut v);
+    // SAFETY: the pair's columns belong to this task alone.
+    unsafe { y.write_slice(i * (n / 2) + gate_tile / 2 * TILE, &v) };
+}
+
+/// Runs `T` tiles from `t0` over every activation row, writing their columns (for [`Epilogue::SwiGlu`],
+/// `t0` and `T` even: the pairs' products).
+#[inline(always)]
+fn run_tiles<S: Int4Scale, const T: usize>(
+    lp: Loop,
+    w: &Int4Tiles<'_, S>,
+    t0: usize,
+    q: &Rows,
+    m: usize,
+    y: &Output,
+    epilogue: Epilogue,
+) {
+    let l = w.layout;
+    let n = l.0.n;
+    let ti = task_in::<S, T>(w, t0);
     let rows = lp.rows_per_pass();
     for i0 in (0..m).step_by(rows) {
         let mr = rows.min(m - i0);
-        let out = match l.1 {
-            WeightBits::Four => pass::<S, T, false>(lp, &ti, q, i0, mr),
-            WeightBits::Eight => pass::<S, T, true>(lp, &ti, q, i0, mr),
-        };
+        let out = pass_rows(lp, l.1, &ti, q, i0, mr);
         for (r, out) in out[..mr].iter().enumerate() {
-            for (t, out) in out.iter().enumerate() {
-                let c0 = (t0 + t) * TILE;
-                for (c, &v) in out[..TILE.min(n - c0)].iter().enumerate() {
-                    // SAFETY: the columns of tiles t0.. belong to this task alone.
-                    unsafe { y.write((i0 + r) * n + c0 + c, v) };
+            match epilogue {
+                Epilogue::Plain => {
+                    for (t, out) in out.iter().enumerate() {
+                        let c0 = (t0 + t) * TILE;
+                        let cols = TILE.min(n - c0);
+                        // SAFETY: the columns of tiles t0.. belong to this task alone.
+                        unsafe { y.write_slice((i0 + r) * n + c0, &out[..cols]) };
+                    }
+                }
+                Epilogue::SwiGlu => {
+                    for p in 0..T / 2 {
+                        write_swiglu(y, n, i0 + r, t0 + 2 * p, &out[2 * p], &out[2 * p + 1]);
+                    }
                 }
             }
         }
     }
 }
 
-/// One task: tiles `task · TASK_TILES ..`, every activation row; four tiles a pass for one row, two for
-/// several (the registers hold tiles × rows accumulators).
+/// [`Epilogue::SwiGlu`] where a pass takes one tile: the gate tile `t0` and the up tile `t0 + 1` pass
+/// in turn over each group of rows (both tiles' bytes stay in L2 between them).
 #[inline(always)]
-fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize, y: &Output, lp: Loop) {
+fn run_pair_in_turn<S: Int4Scale>(lp: Loop, w: &Int4Tiles<'_, S>, t0: usize, q: &Rows, m: usize, y: &Output) {
+    let l = w.layout;
+    let (gate, up) = (task_in::<S, 1>(w, t0), task_in::<S, 1>(w, t0 + 1));
+    let rows = lp.rows_per_pass();
+    for i0 in (0..m).step_by(rows) {
+        let mr = rows.min(m - i0);
+        let g = pass_rows(lp, l.1, &gate, q, i0, mr);
+        let u = pass_rows(lp, l.1, &up, q, i0, mr);
+        for r in 0..mr {
+            write_swiglu(y, l.0.n, i0 + r, t0, &g[r][0], &u[r][0]);
+        }
+    }
+}
+
+/// One task: tiles `task · TASK_TILES ..`, every activation row; four tiles a pass for one row, two for
+/// several (the registers hold tiles × rows accumulators). A task's tiles start even and number an even
+/// count when n is a multiple of 32, so SwiGLU's pairs never straddle tasks or passes.
+#[inline(always)]
+fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize, y: &Output, lp: Loop, e: Epilogue) {
     let l = w.layout;
     let first = task * TASK_TILES;
     let tiles = TASK_TILES.min(l.tiles() - first);
@@ -825,11 +933,16 @@ fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize
     let end = first + tiles;
     while t < end {
         let take = per_pass.min(end - t);
-        match take {
-            4 => run_tiles::<S, 4>(lp, w, t, q, m, y),
-            3 => run_tiles::<S, 3>(lp, w, t, q, m, y),
-            2 => run_tiles::<S, 2>(lp, w, t, q, m, y),
-            _ => run_tiles::<S, 1>(lp, w, t, q, m, y),
+        match (take, e) {
+            (4, _) => run_tiles::<S, 4>(lp, w, t, q, m, y, e),
+            (3, Epilogue::Plain) => run_tiles::<S, 3>(lp, w, t, q, m, y, e),
+            (2, _) => run_tiles::<S, 2>(lp, w, t, q, m, y, e),
+            (_, Epilogue::Plain) => run_tiles::<S, 1>(lp, w, t, q, m, y, e),
+            (_, Epilogue::SwiGlu) => {
+                run_pair_in_turn::<S>(lp, w, t, q, m, y);
+                t += 2;
+                continue;
+            }
         }
         t += take;
     }
@@ -837,20 +950,20 @@ fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn task_vnni512<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output) {
-    task_body::<S>(w, q, m, t, y, Loop::Vnni512)
+unsafe fn task_vnni512<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output, e: Epilogue) {
+    task_body::<S>(w, q, m, t, y, Loop::Vnni512, e)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
-unsafe fn task_avxvnni<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output) {
-    task_body::<S>(w, q, m, t, y, Loop::AvxVnni)
+unsafe fn task_avxvnni<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output, e: Epilogue) {
+    task_body::<S>(w, q, m, t, y, Loop::AvxVnni, e)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn task_avx2<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output) {
-    task_body::<S>(w, q, m, t, y, Loop::Avx2)
+unsafe fn task_avx2<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, t: usize, y: &Output, e: Epilogue) {
+    task_body::<S>(w, q, m, t, y, Loop::Avx2, e)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -880,9 +993,59 @@ pub fn int4_tiles_matmul_int8_on<S: Int4Scale>(
     y: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
+    tiles_int8(isa, Epilogue::Plain, a, m, w, y, par)
+}
+
+/// An MLP's `silu(gate) · up` from one tiled linear whose tiles alternate gate and up: tiles 2j and
+/// 2j + 1 hold the gate's and the up projection's columns 16j..16j + 16 (n = 2 × the MLP's width, a
+/// multiple of 32), and `y[m, n / 2]` gets `silu(a · gateᵀ) · (a · upᵀ)` — the products of
+/// [`int4_tiles_matmul_int8`] on the same weights, combined by each task before it writes (no `[m, n]`
+/// tensor, no second pass); on the fastest build this CPU runs.
+pub fn int4_tiles_swiglu_int8<S: Int4Scale>(
+    a: &[f32],
+    m: usize,
+    w: &Int4Tiles<'_, S>,
+    y: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
+    int4_tiles_swiglu_int8_on(super::int8_isa(), a, m, w, y, par)
+}
+
+/// [`int4_tiles_swiglu_int8`] on a chosen build (an error when this CPU lacks its features).
+pub fn int4_tiles_swiglu_int8_on<S: Int4Scale>(
+    isa: Int8Isa,
+    a: &[f32],
+    m: usize,
+    w: &Int4Tiles<'_, S>,
+    y: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
+    tiles_int8(isa, Epilogue::SwiGlu, a, m, w, y, par)
+}
+
+fn tiles_int8<S: Int4Scale>(
+    isa: Int8Isa,
+    epilogue: Epilogue,
+    a: &[f32],
+    m: usize,
+    w: &Int4Tiles<'_, S>,
+    y: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
     w.validate()?;
     let l = w.layout.0;
-    check_io(m, l.n, l.k, a.len(), y.len())?;
+    let n_out = match epilogue {
+        Epilogue::Plain => l.n,
+        Epilogue::SwiGlu if l.n % (2 * TILE) == 0 => l.n / 2,
+        Epilogue::SwiGlu => {
+            return Err(Error::Shape(format!(
+                "SwiGLU over column tiles: n = {} (expected a multiple of {}: gate and up tiles in pairs)",
+                l.n,
+                2 * TILE
+            )));
+        }
+    };
+    check_io(m, n_out, l.k, a.len(), y.len())?;
     if !isa.available() {
         return Err(isa.unsupported());
     }
@@ -908,12 +1071,12 @@ pub fn int4_tiles_matmul_int8_on<S: Int4Scale>(
     par.run(w.layout.tiles().div_ceil(TASK_TILES), &|t| match lp {
         // SAFETY: the CPU has the features (checked above).
         #[cfg(target_arch = "x86_64")]
-        Loop::Vnni512 => unsafe { task_vnni512(w, &q, m, t, &out) },
+        Loop::Vnni512 => unsafe { task_vnni512(w, &q, m, t, &out, epilogue) },
         #[cfg(target_arch = "x86_64")]
-        Loop::AvxVnni => unsafe { task_avxvnni(w, &q, m, t, &out) },
+        Loop::AvxVnni => unsafe { task_avxvnni(w, &q, m, t, &out, epilogue) },
         #[cfg(target_arch = "x86_64")]
-        Loop::Avx2 => unsafe { task_avx2(w, &q, m, t, &out) },
-        Loop::Portable => task_body::<S>(w, &q, m, t, &out, Loop::Portable),
+        Loop::Avx2 => unsafe { task_avx2(w, &q, m, t, &out, epilogue) },
+        Loop::Portable => task_body::<S>(w, &q, m, t, &out, Loop::Portable, epilogue),
     });
     Ok(())
 }
