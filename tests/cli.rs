@@ -371,6 +371,15 @@ fn export_attention_choices() {
     assert!(ok, "{err}");
     let nbits = decoder("nbits");
     assert!(has(&nbits, b"GroupQueryAttention") && !has(&nbits, b"ai.st"), "a stock-ORT graph");
+    // The MLP: gate and up as one st op writing silu(gate) · up by default; --separate-mlp keeps the two
+    // linears and the Sigmoid/Mul nodes; MatMulNBits graphs never fuse (the activation is st's).
+    let default = decoder("default");
+    assert!(has(&default, b"gate_up_proj") && has(&default, b"swiglu") && !has(&default, b"mlp/Sigmoid"));
+    let (ok, err) = export("separate", &["--precision", "int4", "--separate-mlp"]);
+    assert!(ok, "{err}");
+    let separate = decoder("separate");
+    assert!(!has(&separate, b"gate_up_proj") && has(&separate, b"mlp/Sigmoid"), "--separate-mlp");
+    assert!(!has(&nbits, b"gate_up_proj") && has(&nbits, b"mlp/Sigmoid"), "nbits keeps the MLP separate");
     let (ok, err) = export("cuda", &["--attention", "st", "--target", "cuda"]);
     assert!(!ok && err.contains("--attention st runs on --target cpu only"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -152,8 +152,8 @@ fn matmul_int4_swiglu_equals_sigmoid_mul_mul() {
             zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
         };
         let (gate, up) = (data(), data());
-        let mut fused = session(&swiglu_graph(tmp.path(), &format!("fused{i}"), true, &gate, &up), 2);
-        let mut separate = session(&swiglu_graph(tmp.path(), &format!("separate{i}"), false, &gate, &up), 2);
+        let mut fused = session(&swiglu_graph(tmp.path(), &format!("fused{i}"), Some("swiglu"), &gate, &up), 2);
+        let mut separate = session(&swiglu_graph(tmp.path(), &format!("separate{i}"), None, &gate, &up), 2);
         let tiled = |w: &Int4Data| {
             let v = Int4Weights { layout, b: &w.b, scales: &w.scales, zero_points: w.zero_points.as_deref() };
             st_kernels::cpu::tile(&v).unwrap()
@@ -185,6 +185,34 @@ fn matmul_int4_swiglu_equals_sigmoid_mul_mul() {
             );
         }
     }
+}
+
+/// An activation st's op does not compute is refused by name when the session is built.
+#[test]
+fn matmul_int4_unknown_activation_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let layout = Int4Layout { n: 32, k: 64, block: 32, zero_points: false };
+    let mut data = || Int4Data {
+        n: 32,
+        k: 64,
+        block: 32,
+        b: (0..layout.b_len()).map(|_| rng.random()).collect(),
+        scales: vec![0.05; layout.scales_len()],
+        zero_points: None,
+    };
+    let (gate, up) = (data(), data());
+    let path = swiglu_graph(tmp.path(), "gelu", Some("gelu"), &gate, &up);
+    let env = &st::engine::init_ort(None).unwrap().environment;
+    let _guard = st::engine::ops::commit_lock();
+    let err = ort::session::Session::builder(env)
+        .unwrap()
+        .with_operators(st::engine::ops::domain().unwrap())
+        .unwrap()
+        .commit_from_file(&path)
+        .err()
+        .expect("an unknown activation builds no session");
+    assert!(err.to_string().contains("activation \"gelu\""), "{err}");
 }
 
 #[test]

@@ -144,10 +144,10 @@ pub fn int4_graph(dir: &Path, name: &str, form: Int4Form, w: &Int4Data) -> PathB
 }
 
 /// An MLP's `silu(A · gateᵀ) · (A · upᵀ)`, `Y [M, n]`, from two int4 linears of the same shape in column
-/// tiles (f16 scales, accuracy_level 4): `fused`, one ai.st.MatMulInt4 over `st_kernels::cpu::swiglu_pairs`
-/// with `activation` = "swiglu", as `st export` writes it; otherwise the two ops and ORT's own Sigmoid, Mul,
-/// Mul (`st export --separate-mlp`).
-pub fn swiglu_graph(dir: &Path, name: &str, fused: bool, gate: &Int4Data, up: &Int4Data) -> PathBuf {
+/// tiles (f16 scales, accuracy_level 4): with an `activation` ("swiglu" as `st export` writes it), one
+/// ai.st.MatMulInt4 over `st_kernels::cpu::swiglu_pairs` with that attribute; without, the two ops and ORT's
+/// own Sigmoid, Mul, Mul (`st export --separate-mlp`).
+pub fn swiglu_graph(dir: &Path, name: &str, activation: Option<&str>, gate: &Int4Data, up: &Int4Data) -> PathBuf {
     let (n, k, block) = (gate.n, gate.k, gate.block);
     let tiled = |w: &Int4Data| {
         let layout = st_kernels::Int4Layout { n, k, block, zero_points: w.zero_points.is_some() };
@@ -187,8 +187,8 @@ pub fn swiglu_graph(dir: &Path, name: &str, fused: bool, gate: &Int4Data, up: &I
                 }
                 g.node_n(&format!("{prefix}/MatMulInt4"), "MatMulInt4", ST_DOMAIN, &refs, &attrs, 1).remove(0)
             };
-            if fused {
-                return linear(&st_kernels::cpu::swiglu_pairs(&g_t, &u_t).unwrap(), "gate_up", Some("swiglu"));
+            if activation.is_some() {
+                return linear(&st_kernels::cpu::swiglu_pairs(&g_t, &u_t).unwrap(), "gate_up", activation);
             }
             let (gate, up) = (linear(&g_t, "gate", None), linear(&u_t, "up", None));
             let sig = g.node("Sigmoid", "Sigmoid", &[&gate], &[]);
