@@ -1,7 +1,8 @@
 //! The CPU int4 loops on the 7B's decoder matrices (q/o 3584×3584, gate/up 18944×3584, down
 //! 3584×18944) at M = 1 (decode), 16 (a question's prefill) and 512 (a prompt's prefill), 2 threads, at
 //! the export's default block (128): the f32 loop (f32 scales), and each int8-activation build this CPU
-//! runs (f16 scales) over MatMulNBits' row layout and over the column tiles `st export` writes. Throughput is the weight bytes read per call, so GB/s compares with
+//! runs (f16 scales) over MatMulNBits' row layout and over the column tiles `st export` writes; the MLP's
+//! gate and up as one SwiGLU call against two plain ones. Throughput is the weight bytes read per call, so GB/s compares with
 //! `examples/membw` (the roofline). Each iteration reads the next of
 //! several copies of the weights (≥ 1.2 GB in all), so they come from DRAM, not from a large
 //! last-level cache. Then lm_head at int8 over 8-bit tiles. `cargo bench -p st-kernels --bench cpu_int4`
@@ -80,6 +81,59 @@ fn bench(c: &mut Criterion) {
         }
     }
     lm_head_int8(c, &pool);
+    swiglu_gate_up(c, &pool);
+}
+
+/// The MLP's gate and up (2 × 18944 × 3584, block 128, f16 scales) at M = 1 and 16: one call over the
+/// alternating tiles writing silu(gate) · up ([`cpu::int4_tiles_swiglu_int8`], what `st export` writes)
+/// against the two plain calls it replaces (which still leave the SiLU and the product to two more nodes).
+/// Several copies so each call reads DRAM; each build but the portable one.
+fn swiglu_gate_up(c: &mut Criterion, pool: &Threads) {
+    let one = Int4Layout { n: 18944, k: 3584, block: 128, zero_points: false };
+    let (part, pair) = (cpu::TileLayout::int4(one), cpu::TileLayout::int4(Int4Layout { n: 2 * 18944, ..one }));
+    let (bl, sl) = (pair.b_len(), pair.scales_len());
+    let copies = (COPIES_BYTES / pair.bytes(2)).max(1);
+    let b: Vec<u8> = (0..bl * copies).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
+    let s16: Vec<f16> = (0..sl * copies).map(|i| f16::from_f32(0.01 + (i % 13) as f32 * 1e-3)).collect();
+    for m in [1usize, 16] {
+        let a: Vec<f32> = (0..m * 3584).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        let mut y = vec![0.0f32; m * 2 * 18944];
+        let mut g = c.benchmark_group(format!("int4_gate_up_m{m}"));
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(pair.bytes(2) as u64));
+        let mut next = 0usize;
+        for isa in Int8Isa::ALL.into_iter().filter(|i| i.available() && *i != Int8Isa::Baseline) {
+            g.bench_function(BenchmarkId::new(format!("swiglu_{isa:?}"), "one_call"), |bench| {
+                bench.iter(|| {
+                    next = (next + 1) % copies;
+                    let w = cpu::Int4Tiles {
+                        layout: pair,
+                        b: &b[next * bl..(next + 1) * bl],
+                        scales: &s16[next * sl..(next + 1) * sl],
+                        zero_points: None,
+                    };
+                    cpu::int4_tiles_swiglu_int8_on(isa, &a, m, &w, &mut y[..m * 18944], pool).expect("matmul")
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("plain_{isa:?}"), "two_calls"), |bench| {
+                bench.iter(|| {
+                    next = (next + 1) % copies;
+                    let (half_b, half_s) = (bl / 2, sl / 2);
+                    for (h, y) in y.chunks_exact_mut(m * 18944).enumerate() {
+                        let (b0, s0) = (next * bl + h * half_b, next * sl + h * half_s);
+                        let w = cpu::Int4Tiles {
+                            layout: part,
+                            b: &b[b0..b0 + half_b],
+                            scales: &s16[s0..s0 + half_s],
+                            zero_points: None,
+                        };
+                        cpu::int4_tiles_matmul_int8_on(isa, &a, m, &w, y, pool).expect("matmul")
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
 }
 
 /// lm_head at int8 (152064 × 3584, block 32, f16 scales) over 8-bit tiles at M = 1 and 16 (a forced
