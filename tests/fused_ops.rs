@@ -18,7 +18,8 @@
 mod matmul_graphs;
 
 use matmul_graphs::{
-    Fp8Form, Int4Data, Int4Form, Int8Data, Int8Form, fp8_graph, int4_graph, int8_graph, run, session, swiglu_graph,
+    Fp8Form, Int4Data, Int4Form, Int8Data, Int8Form, fp8_graph, int4_graph, int8_graph, run, session, session_error,
+    swiglu_graph,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +27,20 @@ use st_kernels::reference::{self, nmse};
 use st_kernels::{Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights};
 
 const BOUND: f64 = 1e-10;
+
+/// Random int4 weights of `layout` whose f32 scales are f16 values (as the CPU export stores them).
+fn f16_scaled_int4(rng: &mut ChaCha8Rng, layout: Int4Layout) -> Int4Data {
+    Int4Data {
+        n: layout.n,
+        k: layout.k,
+        block: layout.block,
+        b: (0..layout.b_len()).map(|_| rng.random()).collect(),
+        scales: (0..layout.scales_len())
+            .map(|_| half::f16::from_f32(rng.random_range(0.01f32..0.1)).to_f32())
+            .collect(),
+        zero_points: layout.zero_points.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
+    }
+}
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -74,16 +89,7 @@ fn matmul_int4_with_f16_scales_and_int8_activations() {
         [(67, 200, 32, false), (33, 203, 64, true), (129, 256, 128, false)].iter().enumerate()
     {
         let layout = Int4Layout { n, k, block, zero_points: zp };
-        let w = Int4Data {
-            n,
-            k,
-            block,
-            b: (0..layout.b_len()).map(|_| rng.random()).collect(),
-            scales: (0..layout.scales_len())
-                .map(|_| half::f16::from_f32(rng.random_range(0.01f32..0.1)).to_f32())
-                .collect(),
-            zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
-        };
+        let w = f16_scaled_int4(&mut rng, layout);
         let graph = |name: &str, form| session(&int4_graph(tmp.path(), &format!("{name}{i}"), form, &w), 2);
         let (mut f32s, mut f16s) = (graph("f32s", Int4Form::St), graph("f16s", Int4Form::StF16(0)));
         let (mut int8, mut nbits4) = (graph("int8", Int4Form::StF16(4)), graph("nbits4", Int4Form::NBits(4)));
@@ -141,17 +147,7 @@ fn matmul_int4_swiglu_equals_sigmoid_mul_mul() {
     for (i, &(n, k, block, zp)) in [(32, 200, 32, false), (96, 160, 32, false), (80, 256, 128, true)].iter().enumerate()
     {
         let layout = Int4Layout { n, k, block, zero_points: zp };
-        let mut data = || Int4Data {
-            n,
-            k,
-            block,
-            b: (0..layout.b_len()).map(|_| rng.random()).collect(),
-            scales: (0..layout.scales_len())
-                .map(|_| half::f16::from_f32(rng.random_range(0.01f32..0.1)).to_f32())
-                .collect(),
-            zero_points: zp.then(|| (0..layout.zero_points_len()).map(|_| rng.random()).collect()),
-        };
-        let (gate, up) = (data(), data());
+        let (gate, up) = (f16_scaled_int4(&mut rng, layout), f16_scaled_int4(&mut rng, layout));
         let mut fused = session(&swiglu_graph(tmp.path(), &format!("fused{i}"), Some("swiglu"), &gate, &up), 2);
         let mut separate = session(&swiglu_graph(tmp.path(), &format!("separate{i}"), None, &gate, &up), 2);
         let tiled = |w: &Int4Data| {
@@ -193,26 +189,9 @@ fn matmul_int4_unknown_activation_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let layout = Int4Layout { n: 32, k: 64, block: 32, zero_points: false };
-    let mut data = || Int4Data {
-        n: 32,
-        k: 64,
-        block: 32,
-        b: (0..layout.b_len()).map(|_| rng.random()).collect(),
-        scales: vec![0.05; layout.scales_len()],
-        zero_points: None,
-    };
-    let (gate, up) = (data(), data());
-    let path = swiglu_graph(tmp.path(), "gelu", Some("gelu"), &gate, &up);
-    let env = &st::engine::init_ort(None).unwrap().environment;
-    let _guard = st::engine::ops::commit_lock();
-    let err = ort::session::Session::builder(env)
-        .unwrap()
-        .with_operators(st::engine::ops::domain().unwrap())
-        .unwrap()
-        .commit_from_file(&path)
-        .err()
-        .expect("an unknown activation builds no session");
-    assert!(err.to_string().contains("activation \"gelu\""), "{err}");
+    let (gate, up) = (f16_scaled_int4(&mut rng, layout), f16_scaled_int4(&mut rng, layout));
+    let err = session_error(&swiglu_graph(tmp.path(), "gelu", Some("gelu"), &gate, &up));
+    assert!(err.contains("activation \"gelu\""), "{err}");
 }
 
 #[test]

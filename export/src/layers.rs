@@ -307,7 +307,7 @@ impl<'w> Builder<'w> {
         if parts.iter().any(|p| p.k != parts[0].k) {
             return Ok(None);
         }
-        if self.tiled(scheme) && parts.iter().any(|p| p.n % TILE != 0) {
+        if self.tiled(scheme) && parts.iter().any(|p| !p.n.is_multiple_of(TILE)) {
             return Ok(None);
         }
         let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias, Pack::Concat)?;
@@ -336,7 +336,7 @@ impl<'w> Builder<'w> {
             let (n, k) = self.matrix_shape(&weight)?;
             parts.push(Part { weight, prefix: p.clone(), n, k });
         }
-        if parts[0].n != parts[1].n || parts[0].k != parts[1].k || parts[0].n % TILE != 0 {
+        if parts[0].n != parts[1].n || parts[0].k != parts[1].k || !parts[0].n.is_multiple_of(TILE) {
             return Ok(None);
         }
         let (y, _) =

@@ -475,8 +475,7 @@ impl Kernel for GqaKernel {
         // else a longer one the past is copied into.
         let present_cap = capacity.max(total);
         let present_dims = vec![1, kvh as i64, present_cap as i64, hd as i64];
-        let mut present = Vec::with_capacity(2);
-        for (i, o, name) in [(3, 1, "key"), (4, 2, "value")] {
+        let present = |i: usize, o: usize, name: &str| -> ort::Result<_> {
             let past_v = input(i, name)?;
             let (shape, data) = past_v.try_extract_tensor::<f32>()?;
             if dims_of(shape) != pdims {
@@ -499,9 +498,9 @@ impl Kernel for GqaKernel {
                     dst[to..to + past * hd].copy_from_slice(&src[from..from + past * hd]);
                 }
             }
-            present.push(p);
-        }
-        let [pk, pv] = present.as_mut_slice() else { unreachable!("two present outputs") };
+            Ok(p)
+        };
+        let (mut pk, mut pv) = (present(3, 1, "key")?, present(4, 2, "value")?);
         let (_, kc) = pk.try_extract_tensor_mut::<f32>()?;
         let (_, vc) = pv.try_extract_tensor_mut::<f32>()?;
         let mut cache = cpu::KvCache { k: kc, v: vc, capacity: present_cap, past };

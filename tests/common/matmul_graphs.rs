@@ -260,6 +260,20 @@ pub fn session(path: &Path, threads: usize) -> ort::session::Session {
         .unwrap()
 }
 
+/// Why a session with st's operators cannot be built from `path` (a test of an operator's refusal).
+pub fn session_error(path: &Path) -> String {
+    let env = &st::engine::init_ort(None).unwrap().environment;
+    let _guard = st::engine::ops::commit_lock();
+    ort::session::Session::builder(env)
+        .unwrap()
+        .with_operators(st::engine::ops::domain().unwrap())
+        .unwrap()
+        .commit_from_file(path)
+        .map(|_| ())
+        .expect_err("the graph builds no session")
+        .to_string()
+}
+
 /// Runs `A [m, k]` through the graph, returns Y.
 pub fn run(s: &mut ort::session::Session, a: &[f32], m: usize, k: usize) -> Vec<f32> {
     let t = ort::value::Tensor::from_array(([m, k], a.to_vec())).unwrap();

@@ -153,7 +153,7 @@ pub fn swiglu_pairs<S: Copy>(gate: &Tiled<S>, up: &Tiled<S>) -> Result<Tiled<S>>
     gate.view().validate()?;
     up.view().validate()?;
     let l = gate.layout;
-    if up.layout != l || l.0.n % TILE != 0 {
+    if up.layout != l || !l.0.n.is_multiple_of(TILE) {
         return Err(Error::Shape(format!(
             "SwiGLU pairs: gate {:?} and up {:?} (expected the same tiled layout, n a multiple of {TILE})",
             gate.layout, up.layout
@@ -1036,7 +1036,7 @@ fn tiles_int8<S: Int4Scale>(
     let l = w.layout.0;
     let n_out = match epilogue {
         Epilogue::Plain => l.n,
-        Epilogue::SwiGlu if l.n % (2 * TILE) == 0 => l.n / 2,
+        Epilogue::SwiGlu if l.n.is_multiple_of(2 * TILE) => l.n / 2,
         Epilogue::SwiGlu => {
             return Err(Error::Shape(format!(
                 "SwiGLU over column tiles: n = {} (expected a multiple of {}: gate and up tiles in pairs)",
