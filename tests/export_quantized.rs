@@ -234,12 +234,13 @@ fn packed_qkv_int8_equals_separate_linears() {
 }
 
 /// An int8 decoder (`--precision int8`, every linear 8-bit block 32) with int8 activations (accuracy_level 4):
-/// on `--target cpu` every linear — the packed q/k/v with its bias as the op's fifth input, o, the MLP and
-/// lm_head — is st's `ai.st.MatMulInt8` over column tiles; under `--int4-op nbits` 8-bit MatMulNBits (MLAS,
+/// on `--target cpu` every linear — the packed q/k/v with its bias as the op's fifth input, o, the MLP (gate and
+/// up as one op writing silu(gate) · up) and lm_head — is st's `ai.st.MatMulInt8` over column tiles; under `--int4-op nbits` 8-bit MatMulNBits (MLAS,
 /// one bias Add). One linear of either agrees with the other to f32 summation order (tests/fused_ops.rs, at
 /// these fixtures' shapes too), but through a whole decoder an activation that lands within that rounding
 /// of a quantization step goes to the neighbouring int8 value in one and not the other (1/127 of its group's
-/// range), and the layers after carry it: tiny 4.2e-7 apart, tiny-b 8.4e-3. So the pair is held to the
+/// range), and the layers after carry it: 3.0e-7 apart on both fixtures now, but tiny-b was 8.4e-3 apart
+/// before st's MLP was fused (the SiLU's last bits moved one such activation). So the pair is held to the
 /// bound both meet against the unquantized reference, which the 8-bit weights and the activation rounding
 /// set (3e-2, as for int4 at accuracy_level 4; printed for docs/PARITY.md).
 #[test]
@@ -254,12 +255,21 @@ fn int8_decoder_with_int8_activations_st_op_and_matmul_nbits() {
             let mut g = export(name, tmp.path(), &opts);
             let decoder = std::fs::read(tmp.path().join(name).join("decoder.onnx")).unwrap();
             let has = |op: &[u8]| decoder.windows(op.len()).any(|w| w == op);
-            let ops = (has(b"MatMulInt8"), has(b"MatMulNBits"), has(b"qkv_proj.weight_q8_tiles"));
+            let ops = (
+                has(b"MatMulInt8"),
+                has(b"MatMulNBits"),
+                has(b"qkv_proj.weight_q8_tiles"),
+                has(b"gate_up_proj.weight_q8_tiles") && has(b"swiglu"),
+            );
             (prefill(&mut g, name, unquantized.nrows() as i64).0, ops)
         };
         let (st, st_ops) = run(Int4Op::St);
         let (nbits, nbits_ops) = run(Int4Op::NBits);
-        assert_eq!((st_ops, nbits_ops), ((true, false, true), (false, true, false)), "{name}: the ops written");
+        assert_eq!(
+            (st_ops, nbits_ops),
+            ((true, false, true, true), (false, true, false, false)),
+            "{name}: the ops written"
+        );
         let (e_st, e_nbits, e_pair) = (rel_err(&st, &unquantized), rel_err(&nbits, &unquantized), rel_err(&st, &nbits));
         eprintln!(
             "{name} int8 decoder, int8 activations: st {e_st:.3e}, MatMulNBits {e_nbits:.3e} vs unquantized \

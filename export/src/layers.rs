@@ -29,8 +29,8 @@ pub struct LinearOptions {
     /// The operator of the 4-bit linears (and of 8-bit ones at accuracy_level 4: lm_head) on
     /// `--target cpu` (TensorRT always gets MatMulNBits).
     pub int4_op: Int4Op,
-    /// Where st's tiled int4 op runs an MLP's gate and up projections (int4, int8 activations, no bias):
-    /// one `ai.st.MatMulInt4` over both, tiles alternating, with `activation` = "swiglu" writing
+    /// Where st's tiled ops run an MLP's gate and up projections (int4 or int8 weights, int8 activations, no
+    /// bias): one `ai.st.MatMulInt4` / `MatMulInt8` over both, tiles alternating, with `activation` = "swiglu" writing
     /// silu(gate) · up itself (one call instead of two, no Sigmoid/Mul nodes; `st export --separate-mlp`
     /// turns it off).
     pub fused_mlp: bool,
@@ -318,16 +318,22 @@ impl<'w> Builder<'w> {
         Ok(Some(y))
     }
 
-    /// silu(gate(x)) · up(x) as one `ai.st.MatMulInt4` with `activation` = "swiglu" over the two
-    /// projections' tiles in alternation (st_kernels::cpu::swiglu_pairs); `None` (nothing written) where
-    /// the option is off, there is a bias, or the two are not int4 tiles of one shape filling whole tiles.
+    /// silu(gate(x)) · up(x) as one `ai.st.MatMulInt4` (`MatMulInt8` for 8-bit weights) with `activation` =
+    /// "swiglu" over the two projections' tiles in alternation (st_kernels::cpu::swiglu_pairs); `None`
+    /// (nothing written) where the option is off, there is a bias, or the two are not st's tiles (int4, or
+    /// int8 with int8 activations) of one precision and shape filling whole tiles.
     fn gate_up_swiglu(&mut self, x: &str, prefix: &str, bias: bool) -> Result<Option<String>> {
         let names = [format!("{prefix}.gate_proj"), format!("{prefix}.up_proj")];
         if !self.linear.fused_mlp || bias {
             return Ok(None);
         }
         let [gate, up] = [self.precision_of(&names[0], self.precision)?, self.precision_of(&names[1], self.precision)?];
-        if gate != Precision::Int4 || up != Precision::Int4 || !self.tiled(self.linear.int4) {
+        let scheme = match (gate, up) {
+            (Precision::Int4, Precision::Int4) => self.linear.int4,
+            (Precision::Int8, Precision::Int8) => self.linear.int8,
+            _ => return Ok(None),
+        };
+        if !self.tiled(scheme) {
             return Ok(None);
         }
         let mut parts = Vec::with_capacity(2);
@@ -339,8 +345,7 @@ impl<'w> Builder<'w> {
         if parts[0].n != parts[1].n || parts[0].k != parts[1].k || !parts[0].n.is_multiple_of(TILE) {
             return Ok(None);
         }
-        let (y, _) =
-            self.matmul_nbits(x, &parts, &format!("{prefix}.gate_up_proj"), self.linear.int4, false, Pack::SwiGlu)?;
+        let (y, _) = self.matmul_nbits(x, &parts, &format!("{prefix}.gate_up_proj"), scheme, false, Pack::SwiGlu)?;
         Ok(Some(y))
     }
 

@@ -1,5 +1,5 @@
 //! One 7B-shaped decode step's int4 linears outside ORT, as the engine calls them: 28 layers of
-//! q/k/v (packed), o, gate/up (packed) and down in column tiles with f16 scales (block 128, what
+//! q/k/v (packed), o, gate/up (one call writing silu(gate) · up) and down in column tiles with f16 scales (block 128, what
 //! `st export` writes for the CPU), one activation row, on a persistent pool of spinning threads (as
 //! ORT's intra-op pool runs a custom op's tasks), the weights in huge pages where the kernel offers
 //! them. Beside it, a plain read of the same bytes on the same pool and tasks: the ceiling of this call
@@ -125,7 +125,12 @@ fn main() {
         let t = Instant::now();
         for (l, (b, s)) in layouts.iter().zip(&weights) {
             let w = cpu::Int4Tiles { layout: *l, b, scales: s, zero_points: None };
-            cpu::int4_tiles_matmul_int8(&a[..l.0.k], 1, &w, &mut y[..l.0.n], &par).expect("shapes");
+            if l.0.n == 2 * f {
+                // The MLP's gate and up in alternating tiles, as st export writes them.
+                cpu::int4_tiles_swiglu_int8(&a[..l.0.k], 1, &w, &mut y[..f], &par).expect("shapes");
+            } else {
+                cpu::int4_tiles_matmul_int8(&a[..l.0.k], 1, &w, &mut y[..l.0.n], &par).expect("shapes");
+            }
         }
         best_k = best_k.min(t.elapsed().as_secs_f64());
         let t = Instant::now();

@@ -362,14 +362,25 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
 /// relative, then one division, one product and the 1 + e^−g sum each round once); every build gives the
 /// portable build's bits (the epilogue takes the same fused steps whether vectorized or not), on 2
 /// threads and each row alone, for m = 1 (4 tiles a pass), several rows (1 or 2 tiles a pass: the
-/// pair's tiles in turn) and n / 16 not a multiple of the 4 tiles of a task.
+/// pair's tiles in turn) and n / 16 not a multiple of the 4 tiles of a task; 4- and 8-bit tiles.
 #[test]
 fn swiglu_pairs_give_silu_gate_times_up() {
     const SILU_BOUND: f64 = 5e-7;
     let mut rng = ChaCha8Rng::seed_from_u64(27);
-    for (n, k, block, zp) in [(32, 200, 32, false), (48, 256, 64, true), (80, 130, 128, true), (16, 3000, 128, false)] {
-        let (gate, up) = (Case::new(&mut rng, n, k, block, zp), Case::new(&mut rng, n, k, block, zp));
-        let (gt, ut) = (cpu::tile(&gate.weights()).unwrap(), cpu::tile(&up.weights()).unwrap());
+    for (n, k, block, zp, bits8) in [
+        (32, 200, 32, false, false),
+        (48, 256, 64, true, false),
+        (80, 130, 128, true, false),
+        (16, 3000, 128, false, false),
+        (48, 200, 32, false, true),
+        (32, 130, 64, true, true),
+    ] {
+        let (gt, ut) = if bits8 {
+            (Case::new8(&mut rng, n, k, block, zp).tiled8(), Case::new8(&mut rng, n, k, block, zp).tiled8())
+        } else {
+            let (gate, up) = (Case::new(&mut rng, n, k, block, zp), Case::new(&mut rng, n, k, block, zp));
+            (cpu::tile(&gate.weights()).unwrap(), cpu::tile(&up.weights()).unwrap())
+        };
         let pairs = cpu::swiglu_pairs(&gt, &ut).unwrap();
         assert_eq!(pairs.layout.0.n, 2 * n);
         for m in [1usize, 2, 3, 5, 9] {

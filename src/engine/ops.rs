@@ -143,7 +143,7 @@ pub struct Int4Kernel {
     /// 8-bit weights (`ai.st.MatMulInt8`; always tiled).
     bits8: bool,
     /// `activation` = "swiglu": the tiles alternate an MLP's gate and up projection and Y is
-    /// silu(gate) · up, `[..., N / 2]` (st_kernels::cpu::int4_tiles_swiglu_int8).
+    /// silu(gate) · up, `[..., N / 2]` (st_kernels::cpu::int4_tiles_swiglu_int8; 4- or 8-bit tiles).
     swiglu: bool,
 }
 
@@ -185,11 +185,11 @@ impl Operator for MatMulInt4 {
         let activation: String = kctx.get("activation").unwrap_or_default();
         let swiglu = match activation.as_str() {
             "" => false,
-            "swiglu" if tiled && !self.bits8 => true,
+            "swiglu" if tiled => true,
             other => {
                 return Err(ort::Error::new(format!(
-                    "{op}: activation \"{other}\" with tile {tile} (expected none, or \"swiglu\" on 4-bit column \
-                     tiles: tile {}, accuracy_level 4)",
+                    "{op}: activation \"{other}\" with tile {tile} (expected none, or \"swiglu\" on column tiles: \
+                     tile {}, accuracy_level 4)",
                     cpu::tiles::TILE
                 )));
             }
