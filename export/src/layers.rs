@@ -128,16 +128,16 @@ impl Progress {
     }
 }
 
-/// One HF linear of a (possibly packed) quantized linear: its weight's name, module prefix and [N, K].
 /// How [`Builder::matmul_nbits`] lays out several parts' columns.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Pack {
+pub enum Pack {
     /// One after another (q/k/v; a single linear).
     Concat,
     /// Two (gate, up) in alternating column tiles, the op writing silu(gate) · up.
     SwiGlu,
 }
 
+/// One HF linear of a (possibly packed) quantized linear: its weight's name, module prefix and [N, K].
 struct Part {
     weight: String,
     prefix: String,
@@ -284,8 +284,16 @@ impl<'w> Builder<'w> {
     /// small k/v calls stream at about half the bandwidth of the large ones, docs/PERFORMANCE.md).
     /// `None` (nothing written) where they cannot be one node: different precisions (a recipe
     /// override), a precision without a packed form (fp32, fp16, fp8), different input widths, or column
-    /// tiles that a part's width does not fill.
-    pub fn linear_packed(&mut self, x: &str, prefixes: &[&str], name: &str, bias: bool) -> Result<Option<String>> {
+    /// tiles that a part's width does not fill; for [`Pack::SwiGlu`] also where the parts are not st's tiles
+    /// of one width, or have a bias.
+    pub fn linear_packed(
+        &mut self,
+        x: &str,
+        prefixes: &[&str],
+        name: &str,
+        bias: bool,
+        pack: Pack,
+    ) -> Result<Option<String>> {
         let mut precisions = Vec::with_capacity(prefixes.len());
         for p in prefixes {
             precisions.push(self.precision_of(p, self.precision)?);
@@ -310,7 +318,10 @@ impl<'w> Builder<'w> {
         if self.tiled(scheme) && parts.iter().any(|p| !p.n.is_multiple_of(TILE)) {
             return Ok(None);
         }
-        let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias, Pack::Concat)?;
+        if pack == Pack::SwiGlu && (bias || !self.tiled(scheme) || parts.iter().any(|p| p.n != parts[0].n)) {
+            return Ok(None);
+        }
+        let (y, bias_taken) = self.matmul_nbits(x, &parts, name, scheme, bias, pack)?;
         if bias && !bias_taken {
             let b = self.bias_f32(&parts, name)?;
             return Ok(Some(self.g.node(&format!("{name}/AddBias"), "Add", &[&y, &b], &[])));
@@ -323,30 +334,11 @@ impl<'w> Builder<'w> {
     /// (nothing written) where the option is off, there is a bias, or the two are not st's tiles (int4, or
     /// int8 with int8 activations) of one precision and shape filling whole tiles.
     fn gate_up_swiglu(&mut self, x: &str, prefix: &str, bias: bool) -> Result<Option<String>> {
-        let names = [format!("{prefix}.gate_proj"), format!("{prefix}.up_proj")];
-        if !self.linear.fused_mlp || bias {
+        if !self.linear.fused_mlp {
             return Ok(None);
         }
-        let [gate, up] = [self.precision_of(&names[0], self.precision)?, self.precision_of(&names[1], self.precision)?];
-        let scheme = match (gate, up) {
-            (Precision::Int4, Precision::Int4) => self.linear.int4,
-            (Precision::Int8, Precision::Int8) => self.linear.int8,
-            _ => return Ok(None),
-        };
-        if !self.tiled(scheme) {
-            return Ok(None);
-        }
-        let mut parts = Vec::with_capacity(2);
-        for p in &names {
-            let weight = format!("{p}.weight");
-            let (n, k) = self.matrix_shape(&weight)?;
-            parts.push(Part { weight, prefix: p.clone(), n, k });
-        }
-        if parts[0].n != parts[1].n || parts[0].k != parts[1].k || !parts[0].n.is_multiple_of(TILE) {
-            return Ok(None);
-        }
-        let (y, _) = self.matmul_nbits(x, &parts, &format!("{prefix}.gate_up_proj"), scheme, false, Pack::SwiGlu)?;
-        Ok(Some(y))
+        let [gate, up] = [format!("{prefix}.gate_proj"), format!("{prefix}.up_proj")];
+        self.linear_packed(x, &[&gate, &up], &format!("{prefix}.gate_up_proj"), bias, Pack::SwiGlu)
     }
 
     /// The biases of `parts` as one f32 initializer `{name}.bias`, in the parts' order.

@@ -166,7 +166,7 @@ fn projections(b: &mut Builder<'_>, c: &ModelConfig, h: &str, a: &str, sh: &Shar
         // value inputs empty).
         let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
         let parts = names.each_ref().map(String::as_str);
-        if let Some(qkv) = b.linear_packed(h, &parts, &format!("{a}.qkv_proj"), true)? {
+        if let Some(qkv) = b.linear_packed(h, &parts, &format!("{a}.qkv_proj"), true, crate::layers::Pack::Concat)? {
             return Ok([qkv, String::new(), String::new()]);
         }
     }
