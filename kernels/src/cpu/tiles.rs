@@ -38,8 +38,8 @@ pub use super::int8::Int4Scale;
 
 /// Output columns per tile (the lanes of a 512-bit register of i32).
 pub const TILE: usize = 16;
-/// Tiles per task.
-const TASK_TILES: usize = 4;
+/// Tiles per task: one decode pass.
+const TASK_TILES: usize = 8;
 /// Activation rows that share one pass over a tile's bytes (the GEMM's reuse).
 const MR: usize = 4;
 
@@ -536,19 +536,19 @@ impl Loop {
         }
     }
     /// Tiles a pass takes for `m` rows: the accumulators (three per tile and row) fit AVX-512's 32
-    /// registers at 4 × 1 and 2 × 4. At one row the 256-bit loops take 4 tiles too (a tile is two of
-    /// their 16 registers, so some accumulators live in L1): four weight streams read DRAM faster than
-    /// two (gate/up, AVX2, 2 threads: 33–36 against 30 GB/s), which matters more at decode than the
-    /// spills; at several rows they take one.
+    /// registers at 8 × 1 and 2 × 4. At one row every SIMD loop takes 8 tiles (the 256-bit ones hold a
+    /// tile in two of their 16 registers, so some accumulators live in L1): each tile is a stream of
+    /// its own, and more weight streams read DRAM faster — gate/up on AVX2, 2 threads: two 30, four
+    /// 33–36 GB/s; the whole decode step outside ORT, eight against four: −4 to −5 % (AVX-512 VNNI),
+    /// −2 to −5 % (AVX2), −0.4 to −3 % (AVX-VNNI; docs/KERNELS.md) — which matters more at decode than
+    /// the spills; at several rows the 256-bit loops take one.
     fn tiles_per_pass(self, m: usize) -> usize {
         match (self, m) {
             (Loop::Portable, _) => 1,
             #[cfg(target_arch = "x86_64")]
-            (Loop::Vnni512, 1) => 4,
+            (_, 1) => 8,
             #[cfg(target_arch = "x86_64")]
             (Loop::Vnni512, _) => 2,
-            #[cfg(target_arch = "x86_64")]
-            (_, 1) => 4,
             #[cfg(target_arch = "x86_64")]
             _ => 1,
         }
@@ -697,9 +697,10 @@ fn run_pair_in_turn<S: Int4Scale>(lp: Loop, w: &Int4Tiles<'_, S>, t0: usize, q: 
     }
 }
 
-/// One task: tiles `task · TASK_TILES ..`, every activation row; four tiles a pass for one row, two for
-/// several (the registers hold tiles × rows accumulators). A task's tiles start even and number an even
-/// count when n is a multiple of 32, so SwiGLU's pairs never straddle tasks or passes.
+/// One task: tiles `task · TASK_TILES ..`, every activation row; eight tiles a pass for one row, two or
+/// one for several (the registers hold tiles × rows accumulators); a remainder in passes of 4, 3, 2, 1.
+/// A task's tiles start even and number an even count when n is a multiple of 32, so SwiGLU's pairs
+/// never straddle tasks or passes.
 #[inline(always)]
 fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize, y: &Output, lp: Loop, e: Epilogue) {
     let l = w.layout;
@@ -709,8 +710,13 @@ fn task_body<S: Int4Scale>(w: &Int4Tiles<'_, S>, q: &Rows, m: usize, task: usize
     let mut t = first;
     let end = first + tiles;
     while t < end {
-        let take = per_pass.min(end - t);
+        let take = match per_pass.min(end - t) {
+            8.. => 8,
+            4..8 => 4,
+            n => n,
+        };
         match (take, e) {
+            (8, _) => run_tiles::<S, 8>(lp, w, t, q, m, y, e),
             (4, _) => run_tiles::<S, 4>(lp, w, t, q, m, y, e),
             (3, Epilogue::Plain) => run_tiles::<S, 3>(lp, w, t, q, m, y, e),
             (2, _) => run_tiles::<S, 2>(lp, w, t, q, m, y, e),
