@@ -167,7 +167,7 @@ fn bad_lengths_are_errors() {
 /// the row loop to f32 reassociation.
 /// Every build over the tiles `t` on 2 threads gives `base` (the portable build's output) exactly, and
 /// each row alone its bits among the others: a row's outputs do not depend on the rows beside it (a pass
-/// of 1, 2 or 4 rows, 1–4 tiles, takes the same steps per column), so a verification pass of several
+/// of 1, 2 or 4 rows, 1–8 tiles, takes the same steps per column), so a verification pass of several
 /// drafted tokens gives each the bits of its own one-token step.
 fn every_build_gives_the_portable_bits(t: &cpu::Int4Tiles<'_, f32>, a: &[f32], m: usize, base: &[f32], what: &str) {
     let (n, k) = (t.layout.0.n, t.layout.0.k);
@@ -361,8 +361,8 @@ fn int8_weight_tiles_match_the_reference_and_every_build_gives_the_same_bits() {
 /// silu(g) · u = g / (1 + e^−g) · u: within 5e-7 relative per element (Cephes' e^x is within ~1.5e-7
 /// relative, then one division, one product and the 1 + e^−g sum each round once); every build gives the
 /// portable build's bits (the epilogue takes the same fused steps whether vectorized or not), on 2
-/// threads and each row alone, for m = 1 (4 tiles a pass), several rows (1 or 2 tiles a pass: the
-/// pair's tiles in turn) and n / 16 not a multiple of the 4 tiles of a task; 4- and 8-bit tiles.
+/// threads and each row alone, for m = 1 (8, 4 or 2 tiles a pass), several rows (1 or 2 tiles a pass: the
+/// pair's tiles in turn) and n / 16 not a multiple of the 8 tiles of a task; 4- and 8-bit tiles.
 #[test]
 fn swiglu_pairs_give_silu_gate_times_up() {
     const SILU_BOUND: f64 = 5e-7;
