@@ -541,12 +541,16 @@ impl Loop {
     /// its own, and more weight streams read DRAM faster — gate/up on AVX2, 2 threads: two 30, four
     /// 33–36 GB/s; the whole decode step outside ORT, eight against four: −4 to −5 % (AVX-512 VNNI),
     /// −2 to −5 % (AVX2), −0.4 to −3 % (AVX-VNNI; docs/KERNELS.md) — which matters more at decode than
-    /// the spills; at several rows the 256-bit loops take one.
+    /// the spills. AVX-512 takes 4 tiles at 2–4 rows too (forced tokens, verified drafts: −2 to −7 % on
+    /// the step's linears outside ORT, even with 4 rows' spills) and 2 at more; at several rows the
+    /// 256-bit loops take one.
     fn tiles_per_pass(self, m: usize) -> usize {
         match (self, m) {
             (Loop::Portable, _) => 1,
             #[cfg(target_arch = "x86_64")]
             (_, 1) => 8,
+            #[cfg(target_arch = "x86_64")]
+            (Loop::Vnni512, 2..=4) => 4,
             #[cfg(target_arch = "x86_64")]
             (Loop::Vnni512, _) => 2,
             #[cfg(target_arch = "x86_64")]
@@ -697,8 +701,8 @@ fn run_pair_in_turn<S: Int4Scale>(lp: Loop, w: &Int4Tiles<'_, S>, t0: usize, q: 
     }
 }
 
-/// One task: tiles `task · TASK_TILES ..`, every activation row; eight tiles a pass for one row, two or
-/// one for several (the registers hold tiles × rows accumulators); a remainder in passes of 4, 3, 2, 1.
+/// One task: tiles `task · TASK_TILES ..`, every activation row; eight tiles a pass for one row, fewer for
+/// several (the registers hold tiles × rows accumulators); a remainder in passes of 4, 3, 2, 1.
 /// A task's tiles start even and number an even count when n is a multiple of 32, so SwiGLU's pairs
 /// never straddle tasks or passes.
 #[inline(always)]
