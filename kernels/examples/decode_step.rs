@@ -6,6 +6,9 @@
 //! pattern, and `membw`'s one long pass for the machine's.
 //!
 //!   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 cargo run --release -p st-kernels --example decode_step -- [threads] [steps]
+//!
+//! `ROWS=M` runs the linears at M activation rows (forced tokens, verified drafts; default 1) and
+//! `ISA=avx2|avxvnni|avx512vnni|portable` forces one build of the loop (default: the fastest this CPU runs).
 use half::f16;
 use st_kernels::Int4Layout;
 use st_kernels::cpu::{self, Parallel};
@@ -110,14 +113,21 @@ fn main() {
         })
         .collect();
     let bytes: usize = layouts.iter().map(|l| l.bytes(2)).sum();
-    let a = vec![0.1f32; f];
-    let mut y = vec![0.0f32; 2 * f];
+    let rows: usize = std::env::var("ROWS").map_or(1, |r| r.parse().expect("ROWS: a number"));
+    let isa = match std::env::var("ISA").as_deref() {
+        Ok("avx2") => cpu::Int8Isa::Avx2,
+        Ok("avxvnni") => cpu::Int8Isa::AvxVnni,
+        Ok("avx512vnni") => cpu::Int8Isa::Avx512Vnni,
+        Ok("portable") => cpu::Int8Isa::Baseline,
+        _ => cpu::int8_isa(),
+    };
+    let a = vec![0.1f32; f * rows];
+    let mut y = vec![0.0f32; 2 * f * rows];
     let par = pool(threads);
     println!(
-        "{} linears, {:.3} GB a step, {threads} threads, int8 build {:?}",
+        "{} linears, {:.3} GB a step, {threads} threads, {rows} rows, int8 build {isa:?}",
         layouts.len(),
         bytes as f64 / 1e9,
-        cpu::int8_isa()
     );
     let mut best_k = f64::MAX;
     let mut best_r = f64::MAX;
@@ -127,9 +137,11 @@ fn main() {
             let w = cpu::Int4Tiles { layout: *l, b, scales: s, zero_points: None };
             if l.0.n == 2 * f {
                 // The MLP's gate and up in alternating tiles, as st export writes them.
-                cpu::int4_tiles_swiglu_int8(&a[..l.0.k], 1, &w, &mut y[..f], &par).expect("shapes");
+                cpu::int4_tiles_swiglu_int8_on(isa, &a[..l.0.k * rows], rows, &w, &mut y[..f * rows], &par)
+                    .expect("shapes");
             } else {
-                cpu::int4_tiles_matmul_int8(&a[..l.0.k], 1, &w, &mut y[..l.0.n], &par).expect("shapes");
+                cpu::int4_tiles_matmul_int8_on(isa, &a[..l.0.k * rows], rows, &w, &mut y[..l.0.n * rows], &par)
+                    .expect("shapes");
             }
         }
         best_k = best_k.min(t.elapsed().as_secs_f64());
