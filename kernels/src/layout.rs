@@ -174,14 +174,34 @@ pub struct Int4Weights<'a, S> {
 impl<S> Int4Weights<'_, S> {
     pub fn validate(&self) -> Result<()> {
         self.layout.validate()?;
-        expect_len("int4 B", self.layout.b_len(), self.b.len())?;
-        expect_len("int4 scales", self.layout.scales_len(), self.scales.len())?;
-        match (self.layout.zero_points, self.zero_points) {
-            (true, Some(z)) => expect_len("int4 zero_points", self.layout.zero_points_len(), z.len()),
-            (false, None) => Ok(()),
-            (true, None) => Err(Error::Shape("int4 layout has zero points but none were given".into())),
-            (false, Some(_)) => Err(Error::Shape("int4 zero points given for a symmetric layout".into())),
-        }
+        let l = &self.layout;
+        check_parts(
+            ["int4 B", "int4 scales", "int4 zero_points"],
+            [(l.b_len(), self.b.len()), (l.scales_len(), self.scales.len())],
+            l.zero_points.then(|| l.zero_points_len()),
+            self.zero_points.map(<[u8]>::len),
+        )
+    }
+}
+
+/// A borrowed weight's parts against its layout: bytes and scales (`[(expected, found); 2]`), and the
+/// zero points' length when the layout has them against the given ones'. `names` (B, scales, zero
+/// points) open the errors, the first word of the zero points' name the zero-point mismatch.
+pub(crate) fn check_parts(
+    names: [&'static str; 3],
+    lens: [(usize, usize); 2],
+    zero_points: Option<usize>,
+    given: Option<usize>,
+) -> Result<()> {
+    let [b, scales, zp] = names;
+    expect_len(b, lens[0].0, lens[0].1)?;
+    expect_len(scales, lens[1].0, lens[1].1)?;
+    let kind = zp.strip_suffix(" zero_points").unwrap_or(zp);
+    match (zero_points, given) {
+        (Some(expected), Some(found)) => expect_len(zp, expected, found),
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(Error::Shape(format!("{kind} layout has zero points but none were given"))),
+        (None, Some(_)) => Err(Error::Shape(format!("{kind} zero points given for a symmetric layout"))),
     }
 }
 

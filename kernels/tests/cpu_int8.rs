@@ -159,6 +159,18 @@ fn bad_lengths_are_errors() {
     let short = Int4Weights { b: &case.b[1..], ..w };
     let err = cpu::int4_matmul_int8(&[0.0; 64], 1, &short, &mut y, &Serial).unwrap_err();
     assert!(err.to_string().contains("int4 B"), "{err}");
+    // Zero points given for a symmetric layout, missing for an asymmetric one, or of the wrong length.
+    let zp = [0x88u8; 8];
+    let extra = Int4Weights { zero_points: Some(&zp), ..w };
+    let err = cpu::int4_matmul_int8(&[0.0; 64], 1, &extra, &mut y, &Serial).unwrap_err();
+    assert!(err.to_string().contains("int4 zero points given for a symmetric layout"), "{err}");
+    let asym = Case::new(&mut rng, 8, 64, 32, true);
+    let missing = Int4Weights { zero_points: None, ..asym.weights() };
+    let err = cpu::int4_matmul_int8(&[0.0; 64], 1, &missing, &mut y, &Serial).unwrap_err();
+    assert!(err.to_string().contains("int4 layout has zero points but none were given"), "{err}");
+    let short_zp = Int4Weights { zero_points: Some(&zp[..1]), ..asym.weights() };
+    let err = cpu::int4_matmul_int8(&[0.0; 64], 1, &short_zp, &mut y, &Serial).unwrap_err();
+    assert!(err.to_string().contains("int4 zero_points"), "{err}");
 }
 
 /// The column-tiled layout (`st_kernels::cpu::tiles`): [`cpu::tile`] keeps every value, scale and zero
@@ -257,6 +269,10 @@ fn tiles_f16_scales_nan_and_bad_input() {
     let short = cpu::Int4Tiles { b: &tiled.b[1..], ..t32 };
     let err = cpu::int4_tiles_matmul_int8_on(isa, &a, m, &short, &mut y32, &Serial).unwrap_err();
     assert!(err.to_string().contains("tiled int4 B"), "{err}");
+    let zp = vec![0x88u8; tiled.layout.zero_points_len().max(1)];
+    let extra = cpu::Int4Tiles { zero_points: Some(&zp), ..t32 };
+    let err = cpu::int4_tiles_matmul_int8_on(isa, &a, m, &extra, &mut y32, &Serial).unwrap_err();
+    assert!(err.to_string().contains("tiled int4 zero points given for a symmetric layout"), "{err}");
     let err = cpu::int4_tiles_matmul_int8_on(isa, &a[1..], m, &t32, &mut y32, &Serial).unwrap_err();
     assert!(err.to_string().contains("activations"), "{err}");
     let odd = Int4Layout { n: 8, k: 96, block: 96, zero_points: false };

@@ -77,20 +77,18 @@ pub struct Int4Tiles<'a, S> {
 
 impl<S> Int4Tiles<'_, S> {
     pub fn validate(&self) -> Result<()> {
-        use crate::layout::expect_len;
         self.layout.validate()?;
-        let [b, scales, zero_points, name] = match self.layout.1 {
-            WeightBits::Four => ["tiled int4 B", "tiled int4 scales", "tiled int4 zero_points", "int4"],
-            WeightBits::Eight => ["tiled int8 B", "tiled int8 scales", "tiled int8 zero_points", "int8"],
+        let l = &self.layout;
+        let names = match l.1 {
+            WeightBits::Four => ["tiled int4 B", "tiled int4 scales", "tiled int4 zero_points"],
+            WeightBits::Eight => ["tiled int8 B", "tiled int8 scales", "tiled int8 zero_points"],
         };
-        expect_len(b, self.layout.b_len(), self.b.len())?;
-        expect_len(scales, self.layout.scales_len(), self.scales.len())?;
-        match (self.layout.0.zero_points, self.zero_points) {
-            (true, Some(z)) => expect_len(zero_points, self.layout.zero_points_len(), z.len()),
-            (false, None) => Ok(()),
-            (true, None) => Err(Error::Shape(format!("tiled {name} layout has zero points but none were given"))),
-            (false, Some(_)) => Err(Error::Shape(format!("tiled {name} zero points given for a symmetric layout"))),
-        }
+        crate::layout::check_parts(
+            names,
+            [(l.b_len(), self.b.len()), (l.scales_len(), self.scales.len())],
+            l.0.zero_points.then(|| l.zero_points_len()),
+            self.zero_points.map(<[u8]>::len),
+        )
     }
 }
 
