@@ -40,7 +40,11 @@ pub use super::int8::Int4Scale;
 pub const TILE: usize = 16;
 /// Tiles per task: one decode pass.
 const TASK_TILES: usize = 8;
-/// Activation rows that share one pass over a tile's bytes (the GEMM's reuse).
+/// Activation rows that share one pass over a tile's bytes (the GEMM's reuse), on every build: a 256-bit
+/// loop holds a tile × row's three accumulators in 6 of its 16 registers, so at four rows some live in
+/// L1; still, four rows a pass instead of two read the step's linears 7–16 % faster at 8–128 rows on AVX2
+/// and AVX-VNNI, and 17–27 % at 2–4 rows with more tiles a pass ([`Loop::tiles_per_pass`];
+/// docs/KERNELS.md).
 const MR: usize = 4;
 
 mod layout;
@@ -527,32 +531,23 @@ enum Loop {
 }
 
 impl Loop {
-    /// Activation rows a pass takes (AVX2's 16 registers hold two rows' accumulators of a tile).
-    fn rows_per_pass(self) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Loop::Avx2 | Loop::AvxVnni => 2,
-            _ => MR,
-        }
-    }
-    /// Tiles a pass takes for `m` rows: the accumulators (three per tile and row) fit AVX-512's 32
-    /// registers at 8 × 1 and 2 × 4. At one row every SIMD loop takes 8 tiles (the 256-bit ones hold a
-    /// tile in two of their 16 registers, so some accumulators live in L1): each tile is a stream of
-    /// its own, and more weight streams read DRAM faster — gate/up on AVX2, 2 threads: two 30, four
-    /// 33–36 GB/s; the whole decode step outside ORT, eight against four: −4 to −5 % (AVX-512 VNNI),
-    /// −2 to −5 % (AVX2), −0.4 to −3 % (AVX-VNNI; docs/KERNELS.md) — which matters more at decode than
-    /// the spills. AVX-512 takes 4 tiles at 2–4 rows too (forced tokens, verified drafts: −2 to −7 % on
-    /// the step's linears outside ORT, even with 4 rows' spills) and 2 at more; at several rows the
-    /// 256-bit loops take one.
+    /// Tiles a pass takes for `m` rows. Each tile is a weight stream of its own, and more streams read
+    /// DRAM faster (gate/up on AVX2, 2 threads: two 30, four 33–36 GB/s), which at a few rows matters
+    /// more than the accumulators (three per tile and row) spilling to L1: at one row every SIMD loop
+    /// takes 8 tiles (the whole decode step outside ORT, eight against four: −4 to −5 % AVX-512 VNNI,
+    /// −2 to −5 % AVX2, −0.4 to −3 % AVX-VNNI). At 2–4 rows (forced tokens, verified drafts) AVX-512
+    /// takes 8 at 2–3 rows and 4 at 4 (8 × 4 rows spills too far: +24 %), AVX2 4 and AVX-VNNI 2 (against
+    /// one tile: −20 to −27 % and −17 to −24 %); from 5 rows on (compute-bound) AVX-512 takes 2 and the
+    /// 256-bit loops 1. All measured on the step's linears outside ORT (docs/KERNELS.md).
     fn tiles_per_pass(self, m: usize) -> usize {
         match (self, m) {
             (Loop::Portable, _) => 1,
             #[cfg(target_arch = "x86_64")]
-            (_, 1) => 8,
+            (_, 1) | (Loop::Vnni512, 2..=3) => 8,
             #[cfg(target_arch = "x86_64")]
-            (Loop::Vnni512, 2..=4) => 4,
+            (Loop::Vnni512, 4) | (Loop::Avx2, 2..=4) => 4,
             #[cfg(target_arch = "x86_64")]
-            (Loop::Vnni512, _) => 2,
+            (Loop::Vnni512, _) | (Loop::AvxVnni, 2..=4) => 2,
             #[cfg(target_arch = "x86_64")]
             _ => 1,
         }
@@ -660,9 +655,8 @@ fn run_tiles<S: Int4Scale, const T: usize>(
     let l = w.layout;
     let n = l.0.n;
     let ti = task_in::<S, T>(w, t0);
-    let rows = lp.rows_per_pass();
-    for i0 in (0..m).step_by(rows) {
-        let mr = rows.min(m - i0);
+    for i0 in (0..m).step_by(MR) {
+        let mr = MR.min(m - i0);
         let out = pass_rows(lp, l.1, &ti, q, i0, mr);
         for (r, out) in out[..mr].iter().enumerate() {
             match epilogue {
@@ -690,9 +684,8 @@ fn run_tiles<S: Int4Scale, const T: usize>(
 fn run_pair_in_turn<S: Int4Scale>(lp: Loop, w: &Int4Tiles<'_, S>, t0: usize, q: &Rows, m: usize, y: &Output) {
     let l = w.layout;
     let (gate, up) = (task_in::<S, 1>(w, t0), task_in::<S, 1>(w, t0 + 1));
-    let rows = lp.rows_per_pass();
-    for i0 in (0..m).step_by(rows) {
-        let mr = rows.min(m - i0);
+    for i0 in (0..m).step_by(MR) {
+        let mr = MR.min(m - i0);
         let g = pass_rows(lp, l.1, &gate, q, i0, mr);
         let u = pass_rows(lp, l.1, &up, q, i0, mr);
         for r in 0..mr {
