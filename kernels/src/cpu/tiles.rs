@@ -42,8 +42,8 @@ pub const TILE: usize = 16;
 const TASK_TILES: usize = 8;
 /// Activation rows that share one pass over a tile's bytes (the GEMM's reuse), on every build: a 256-bit
 /// loop holds a tile × row's three accumulators in 6 of its 16 registers, so at four rows some live in
-/// L1; still, four rows a pass instead of two read the step's linears 7–16 % faster at 8–128 rows on AVX2
-/// and AVX-VNNI, and 17–27 % at 2–4 rows with more tiles a pass ([`Loop::tiles_per_pass`];
+/// L1; still, four rows a pass instead of two read the step's linears 7–14 % faster at 8–128 rows on AVX2
+/// and AVX-VNNI, and 16–27 % at 2–4 rows with more tiles a pass ([`Loop::tiles_per_pass`];
 /// docs/KERNELS.md).
 const MR: usize = 4;
 
@@ -536,9 +536,10 @@ impl Loop {
     /// more than the accumulators (three per tile and row) spilling to L1: at one row every SIMD loop
     /// takes 8 tiles (the whole decode step outside ORT, eight against four: −4 to −5 % AVX-512 VNNI,
     /// −2 to −5 % AVX2, −0.4 to −3 % AVX-VNNI). At 2–4 rows (forced tokens, verified drafts) AVX-512
-    /// takes 8 at 2–3 rows and 4 at 4 (8 × 4 rows spills too far: +24 %), AVX2 4 and AVX-VNNI 2 (against
-    /// one tile: −20 to −27 % and −17 to −24 %); from 5 rows on (compute-bound) AVX-512 takes 2 and the
-    /// 256-bit loops 1. All measured on the step's linears outside ORT (docs/KERNELS.md).
+    /// takes 8 at 2–3 rows and 4 at 4 (8 × 4 rows spills too far: +24 %), AVX2 4 and AVX-VNNI 2
+    /// (against one tile × two rows: −21 to −27 % and −16 to −25 %); from 5 rows on (compute-bound)
+    /// AVX-512 takes 2 and the 256-bit loops 1. All measured on the step's linears outside ORT
+    /// (docs/KERNELS.md).
     fn tiles_per_pass(self, m: usize) -> usize {
         match (self, m) {
             (Loop::Portable, _) => 1,
