@@ -119,7 +119,8 @@ fn main() {
         Ok("avxvnni") => cpu::Int8Isa::AvxVnni,
         Ok("avx512vnni") => cpu::Int8Isa::Avx512Vnni,
         Ok("portable") => cpu::Int8Isa::Baseline,
-        _ => cpu::int8_isa(),
+        Ok(other) => panic!("ISA={other}: expected avx2, avxvnni, avx512vnni or portable"),
+        Err(_) => cpu::int8_isa(),
     };
     let a = vec![0.1f32; f * rows];
     let mut y = vec![0.0f32; 2 * f * rows];
