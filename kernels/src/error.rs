@@ -40,6 +40,9 @@ pub enum Error {
     #[error("this CPU lacks {features}, which the {build} build of the {kernel} needs")]
     Unsupported { kernel: &'static str, build: &'static str, features: &'static str },
 
+    #[error("{name} = {value:?}: expected one of {expected}")]
+    UnknownValue { name: String, value: String, expected: &'static str },
+
     #[error("unknown kernel {0} (host emulation)")]
     UnknownKernel(String),
 }

@@ -118,6 +118,7 @@ fn describe(engine: &Engine, args: &BenchArgs) -> (serde_json::Value, serde_json
     let host = serde_json::json!({
         "cpu": cpu_name(), "logical_cpus": threads, "device": m.device.to_string(),
         "intra_op_threads": args.model.threads, "onnxruntime": crate::engine::ort_lib::ORT_VERSION,
+        "cpu_kernels": crate::engine::ops::cpu_builds(),
     });
     let precision: std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>> =
         m.manifest.graphs.iter().map(|(k, g)| (k.as_str(), &g.precision)).collect();

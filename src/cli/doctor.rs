@@ -13,5 +13,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let lib = &crate::engine::init_ort(args.ort_lib.as_deref())?.library;
     println!("onnxruntime   {} (found by {})", lib.path.display(), lib.found_by);
     println!("build         {}", crate::engine::ort_lib::build_info());
+    crate::engine::ops::apply_cpu_isa_var()?;
+    println!("cpu kernels   {}", crate::engine::ops::cpu_builds());
     Ok(())
 }

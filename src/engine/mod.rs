@@ -20,4 +20,5 @@ pub use engine::{
     new_token_budget,
 };
 pub use model::{ExportedModel, HugePages, SessionOptions, VisionSession, VisionWeights};
+pub use ops::CPU_ISA_VAR;
 pub use ort_lib::{OrtLibrary, OrtRuntime, init_ort, resolve_from, resolve_ort_library};

@@ -213,6 +213,7 @@ fn open_session(
     resident: bool,
 ) -> Result<(Session, Option<SharedWeights>)> {
     let env = &crate::engine::init_ort(opts.ort_lib.as_deref())?.environment;
+    super::ops::apply_cpu_isa_var()?;
     let spec = manifest.graphs.get(name).ok_or_else(|| Error::Ort {
         context: format!("{}", dir.join("manifest.json").display()),
         reason: format!("no `{name}` graph listed"),

@@ -24,6 +24,7 @@
 //! activations; running them inside ORT's CUDA provider needs a graph with fp16 activations, which the
 //! exporter does not write yet (see docs/KERNELS.md).
 
+use crate::error::{Error, Result};
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 use st_kernels::{Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights, cpu};
@@ -37,6 +38,39 @@ pub const DOMAIN: &str = "ai.st";
 pub fn commit_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The variable that caps st's CPU kernels at a smaller CPU's builds (`portable`, `avx2`, `avxvnni`,
+/// `avx512`: `st_kernels::cpu::ceiling`), process-wide; unset or empty, they run the best this CPU has.
+pub const CPU_ISA_VAR: &str = "ST_CPU_ISA";
+
+/// Applies [`CPU_ISA_VAR`] when it is set (read at each session's creation, so a misspelt value or a
+/// build this CPU lacks is an error at load); unset, the ceiling stays as the API left it.
+pub fn apply_cpu_isa_var() -> Result<()> {
+    let bad = |reason: String| Error::InvalidArgument { name: CPU_ISA_VAR, reason };
+    let value = match std::env::var(CPU_ISA_VAR) {
+        Ok(v) if !v.trim().is_empty() => v,
+        Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(()),
+        Err(std::env::VarError::NotUnicode(v)) => return Err(bad(format!("{v:?} is not UTF-8"))),
+    };
+    let ceiling = cpu::BuildCeiling::parse(&value, CPU_ISA_VAR)
+        .map_err(|_| bad(format!("{value:?}: expected one of {}", cpu::BuildCeiling::NAMES)))?;
+    cpu::set_build_ceiling(Some(ceiling)).map_err(|e| bad(e.to_string()))
+}
+
+/// The builds st's CPU kernels run now (after any ceiling): e.g. "tiles Avx2, attention Avx2, dequant loop
+/// Avx2Fma (ST_CPU_ISA=avx2)", for `st doctor` and `st bench`'s host record.
+pub fn cpu_builds() -> String {
+    let ceiling = match cpu::build_ceiling() {
+        Some(c) => format!("{CPU_ISA_VAR}={c:?}"),
+        None => format!("the best this CPU runs; {CPU_ISA_VAR} unset"),
+    };
+    format!(
+        "tiles {:?}, attention {:?}, dequant loop {:?} ({ceiling})",
+        cpu::int8_isa(),
+        cpu::AttentionBuild::best(),
+        cpu::isa()
+    )
 }
 
 /// The domain with both operators, for `SessionBuilder::with_operators`.

@@ -102,12 +102,13 @@ impl AttentionBuild {
             AttentionBuild::Avx2 | AttentionBuild::Avx512 => false,
         }
     }
-    /// The fastest build this CPU runs.
+    /// The fastest build this CPU runs (under the [`super::ceiling`], if one is set).
     pub fn best() -> Self {
-        [AttentionBuild::Avx512, AttentionBuild::Avx2]
+        use super::ceiling::{BuildCeiling, allows};
+        [(AttentionBuild::Avx512, BuildCeiling::Avx512), (AttentionBuild::Avx2, BuildCeiling::Avx2)]
             .into_iter()
-            .find(|b| b.available())
-            .unwrap_or(AttentionBuild::Portable)
+            .find(|&(b, level)| allows(level) && b.available())
+            .map_or(AttentionBuild::Portable, |(b, _)| b)
     }
 }
 

@@ -137,9 +137,16 @@ impl Int8Isa {
     pub const ALL: [Int8Isa; 4] = [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2, Int8Isa::Baseline];
 }
 
-/// The fastest build this CPU runs.
+/// The fastest build this CPU runs (under the [`super::ceiling`], if one is set).
 pub fn int8_isa() -> Int8Isa {
-    Int8Isa::ALL.into_iter().find(|i| i.available()).unwrap_or(Int8Isa::Baseline)
+    use super::ceiling::{BuildCeiling, allows};
+    let level = |i: Int8Isa| match i {
+        Int8Isa::Avx512Vnni => BuildCeiling::Avx512,
+        Int8Isa::AvxVnni => BuildCeiling::AvxVnni,
+        Int8Isa::Avx2 => BuildCeiling::Avx2,
+        Int8Isa::Baseline => BuildCeiling::Portable,
+    };
+    Int8Isa::ALL.into_iter().find(|&i| allows(level(i)) && i.available()).unwrap_or(Int8Isa::Baseline)
 }
 
 /// Activation rows quantized per group of 32 and laid out like the weights' nibbles: for each quad of

@@ -7,11 +7,13 @@
 //! [`int8`]: int4 weights with the activations quantized to int8 (the decode GEMV).
 
 pub mod attention;
+pub mod ceiling;
 mod expf;
 pub mod int8;
 pub mod tiles;
 
 pub use attention::{AttentionBuild, GqaShape, GqaTokens, KvCache, gqa, gqa_on};
+pub use ceiling::{BuildCeiling, build_ceiling, set_build_ceiling};
 pub use int8::{Int4Scale, Int8Isa, int4_matmul_int8, int4_matmul_int8_on, int8_isa};
 pub use tiles::{
     Int4Tiles, TileLayout, Tiled, WeightBits, int4_tiles_matmul_int8, int4_tiles_matmul_int8_on,
@@ -355,15 +357,16 @@ pub enum Isa {
     Baseline,
 }
 
-/// Which build of the loop runs on this CPU.
+/// Which build of the loop runs on this CPU (under the [`ceiling`], if one is set).
 pub fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
+        use ceiling::allows;
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
+        if allows(BuildCeiling::Avx512) && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
             return Isa::Avx512;
         }
-        if has!("avx2") && has!("fma") {
+        if allows(BuildCeiling::Avx2) && has!("avx2") && has!("fma") {
             return Isa::Avx2Fma;
         }
     }
