@@ -245,6 +245,29 @@ fn tiles_match_the_reference_and_every_build_gives_the_same_bits() {
     }
 }
 
+/// The largest integer sums a group can make: every nibble 15 against activations of ±1 (q = ±127), all of
+/// one sign per block — AVX2 sums a group's products in i16 lanes (16 a lane: 30480 <
+/// 2¹⁵), so a wider group or a saturating add would show here as a wrong sign or magnitude.
+#[test]
+fn tiles_largest_group_sums_are_exact() {
+    let mut rng = ChaCha8Rng::seed_from_u64(26);
+    for m in [1usize, 4] {
+        let mut case = Case::new(&mut rng, 48, 256, 128, false);
+        case.b.fill(0xFF);
+        // One sign per block of 128 (the weights' scales differ between blocks, so the row does not cancel).
+        let a: Vec<f32> = (0..m * 256).map(|i| if (i / 128) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let w = case.weights();
+        let (exact, _) = references(&w, &a, m);
+        let tiled = cpu::tile(&w).unwrap();
+        for isa in builds() {
+            let mut y = vec![f32::NAN; m * 48];
+            cpu::int4_tiles_matmul_int8_on(isa, &a, m, &tiled.view(), &mut y, &Serial).unwrap();
+            let e = nmse(f64s(&y), &exact);
+            assert!(e <= F32_SUM_BOUND, "{isa:?} m={m}: largest group sums, NMSE {e:e}");
+        }
+    }
+}
+
 #[test]
 fn tiles_f16_scales_nan_and_bad_input() {
     let mut rng = ChaCha8Rng::seed_from_u64(25);

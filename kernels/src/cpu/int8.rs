@@ -383,6 +383,18 @@ pub(crate) mod x86 {
         unsafe fn dot2(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
             unsafe { Self::dot(Self::dot(acc, w0, a0), w1, a1) }
         }
+        /// [`Dot::dot2`] for nibble weights (0..=15) into an accumulator in this build's own form, which
+        /// [`Dot::widen`] turns into i32 lanes: the i32 lanes themselves, or on AVX2 i16 lane pairs that
+        /// skip a `vpmaddwd` per step. At most 4 calls (one group of 32 k) between widenings.
+        #[inline(always)]
+        unsafe fn dot2_nibbles(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            unsafe { Self::dot2(acc, w0, a0, w1, a1) }
+        }
+        /// [`Dot::dot2_nibbles`]'s accumulator as i32 lanes.
+        #[inline(always)]
+        unsafe fn widen(acc: __m256i) -> __m256i {
+            acc
+        }
         /// Whether [`Dot::dot2_w8`] takes the weight bytes unsigned (Σ w · a: the caller takes 128 · Σ a
         /// off) rather than as w − 128.
         const W8_UNSIGNED: bool;
@@ -408,6 +420,19 @@ pub(crate) mod x86 {
                 let p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
                 _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
             }
+        }
+        #[inline(always)]
+        unsafe fn dot2_nibbles(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
+            // Summed in i16 over a whole group: 4 calls · 4 products a lane · 15 · 127 = 30480 < 2¹⁵, so the
+            // widening `vpmaddwd` runs once a group instead of once a call (a quarter of the multiplier ops).
+            unsafe {
+                let p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
+                _mm256_add_epi16(acc, p)
+            }
+        }
+        #[inline(always)]
+        unsafe fn widen(acc: __m256i) -> __m256i {
+            unsafe { _mm256_madd_epi16(acc, _mm256_set1_epi16(1)) }
         }
         const W8_UNSIGNED: bool = false;
         #[inline(always)]

@@ -200,12 +200,15 @@ mod x86 {
         unsafe fn bcast(p: *const i8) -> Self::A;
         unsafe fn izero() -> Self::I;
         unsafe fn fzero() -> Self::F;
-        /// ia + lo · alo + hi · ahi, per lane over 4 bytes each.
+        /// ia + lo · alo + hi · ahi, per lane over 4 bytes each, in the build's accumulator form (at most a
+        /// group's 4 steps from zero; [`Lanes::widen`] gives the i32 lanes).
         unsafe fn dot(ia: Self::I, lo: Self::W, hi: Self::W, alo: Self::A, ahi: Self::A) -> Self::I;
         /// Whether [`Lanes::dot_w8`] takes the bytes unsigned (Σ w · a; the caller takes 128 · Σ a off).
         const W8_UNSIGNED: bool;
         /// [`Lanes::dot`] over whole-byte weights: Σ w · a when [`Lanes::W8_UNSIGNED`], else Σ (w − 128) · a.
         unsafe fn dot_w8(ia: Self::I, lo: Self::W, hi: Self::W, alo: Self::A, ahi: Self::A) -> Self::I;
+        /// [`Lanes::dot`]'s accumulator as 16 i32 lanes.
+        unsafe fn widen(ia: Self::I) -> Self::I;
         /// ia − v, per lane.
         unsafe fn isub(ia: Self::I, v: i32) -> Self::I;
         /// f32(ia) · d + bacc, fused.
@@ -254,6 +257,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn dot(ia: __m512i, lo: __m512i, hi: __m512i, alo: __m512i, ahi: __m512i) -> __m512i {
             unsafe { _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia, lo, alo), hi, ahi) }
+        }
+        #[inline(always)]
+        unsafe fn widen(ia: __m512i) -> __m512i {
+            ia
         }
         const W8_UNSIGNED: bool = true;
         #[inline(always)]
@@ -353,7 +360,11 @@ mod x86 {
             alo: __m256i,
             ahi: __m256i,
         ) -> [__m256i; 2] {
-            unsafe { [D::dot2(ia[0], lo[0], alo, hi[0], ahi), D::dot2(ia[1], lo[1], alo, hi[1], ahi)] }
+            unsafe { [D::dot2_nibbles(ia[0], lo[0], alo, hi[0], ahi), D::dot2_nibbles(ia[1], lo[1], alo, hi[1], ahi)] }
+        }
+        #[inline(always)]
+        unsafe fn widen(ia: [__m256i; 2]) -> [__m256i; 2] {
+            unsafe { [D::widen(ia[0]), D::widen(ia[1])] }
         }
         const W8_UNSIGNED: bool = D::W8_UNSIGNED;
         #[inline(always)]
@@ -491,7 +502,11 @@ mod x86 {
                     for r in 0..R {
                         let d = *dp[r].add(g);
                         for t in 0..T {
-                            let dot = if B8 && L::W8_UNSIGNED { L::isub(ia[r][t], *bp[r].add(g)) } else { ia[r][t] };
+                            let dot = match (B8, L::W8_UNSIGNED) {
+                                (true, true) => L::isub(ia[r][t], *bp[r].add(g)),
+                                (true, false) => ia[r][t],
+                                (false, _) => L::widen(ia[r][t]),
+                            };
                             bacc[r][t] = L::group(dot, d, bacc[r][t]);
                         }
                     }
