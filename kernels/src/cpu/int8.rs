@@ -424,7 +424,7 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn dot2_nibbles(acc: __m256i, w0: __m256i, a0: __m256i, w1: __m256i, a1: __m256i) -> __m256i {
             // Summed in i16 over a whole group: 4 calls · 4 products a lane · 15 · 127 = 30480 < 2¹⁵, so the
-            // widening `vpmaddwd` runs once a group instead of once a call (a quarter of the multiplier ops).
+            // widening `vpmaddwd` runs once a group instead of once a call (9 multiplier ops a group instead of 12).
             unsafe {
                 let p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
                 _mm256_add_epi16(acc, p)
