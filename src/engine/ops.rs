@@ -59,7 +59,7 @@ pub fn apply_cpu_isa_var() -> Result<()> {
 }
 
 /// The builds st's CPU kernels run now (after any ceiling): e.g. "tiles Avx2, attention Avx2, dequant loop
-/// Avx2Fma (ST_CPU_ISA=avx2)", for `st doctor` and `st bench`'s host record.
+/// Avx2Fma (ST_CPU_ISA=Avx2)", for `st doctor` and `st bench`'s host record.
 pub fn cpu_builds() -> String {
     let ceiling = match cpu::build_ceiling() {
         Some(c) => format!("{CPU_ISA_VAR}={c:?}"),
