@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("NVRTC {}, headers from {:?}", cuda::nvrtc_version()?, cuda::include_dir());
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    for op in [Op::Int4, Op::Fp8] {
+    for op in Op::ALL {
         for arch in ARCHS {
             let ptx = cuda::compile(op, arch)?;
             let ptx_path = out.join(format!("{}-{arch}.ptx", op.name()));
@@ -86,8 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .push(format!("{name} on {arch}: stack {} B, spills {}/{} B", u.stack, u.spill_stores, u.spill_loads));
         }
     }
-    let expected = ARCHS.len()
-        * (st_kernels::launch::kernel_names(Op::Int4).len() + st_kernels::launch::kernel_names(Op::Fp8).len());
+    let expected = ARCHS.len() * Op::ALL.iter().map(|&op| st_kernels::launch::kernel_names(op).len()).sum::<usize>();
     if rows.len() != expected {
         failures.push(format!("ptxas reported {} kernels, expected {expected}", rows.len()));
     }

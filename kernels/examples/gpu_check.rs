@@ -1,6 +1,7 @@
 //! On a real GPU (`kernels/gpu-check` runs it): the host-emulation checks again on the device (awkward
 //! shapes, NaN-poisoned outputs, float64 reference, same NMSE bounds), then every kernel timed at the 7B's
-//! shapes, with achieved DRAM bandwidth as a fraction of the device's.
+//! shapes, with achieved DRAM bandwidth as a fraction of the device's; then the grouped-query attention
+//! (`attention.cu`) against the float64 reference at the 7B's heads and timed per layer.
 //!
 //! Usage: gpu_check [--peak-gbps 3350] [--iters 50]
 
@@ -154,6 +155,75 @@ fn correctness(cuda: &Cuda, stream: &Arc<CudaStream>) -> Res<usize> {
     Ok(failures)
 }
 
+/// The 7B's attention (28 heads, 4 KV heads, head_dim 128) on the device: `tokens` new after `past`,
+/// appended in place; the max |error| against the float64 reference (bound 2e-6, as in the host tests)
+/// and, with `iters`, the time of one layer's call in µs.
+fn check_gqa(
+    cuda: &Cuda,
+    stream: &Arc<CudaStream>,
+    seed: u64,
+    tokens: usize,
+    past: usize,
+    iters: usize,
+) -> Res<(f64, f64)> {
+    use st_kernels::cpu::{GqaShape, GqaTokens};
+    use st_kernels::gqa::{GqaDims, GqaPointers};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let shape = GqaShape { heads: 28, kv_heads: 4, head_dim: 128, scale: 0.0 };
+    let (capacity, width, rows) = (past + tokens, (28 + 8) * 128, tokens);
+    let mut f = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+    let (qkv, angle, ck, cv) = (f(tokens * width), f(rows * 64), f(4 * capacity * 128), f(4 * capacity * 128));
+    let (cos, sin): (Vec<f32>, Vec<f32>) = angle.iter().map(|a| ((3.0 * a).cos(), (3.0 * a).sin())).unzip();
+    let positions: Vec<i64> = (0..tokens as i64).collect();
+    let x = GqaTokens {
+        tokens,
+        q: &qkv,
+        q_stride: width,
+        k: &qkv[28 * 128..],
+        v: &qkv[32 * 128..],
+        kv_stride: width,
+        cos: &cos,
+        sin: &sin,
+        positions: &positions,
+    };
+    let (want, _, _) = reference::gqa(shape, &x, &ck, &cv, capacity, past);
+    let (d_qkv, d_cos, d_sin, d_pos) =
+        (stream.clone_htod(&qkv)?, stream.clone_htod(&cos)?, stream.clone_htod(&sin)?, stream.clone_htod(&positions)?);
+    let (mut d_k, mut d_v) = (stream.clone_htod(&ck)?, stream.clone_htod(&cv)?);
+    let mut d_out = stream.clone_htod(&vec![f32::NAN; tokens * 28 * 128])?;
+    let dims = GqaDims { tokens, q_stride: width, kv_stride: width, rows, past, capacity, past_capacity: capacity };
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let q = d_qkv.device_ptr(stream).0;
+    let (k_cache, v_cache, out) =
+        (d_k.device_ptr_mut(stream).0, d_v.device_ptr_mut(stream).0, d_out.device_ptr_mut(stream).0);
+    let ptrs = GqaPointers {
+        q,
+        k: q + 28 * 128 * 4,
+        v: q + 32 * 128 * 4,
+        cos: d_cos.device_ptr(stream).0,
+        sin: d_sin.device_ptr(stream).0,
+        positions: d_pos.device_ptr(stream).0,
+        past_k: k_cache,
+        past_v: v_cache,
+        k_cache,
+        v_cache,
+        out,
+    };
+    // SAFETY: every buffer above was allocated with the sizes `dims` and `shape` imply.
+    unsafe { cuda.gqa_raw(stream.cu_stream(), shape, &dims, &ptrs)? };
+    let got = stream.clone_dtoh(&d_out)?;
+    let err = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+    let us = if iters == 0 {
+        0.0
+    } else {
+        // Re-running appends the same tokens at the same positions: the same work each time.
+        // SAFETY: as above.
+        let call = |_| unsafe { cuda.gqa_raw(stream.cu_stream(), shape, &dims, &ptrs) }.map_err(Into::into);
+        1000.0 * time_ms(cuda, stream, iters, call)?
+    };
+    Ok((err, us))
+}
+
 fn time_ms(cuda: &Cuda, stream: &Arc<CudaStream>, iters: usize, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
     for i in 0..3 {
         f(i)?;
@@ -241,6 +311,17 @@ fn main() -> Res<()> {
     println!("second load (PTX from the disk cache): {:.3} s", t1.elapsed().as_secs_f64());
     let stream = cuda.context().default_stream();
     let failures = correctness(&cuda, &stream)?;
+    let mut failures = failures;
+    println!("\n| attention (28 heads, 4 KV heads, 128) | max abs error (bound 2e-6) | µs a layer |");
+    println!("| --- | --- | --- |");
+    for (seed, (tokens, past)) in
+        [(1, 255), (1, 1023), (1, 4095), (4, 700), (300, 0), (1300, 0)].into_iter().enumerate()
+    {
+        let (err, us) = check_gqa(&cuda, &stream, 40 + seed as u64, tokens, past, iters)?;
+        let ok = err <= 2e-6;
+        failures += usize::from(!ok);
+        println!("| {tokens} tokens after {past} | {err:.2e} {} | {us:.1} |", if ok { "ok" } else { "FAIL" });
+    }
     println!("correctness: {failures} failures");
     println!("\n| matrix | n x k | M | kernel | weights (MB) | time (us) | GB/s | of peak | TFLOP/s |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");

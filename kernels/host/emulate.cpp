@@ -5,6 +5,7 @@
 
 #include "../int4_matmul.cu"
 #include "../fp8_matmul.cu"
+#include "../attention.cu"
 
 #include <cstring>
 #include <string_view>
@@ -71,4 +72,17 @@ extern "C" int st_host_launch_fp8(const char* name, unsigned gx, unsigned gy, un
             return 0;
         }
     return -1;
+}
+
+extern "C" int st_host_launch_gqa(const char* name, unsigned gx, unsigned gy, unsigned threads,
+                                  const StGqaArgs* args) {
+    void (*fn)(const StGqaArgs) = nullptr;
+    const std::string_view n = name;
+    if (n == "st_gqa_copy_f32") fn = st_gqa_copy_f32;
+    if (n == "st_gqa_append_f32") fn = st_gqa_append_f32;
+    if (n == "st_gqa_attend_f32") fn = st_gqa_attend_f32;
+    if (fn == nullptr) return -1;
+    const StGqaArgs a = *args;
+    st_shim::launch(dim3{gx, gy, 1}, dim3{threads, 1, 1}, [&] { fn(a); });
+    return 0;
 }

@@ -129,7 +129,7 @@ impl Cuda {
             ctx.compute_capability().map_err(|e| Error::driver("reading the compute capability", e))?;
         let arch = format!("sm_{major}{minor}");
         let mut functions = HashMap::new();
-        for op in [Op::Int4, Op::Fp8] {
+        for op in Op::ALL {
             let ptx = compile_cached(op, &arch, cache_dir)?;
             let module = ctx
                 .load_module(Ptx::from_src(ptx))
@@ -242,6 +242,31 @@ impl Cuda {
 }
 
 /// int4 weights resident on the device.
+impl Cuda {
+    /// Grouped-query attention (`attention.cu`) for f32 activations on `stream`: the launches of
+    /// [`crate::gqa::plan`] after [`crate::gqa::GqaDims::args`] checked the sizes.
+    ///
+    /// # Safety
+    /// Every pointer is device memory of the sizes `dims` and `shape` imply (rows at their strides,
+    /// `[kv_heads][capacity][head_dim]` caches, `[kv_heads][past_capacity][head_dim]` past buffers when
+    /// they are not the caches, i64 position ids, `[tokens][heads · head_dim]` output), alive until the
+    /// stream has run the kernels.
+    pub unsafe fn gqa_raw(
+        &self,
+        stream: sys::CUstream,
+        shape: crate::cpu::GqaShape,
+        dims: &crate::gqa::GqaDims,
+        ptrs: &crate::gqa::GqaPointers,
+    ) -> Result<()> {
+        let mut args = dims.args(shape, ptrs)?;
+        for launch in crate::gqa::plan(shape, dims, ptrs) {
+            let mut params: [*mut c_void; 1] = [(&mut args as *mut crate::gqa::GqaArgs).cast()];
+            self.launch_raw(&launch, stream, &mut params)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct DeviceInt4<T> {
     pub layout: Int4Layout,
     pub b: CudaSlice<u8>,

@@ -32,18 +32,22 @@ pub const SPATIALTHINKER_7B_LINEARS: [(&str, usize, usize); 5] = [
     ("lm_head", 152064, 3584),
 ];
 
-/// The two weight formats, one `.cu` file each.
+/// The CUDA programs, one `.cu` file each: the two weight formats' matmuls and the attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Int4,
     Fp8,
+    Attention,
 }
 
 impl Op {
+    pub const ALL: [Op; 3] = [Op::Int4, Op::Fp8, Op::Attention];
+
     pub fn name(self) -> &'static str {
         match self {
             Op::Int4 => "int4",
             Op::Fp8 => "fp8",
+            Op::Attention => "attention",
         }
     }
 }
@@ -109,6 +113,9 @@ impl Launch {
 
 /// Every entry point of `op`, for compile checks.
 pub fn kernel_names(op: Op) -> Vec<String> {
+    if op == Op::Attention {
+        return crate::gqa::KERNELS.iter().map(|k| k.to_string()).collect();
+    }
     let mut names = Vec::new();
     for dtype in [Dtype::F16, Dtype::Bf16, Dtype::F32] {
         for tile in [1, 2, 4, 8] {

@@ -3,6 +3,7 @@
 //!
 //! - `common.cuh`, `int4_matmul.cu`, `fp8_matmul.cu` (this crate's root): the CUDA sources, one op per file,
 //!   a GEMV path for M ≤ 8 and an mma.sync GEMM for prefill; [`launch::plan`] picks the kernel and grid.
+//! - `attention.cu`: grouped-query attention for f32 activations on the GPU; [`gqa`] checks and plans it.
 //! - [`cuda`]: cudarc with dynamic loading; NVRTC at first use, PTX cached by source hash + arch.
 //! - [`host`]: the same sources compiled for the CPU over an emulation shim (tests).
 //! - [`cpu`]: the ops for f32 activations on the CPU, dequantizing inside the matmul loop (AVX-512).
@@ -23,6 +24,7 @@
 pub mod cpu;
 pub mod cuda;
 mod error;
+pub mod gqa;
 pub mod host;
 pub mod launch;
 mod layout;

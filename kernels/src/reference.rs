@@ -1,5 +1,5 @@
-//! A float64 reference of both ops: dequantize every weight exactly, multiply in f64. The oracle of the
-//! kernel tests and of `gpu-check`.
+//! A float64 reference of both matmuls (dequantize every weight exactly, multiply in f64) and of the
+//! grouped-query attention (from the formula). The oracle of the kernel tests and of `gpu-check`.
 
 use crate::layout::{Fp8Scales, Fp8Weights, Int4Weights, fp8_to_f32};
 
@@ -93,4 +93,65 @@ pub fn nmse_bound(dtype: crate::Dtype, gemm: bool) -> f64 {
         (crate::Dtype::Bf16, _) | (crate::Dtype::F32, true) => 4e-5,
         (crate::Dtype::F32, false) => 1e-9,
     }
+}
+
+/// Grouped-query attention from the formula in f64 (module doc of [`crate::cpu::attention`]): `x`'s
+/// tokens rotated by the cos / sin rows their position ids pick and appended to the cache after `past`,
+/// each query head's causal softmax of scale · q·k over its KV head's positions `0..=past + t`, times v.
+/// Returns (output `[tokens][heads · hd]`, cache k, cache v). The caller gives valid lengths and ids.
+pub fn gqa(
+    shape: crate::cpu::GqaShape,
+    x: &crate::cpu::GqaTokens<'_>,
+    cache_k: &[f32],
+    cache_v: &[f32],
+    capacity: usize,
+    past: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let half = hd / 2;
+    let rot = |row: &[f32], p: i64| -> Vec<f64> {
+        let at = p as usize * half;
+        let mut o = vec![0.0; hd];
+        for i in 0..half {
+            let (c, sn) = (x.cos[at + i] as f64, x.sin[at + i] as f64);
+            let (a, b) = (row[i] as f64, row[i + half] as f64);
+            o[i] = a * c - b * sn;
+            o[i + half] = b * c + a * sn;
+        }
+        o
+    };
+    let mut ck: Vec<f64> = cache_k.iter().map(|&v| v as f64).collect();
+    let mut cv: Vec<f64> = cache_v.iter().map(|&v| v as f64).collect();
+    for t in 0..x.tokens {
+        let (k, v) = (&x.k[t * x.kv_stride..], &x.v[t * x.kv_stride..]);
+        for g in 0..kvh {
+            let o = (g * capacity + past + t) * hd;
+            ck[o..o + hd].copy_from_slice(&rot(&k[g * hd..(g + 1) * hd], x.positions[t]));
+            for i in 0..hd {
+                cv[o + i] = v[g * hd + i] as f64;
+            }
+        }
+    }
+    let scale = if shape.scale == 0.0 { 1.0 / (hd as f64).sqrt() } else { shape.scale as f64 };
+    let mut out = vec![0.0; x.tokens * h * hd];
+    for t in 0..x.tokens {
+        let q_row = &x.q[t * x.q_stride..];
+        for head in 0..h {
+            let g = head / (h / kvh);
+            let q = rot(&q_row[head * hd..(head + 1) * hd], x.positions[t]);
+            let key = |p: usize| (g * capacity + p) * hd;
+            let scores: Vec<f64> = (0..past + t + 1)
+                .map(|p| scale * q.iter().zip(&ck[key(p)..key(p) + hd]).map(|(a, b)| a * b).sum::<f64>())
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (p, e) in e.iter().enumerate() {
+                for i in 0..hd {
+                    out[(t * h + head) * hd + i] += e / sum * cv[key(p) + i];
+                }
+            }
+        }
+    }
+    (out, ck, cv)
 }

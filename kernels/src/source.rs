@@ -6,12 +6,14 @@ use sha2::{Digest, Sha256};
 pub const COMMON: &str = include_str!("../common.cuh");
 pub const INT4: &str = include_str!("../int4_matmul.cu");
 pub const FP8: &str = include_str!("../fp8_matmul.cu");
+pub const ATTENTION: &str = include_str!("../attention.cu");
 
 /// The file name of `op`'s source.
 pub fn file_name(op: Op) -> &'static str {
     match op {
         Op::Int4 => "int4_matmul.cu",
         Op::Fp8 => "fp8_matmul.cu",
+        Op::Attention => "attention.cu",
     }
 }
 
@@ -21,6 +23,7 @@ pub fn program(op: Op) -> String {
     let body = match op {
         Op::Int4 => INT4,
         Op::Fp8 => FP8,
+        Op::Attention => ATTENTION,
     };
     body.replace("#include \"common.cuh\"", COMMON)
 }

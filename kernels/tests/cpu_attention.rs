@@ -1,6 +1,6 @@
-//! The grouped-query attention (`st_kernels::cpu::gqa`) against a float64 reference written here from
-//! the formula (rotate q and k by the cos/sin rows their position ids pick, append to the cache,
-//! causal softmax of scale · q·k, times v), on a prefill spanning several token blocks, one decode token
+//! The grouped-query attention (`st_kernels::cpu::gqa`) against the float64 reference
+//! (`st_kernels::reference::gqa`, from the formula: rotate q and k by the cos/sin rows their position ids
+//! pick, append to the cache, causal softmax of scale · q·k, times v), on a prefill spanning several token blocks, one decode token
 //! after a long cache and a few tokens after a cache (the forced / speculated steps), with packed and
 //! separate q/k/v rows. Bound: max |error| ≤ 2e-6 on outputs of magnitude ≲ 1: f32 sums of ≤ 128
 //! products of magnitude ≤ 1 and an f32 softmax (relative error ~1e-7 per step, ≲ 1e-6 worst case; seen:
@@ -88,62 +88,21 @@ impl Case {
         (out, k, v)
     }
 
-    /// The float64 reference: (output, cache k, cache v).
+    /// The float64 reference (`st_kernels::reference::gqa`): (output, cache k, cache v).
     fn reference(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let s = self.shape;
-        let (h, kvh, hd) = (s.heads, s.kv_heads, s.head_dim);
-        let half = hd / 2;
-        let rot = |x: &[f32], p: i64| -> Vec<f64> {
-            let at = p as usize * half;
-            let mut o = vec![0.0; hd];
-            for i in 0..half {
-                let (c, sn) = (self.cos[at + i] as f64, self.sin[at + i] as f64);
-                let (a, b) = (x[i] as f64, x[i + half] as f64);
-                o[i] = a * c - b * sn;
-                o[i + half] = b * c + a * sn;
-            }
-            o
+        let (qw, kw) = (self.shape.heads * self.shape.head_dim, self.shape.kv_heads * self.shape.head_dim);
+        let x = GqaTokens {
+            tokens: self.tokens,
+            q: &self.qkv,
+            q_stride: self.width(),
+            k: &self.qkv[qw..],
+            v: &self.qkv[qw + kw..],
+            kv_stride: self.width(),
+            cos: &self.cos,
+            sin: &self.sin,
+            positions: &self.positions,
         };
-        let mut ck: Vec<f64> = self.cache_k.iter().map(|&v| v as f64).collect();
-        let mut cv: Vec<f64> = self.cache_v.iter().map(|&v| v as f64).collect();
-        let w = self.width();
-        for t in 0..self.tokens {
-            let row = &self.qkv[t * w..(t + 1) * w];
-            for g in 0..kvh {
-                let o = (g * self.capacity + self.past + t) * hd;
-                let k = rot(&row[h * hd + g * hd..h * hd + (g + 1) * hd], self.positions[t]);
-                ck[o..o + hd].copy_from_slice(&k);
-                for i in 0..hd {
-                    cv[o + i] = row[(h + kvh) * hd + g * hd + i] as f64;
-                }
-            }
-        }
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut out = vec![0.0; self.tokens * h * hd];
-        for t in 0..self.tokens {
-            let row = &self.qkv[t * w..(t + 1) * w];
-            for head in 0..h {
-                let g = head / (h / kvh);
-                let q = rot(&row[head * hd..(head + 1) * hd], self.positions[t]);
-                let visible = self.past + t + 1;
-                let scores: Vec<f64> = (0..visible)
-                    .map(|p| {
-                        let k = &ck[(g * self.capacity + p) * hd..(g * self.capacity + p + 1) * hd];
-                        scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>()
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for (p, e) in e.iter().enumerate() {
-                    let v = &cv[(g * self.capacity + p) * hd..(g * self.capacity + p + 1) * hd];
-                    for i in 0..hd {
-                        out[(t * h + head) * hd + i] += e / sum * v[i];
-                    }
-                }
-            }
-        }
-        (out, ck, cv)
+        st_kernels::reference::gqa(self.shape, &x, &self.cache_k, &self.cache_v, self.capacity, self.past)
     }
 }
 

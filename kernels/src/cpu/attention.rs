@@ -28,7 +28,7 @@ pub struct GqaShape {
 }
 
 impl GqaShape {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Attention(format!(
                 "heads {} with kv heads {} (expected kv heads ≥ 1 dividing heads)",
@@ -62,6 +62,55 @@ pub struct GqaTokens<'a> {
     pub sin: &'a [f32],
     /// `[tokens]` rows of `cos` / `sin`.
     pub positions: &'a [i64],
+}
+
+impl GqaTokens<'_> {
+    /// Checks `shape` and every length against it: the rows at their strides, one position id a token,
+    /// equal cos / sin tables of whole rows, a cache of `capacity` positions a KV head with room for the
+    /// new tokens after `past`, and the output. (Position ids are checked by the caller: the CPU kernel
+    /// refuses ids outside the tables, the GPU's gives NaN for them.)
+    pub fn check(
+        &self,
+        shape: GqaShape,
+        capacity: usize,
+        past: usize,
+        cache_k: usize,
+        cache_v: usize,
+        out: usize,
+    ) -> Result<()> {
+        shape.validate()?;
+        let (h, kvh, hd, s_len) = (shape.heads, shape.kv_heads, shape.head_dim, self.tokens);
+        if past + s_len > capacity {
+            return Err(Error::Attention(format!(
+                "{past} cached + {s_len} new positions exceed the cache's capacity {capacity}"
+            )));
+        }
+        let need = |what: &'static str, len: usize, stride: usize, width: usize| -> Result<()> {
+            let want = if s_len == 0 { 0 } else { (s_len - 1) * stride + width };
+            if stride < width || len < want {
+                return Err(Error::Attention(format!(
+                    "{what}: {len} floats at a stride of {stride} for {s_len} tokens of {width}"
+                )));
+            }
+            Ok(())
+        };
+        need("q", self.q.len(), self.q_stride, h * hd)?;
+        need("k", self.k.len(), self.kv_stride, kvh * hd)?;
+        need("v", self.v.len(), self.kv_stride, kvh * hd)?;
+        crate::layout::expect_len("attention position_ids", s_len, self.positions.len())?;
+        crate::layout::expect_len("attention cache k", kvh * capacity * hd, cache_k)?;
+        crate::layout::expect_len("attention cache v", kvh * capacity * hd, cache_v)?;
+        crate::layout::expect_len("attention output", s_len * h * hd, out)?;
+        let half = hd / 2;
+        if self.cos.len() != self.sin.len() || !self.cos.len().is_multiple_of(half) {
+            return Err(Error::Attention(format!(
+                "rotary caches: cos {} and sin {} floats (expected equal, rows of {half})",
+                self.cos.len(),
+                self.sin.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The KV cache: `[kv_heads][capacity][hd]` each, positions `0..past` filled.
@@ -141,39 +190,9 @@ pub fn gqa_on(
         };
         return Err(Error::Unsupported { kernel: "attention", build, features });
     }
-    shape.validate()?;
+    x.check(shape, cache.capacity, cache.past, cache.k.len(), cache.v.len(), out.len())?;
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
     let (s_len, half, group) = (x.tokens, hd / 2, h / kvh);
-    let total = cache.past + s_len;
-    if total > cache.capacity {
-        return Err(Error::Attention(format!(
-            "{} cached + {s_len} new positions exceed the cache's capacity {}",
-            cache.past, cache.capacity
-        )));
-    }
-    let need = |what: &'static str, len: usize, stride: usize, width: usize| -> Result<()> {
-        let want = if s_len == 0 { 0 } else { (s_len - 1) * stride + width };
-        if stride < width || len < want {
-            return Err(Error::Attention(format!(
-                "{what}: {len} floats at a stride of {stride} for {s_len} tokens of {width}"
-            )));
-        }
-        Ok(())
-    };
-    need("q", x.q.len(), x.q_stride, h * hd)?;
-    need("k", x.k.len(), x.kv_stride, kvh * hd)?;
-    need("v", x.v.len(), x.kv_stride, kvh * hd)?;
-    crate::layout::expect_len("attention position_ids", s_len, x.positions.len())?;
-    crate::layout::expect_len("attention cache k", kvh * cache.capacity * hd, cache.k.len())?;
-    crate::layout::expect_len("attention cache v", kvh * cache.capacity * hd, cache.v.len())?;
-    crate::layout::expect_len("attention output", s_len * h * hd, out.len())?;
-    if x.cos.len() != x.sin.len() || !x.cos.len().is_multiple_of(half) {
-        return Err(Error::Attention(format!(
-            "rotary caches: cos {} and sin {} floats (expected equal, rows of {half})",
-            x.cos.len(),
-            x.sin.len()
-        )));
-    }
     let rows = x.cos.len() / half;
     let mut table = Vec::with_capacity(s_len);
     for (s, &p) in x.positions.iter().enumerate() {
