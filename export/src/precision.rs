@@ -88,7 +88,19 @@ pub enum Attention {
     /// copying the cache.
     GroupQuery,
     /// The same node in st's domain, `ai.st.GroupQueryAttention` (its CPU kernel works per KV head:
-    /// `st_kernels::cpu::attention`), with GroupQueryAttention rotating q and k: on `--target cpu`, the
-    /// default with st's int4 op. Other targets get [`Attention::GroupQuery`].
+    /// `st_kernels::cpu::attention`; its CUDA kernel is `kernels/attention.cu`, f32, which ORT's own
+    /// CUDA node is not), with GroupQueryAttention rotating q and k: the default on `--target cpu` with
+    /// st's int4 op and on `--target cuda`. `--target tensorrt` gets [`Attention::GroupQuery`].
     StGroupQuery,
+}
+
+impl Attention {
+    /// The decoder's attention node as the manifest names it (`precision.attention`).
+    pub fn node(self) -> &'static str {
+        match self {
+            Attention::Standard => "standard",
+            Attention::GroupQuery => "com.microsoft.GroupQueryAttention",
+            Attention::StGroupQuery => "ai.st.GroupQueryAttention",
+        }
+    }
 }

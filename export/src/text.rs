@@ -80,8 +80,12 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
         (Some(g.input("attention_bias", DataType::Float, &[batch, Dim::Fixed(1), seq, total])), None)
     };
     let keep = g.input("logits_to_keep", DataType::Int64, &[Dim::Fixed(1)]);
+    // st's attention node always rotates q and k itself (its CPU and CUDA kernels); ORT's does so with
+    // the contrib fusions (the CPU target).
     let rotary_cache = match &seqlens {
-        Some((_, tot)) if b.contrib_fusions => Some(rotary_in_attention(g, &cos, &sin, tot, hd)),
+        Some((_, tot)) if b.contrib_fusions || b.attention == Attention::StGroupQuery => {
+            Some(rotary_in_attention(g, &cos, &sin, tot, hd))
+        }
         _ => None,
     };
     // Rotary tables broadcast over heads: axis 1 of [b, heads, s, hd] (standard) or axis 2 of
@@ -99,7 +103,7 @@ pub fn build_decoder(b: &mut Builder<'_>, c: &ModelConfig) -> Result<()> {
 
     // With the contrib fusions each residual add is done by the RMSNorm after it: `pending` is the
     // branch output (attention or MLP) not yet added to `x`.
-    let fuse = shared.rotary_cache.is_some();
+    let fuse = shared.rotary_cache.is_some() && b.contrib_fusions;
     let mut pending: Option<String> = None;
     for i in 0..t.num_hidden_layers {
         let p = format!("model.layers.{i}");

@@ -186,6 +186,11 @@ fn write_all(
     let reads = specs_all.len() + usize::from(ckpt.config.tie_word_embeddings);
     let progress = crate::layers::Progress::new(bar, reads);
     let overrides = opts.compiled_overrides()?;
+    let attention = match (opts.attention, opts.target) {
+        // st's node has a CPU and a CUDA kernel; TensorRT gets ORT's.
+        (crate::precision::Attention::StGroupQuery, Target::TensorRt) => crate::precision::Attention::GroupQuery,
+        (a, _) => a,
+    };
     for (name, build, precision) in graphs {
         progress.bar.set_prefix(name);
         let data_file = format!("{name}.onnx.data");
@@ -205,12 +210,7 @@ fn write_all(
             },
             progress: &progress,
             overrides: &overrides,
-            attention: match (opts.attention, opts.target) {
-                (crate::precision::Attention::StGroupQuery, t) if t != Target::Cpu => {
-                    crate::precision::Attention::GroupQuery
-                }
-                (a, _) => a,
-            },
+            attention,
             contrib_fusions: opts.target == Target::Cpu,
             lora,
         };
@@ -246,6 +246,8 @@ fn write_all(
                 other => other.to_string(),
             };
             precision.insert("lm_head".into(), head);
+            // The runtime keeps the KV cache on the GPU where this node runs there (st's has a CUDA kernel).
+            precision.insert("attention".into(), attention.node().into());
             if opts.precision == Precision::Int4 {
                 let s = opts.linear.int4;
                 let op = match (opts.target, opts.linear.int4_op) {

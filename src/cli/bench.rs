@@ -125,6 +125,13 @@ fn describe(engine: &Engine, args: &BenchArgs) -> (serde_json::Value, serde_json
     let model = serde_json::json!({
         "dir": m.dir, "layers": t.num_hidden_layers, "hidden": t.hidden_size, "vocab": t.vocab_size,
         "decoder_attention": if m.decoder_uses_gqa { "group_query" } else { "standard" },
+        "kv_cache": match (&m.kv_place, m.decoder_uses_gqa) {
+            (_, false) => "host arrays (concatenated in the graph)".to_string(),
+            (crate::engine::KvPlace::Host, true) => "host buffers, appended in place".to_string(),
+            (crate::engine::KvPlace::Allocator(info), true) => {
+                format!("{} {} buffers, appended in place", info.allocation_device().as_str(), info.device_id())
+            }
+        },
         "precision": precision,
     });
     (host, model)

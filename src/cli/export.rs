@@ -39,10 +39,11 @@ pub struct ExportArgs {
     /// (com.microsoft.MatMulNBits, f32 scales, MLAS; runs in any ONNX Runtime).
     #[arg(long)]
     pub int4_op: Option<st_export::Int4Op>,
-    /// Decoder attention: st (ai.st.GroupQueryAttention, st's CPU kernel per KV head; the default on
-    /// --target cpu with --int4-op st), gqa (com.microsoft.GroupQueryAttention; the default on cuda and
-    /// with --int4-op nbits), both appending to the KV cache in place, or standard (plain ONNX ops,
-    /// any provider; the default on tensorrt).
+    /// Decoder attention: st (ai.st.GroupQueryAttention: st's CPU kernel per KV head, st's CUDA kernel
+    /// on the GPU; the default on --target cuda, and on --target cpu with --int4-op st), gqa
+    /// (com.microsoft.GroupQueryAttention; the default with --int4-op nbits; on CUDA ORT runs it on the
+    /// CPU, as its CUDA kernel takes fp16 only), both appending to the KV cache in place, or standard
+    /// (plain ONNX ops, any provider; the default on tensorrt).
     #[arg(long)]
     pub attention: Option<String>,
     /// Keep each MLP's gate and up projections as two linears with SiLU and Mul nodes between. By
@@ -86,8 +87,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     opts.target = args.target;
     opts.attention = match (args.attention.as_deref(), args.target) {
-        (Some("st"), st_export::Target::Cpu) => st_export::Attention::StGroupQuery,
-        (Some("st"), t) => anyhow::bail!("--attention st runs on --target cpu only (not {t:?}): use gqa"),
+        (Some("st"), st_export::Target::Cpu | st_export::Target::Cuda) => st_export::Attention::StGroupQuery,
+        (Some("st"), t) => anyhow::bail!("--attention st runs on --target cpu or cuda (not {t:?}): use gqa"),
         (Some("gqa"), _) => st_export::Attention::GroupQuery,
         (Some("standard"), _) => st_export::Attention::Standard,
         (Some(other), _) => anyhow::bail!("--attention {other:?}: expected st, gqa or standard"),
@@ -95,6 +96,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         (None, st_export::Target::Cpu) if opts.linear.int4_op == st_export::Int4Op::St => {
             st_export::Attention::StGroupQuery
         }
+        (None, st_export::Target::Cuda) => st_export::Attention::StGroupQuery,
         (None, _) => st_export::Attention::GroupQuery,
     };
     if let Some(p) = args.lm_head {

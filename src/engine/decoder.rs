@@ -4,12 +4,16 @@
 //!
 //! GroupQueryAttention decoders get one buffer per layer of `capacity` positions, bound through
 //! IoBinding as both `past_*` and `present_*`: ORT's GQA kernel sees the same pointer and appends
-//! the new keys/values in place, so nothing is copied per step. Standard-attention decoders
-//! (the TensorRT form) concatenate in the graph; their cache round-trips through host arrays.
+//! the new keys/values in place, so nothing is copied per step. The buffers live where the attention
+//! runs ([`KvPlace`]): host memory on the CPU, the GPU's memory where st's attention node runs on CUDA
+//! (there they are read and written only through ORT's copies: growing, snapshots, restores).
+//! Standard-attention decoders (the TensorRT form) concatenate in the graph; their cache round-trips
+//! through host arrays.
 
 use super::model::ExportedModel;
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, Array3, Array4, Axis, s};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, SessionInputValue};
 use ort::value::Tensor;
 
@@ -27,9 +31,51 @@ impl KvSnapshot {
     }
 }
 
+/// Where a GroupQueryAttention decoder's shared KV buffers live.
+#[derive(Debug, Clone)]
+pub enum KvPlace {
+    /// Host memory, read and written in place.
+    Host,
+    /// Memory from this allocator (a CUDA device's where st's attention runs there), read and written
+    /// only through ORT's copies.
+    Allocator(MemoryInfo<'static>),
+}
+
+impl KvPlace {
+    /// Where a model's decoder attends on `device`: on a CUDA (or TensorRT) device when its attention node is st's,
+    /// which has a CUDA kernel; else on the host (ORT's GroupQueryAttention takes fp16 on CUDA, so an f32
+    /// graph's runs on the CPU, as does every node on the CPU provider).
+    pub fn for_model(manifest: &st_checkpoint::Manifest, device: &super::Device) -> Result<Self> {
+        let device_id = match *device {
+            super::Device::Cuda { device_id } | super::Device::TensorRt { device_id, .. } => device_id,
+            super::Device::Cpu => return Ok(KvPlace::Host),
+        };
+        let st_attention = manifest.graphs.get("decoder").and_then(|g| g.precision.get("attention"))
+            == Some(&st_export::Attention::StGroupQuery.node().to_string());
+        if !st_attention {
+            return Ok(KvPlace::Host);
+        }
+        let info = MemoryInfo::new(AllocationDevice::CUDA, device_id, AllocatorType::Device, MemoryType::Default)
+            .map_err(ort_err)?;
+        Ok(KvPlace::Allocator(info))
+    }
+}
+
 enum Cache {
-    Shared { binding: Option<Box<IoBinding>>, layers: Vec<(Tensor<f32>, Tensor<f32>)>, capacity: usize },
+    Shared { binding: Option<Box<IoBinding>>, layers: Vec<(Tensor<f32>, Tensor<f32>)>, capacity: usize, place: KvPlace },
     Growing { layers: Vec<(Array4<f32>, Array4<f32>)> },
+}
+
+/// `t` in host memory: itself on the host, else a copy.
+fn on_host<'t>(t: &'t Tensor<f32>, place: &KvPlace) -> Result<std::borrow::Cow<'t, Tensor<f32>>> {
+    match place {
+        KvPlace::Host => Ok(std::borrow::Cow::Borrowed(t)),
+        KvPlace::Allocator(_) => {
+            let mut host = Tensor::<f32>::new(&Allocator::default(), t.shape().clone()).map_err(ort_err)?;
+            t.copy_into(&mut host).map_err(ort_err)?;
+            Ok(std::borrow::Cow::Owned(host))
+        }
+    }
 }
 
 /// The decoder's cache state: positions `0..len` are filled.
@@ -60,11 +106,18 @@ fn tensor<
 }
 
 impl DecoderState {
+    /// The state for `model`, its shared KV buffers (if any) at `model.kv_place`.
     pub fn new(model: &ExportedModel) -> Self {
+        Self::new_at(model, model.kv_place.clone())
+    }
+
+    /// The state for `model` with its shared KV buffers at `place` (ignored by standard-attention
+    /// decoders, whose cache is host arrays).
+    pub fn new_at(model: &ExportedModel, place: KvPlace) -> Self {
         let t = &model.manifest.config.text;
         let (layers, kv_heads, head_dim) = (t.num_hidden_layers, t.num_key_value_heads, t.head_dim);
         let cache = if model.decoder_uses_gqa {
-            Cache::Shared { binding: None, layers: Vec::new(), capacity: 0 }
+            Cache::Shared { binding: None, layers: Vec::new(), capacity: 0, place }
         } else {
             let empty = Array4::<f32>::zeros((1, kv_heads, 0, head_dim));
             Cache::Growing { layers: vec![(empty.clone(), empty); layers] }
@@ -83,25 +136,36 @@ impl DecoderState {
     /// Make room for `needed` positions, keeping the filled ones.
     pub fn reserve(&mut self, model: &ExportedModel, needed: usize) -> Result<()> {
         let (kvh, hd, len) = (self.kv_heads, self.head_dim, self.len);
-        let Cache::Shared { binding, layers, capacity } = &mut self.cache else { return Ok(()) };
+        let Cache::Shared { binding, layers, capacity, place } = &mut self.cache else { return Ok(()) };
         if needed <= *capacity && binding.is_some() {
             return Ok(());
         }
         let cap = needed.max(*capacity * 2).div_ceil(CAPACITY_STEP) * CAPACITY_STEP;
         let session = model.decoder.lock()?;
+        let device = match place {
+            KvPlace::Host => None,
+            KvPlace::Allocator(info) => Some(Allocator::new(&session, info.clone()).map_err(ort_err)?),
+        };
         let mut fresh = Vec::with_capacity(self.layers);
         for i in 0..self.layers {
             let mut pair = Vec::with_capacity(2);
             for old in [layers.get(i).map(|l| &l.0), layers.get(i).map(|l| &l.1)] {
+                // Laid out in host memory (zeros, then the filled positions), moved to the device if any.
                 let mut t = Tensor::<f32>::new(session.allocator(), [1, kvh, cap, hd]).map_err(ort_err)?;
                 let (_, dst) = t.extract_tensor_mut();
                 dst.fill(0.0);
                 if let Some(old) = old {
+                    let old = on_host(old, place)?;
                     let (_, src) = old.extract_tensor();
                     for h in 0..kvh {
                         let n = len * hd;
                         dst[h * cap * hd..][..n].copy_from_slice(&src[h * *capacity * hd..][..n]);
                     }
+                }
+                if let Some(device) = &device {
+                    let mut d = Tensor::<f32>::new(device, [1, kvh, cap, hd]).map_err(ort_err)?;
+                    t.copy_into(&mut d).map_err(ort_err)?;
+                    t = d;
                 }
                 pair.push(t);
             }
@@ -134,23 +198,24 @@ impl DecoderState {
     }
 
     /// Copy the first `len` positions out.
-    pub fn snapshot(&self, len: usize) -> KvSnapshot {
+    pub fn snapshot(&self, len: usize) -> Result<KvSnapshot> {
         let len = len.min(self.len);
         let (kvh, hd) = (self.kv_heads, self.head_dim);
         let layers = match &self.cache {
-            Cache::Shared { layers, capacity, .. } => {
-                let take = |t: &Tensor<f32>| {
+            Cache::Shared { layers, capacity, place, .. } => {
+                let take = |t: &Tensor<f32>| -> Result<Array3<f32>> {
+                    let t = on_host(t, place)?;
                     let (_, src) = t.extract_tensor();
-                    Array3::from_shape_fn((kvh, len, hd), |(h, p, d)| src[(h * capacity + p) * hd + d])
+                    Ok(Array3::from_shape_fn((kvh, len, hd), |(h, p, d)| src[(h * capacity + p) * hd + d]))
                 };
-                layers.iter().map(|(k, v)| (take(k), take(v))).collect()
+                layers.iter().map(|(k, v)| Ok((take(k)?, take(v)?))).collect::<Result<_>>()?
             }
             Cache::Growing { layers } => {
                 let take = |a: &Array4<f32>| a.index_axis(Axis(0), 0).slice(s![.., ..len, ..]).to_owned();
                 layers.iter().map(|(k, v)| (take(k), take(v))).collect()
             }
         };
-        KvSnapshot { layers, len }
+        Ok(KvSnapshot { layers, len })
     }
 
     /// Make positions `0..to` those of `snap`, copying only `from..to` (the caller knows the
@@ -161,15 +226,25 @@ impl DecoderState {
         self.reserve(model, to)?;
         let hd = self.head_dim;
         match &mut self.cache {
-            Cache::Shared { layers, capacity, .. } => {
+            Cache::Shared { layers, capacity, place, .. } => {
+                let write = |dst: &mut Tensor<f32>, src: &Array3<f32>| {
+                    let (_, dst) = dst.extract_tensor_mut();
+                    for (h, head) in src.outer_iter().enumerate() {
+                        let rows = head.slice(s![from..to, ..]);
+                        let off = (h * *capacity + from) * hd;
+                        for (r, row) in rows.outer_iter().enumerate() {
+                            dst[off + r * hd..][..hd].iter_mut().zip(row).for_each(|(d, s)| *d = *s);
+                        }
+                    }
+                };
                 for ((k, v), (sk, sv)) in layers.iter_mut().zip(&snap.layers) {
                     for (dst, src) in [(k, sk), (v, sv)] {
-                        let (_, dst) = dst.extract_tensor_mut();
-                        for (h, head) in src.outer_iter().enumerate() {
-                            let rows = head.slice(s![from..to, ..]);
-                            let off = (h * *capacity + from) * hd;
-                            for (r, row) in rows.outer_iter().enumerate() {
-                                dst[off + r * hd..][..hd].iter_mut().zip(row).for_each(|(d, s)| *d = *s);
+                        match place {
+                            KvPlace::Host => write(dst, src),
+                            KvPlace::Allocator(_) => {
+                                let mut host = on_host(dst, place)?.into_owned();
+                                write(&mut host, src);
+                                host.copy_into(&mut *dst).map_err(ort_err)?;
                             }
                         }
                     }

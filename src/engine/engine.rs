@@ -340,7 +340,7 @@ impl Engine {
         let inputs = self.prompt_embeds(&ids, 0, &embeds)?;
         self.state.reserve(&self.model, ids.len())?;
         self.state.forward(&self.model, inputs, pos.ids, 1)?;
-        let kv = self.state.snapshot(ids.len());
+        let kv = self.state.snapshot(ids.len())?;
         let id = NEXT_FRAME.fetch_add(1, Ordering::Relaxed);
         self.resident = Some((id, ids.len()));
         let timings = FrameTimings { preprocess_ms, vision_ms, prefix_prefill_ms: ms(t), prefix_tokens: ids.len() };

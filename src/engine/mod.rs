@@ -13,7 +13,7 @@ pub mod ops;
 pub mod ort_lib;
 pub mod shared_weights;
 
-pub use decoder::{DecoderState, KvSnapshot};
+pub use decoder::{DecoderState, KvPlace, KvSnapshot};
 pub use device::Device;
 pub use engine::{
     Answer, DEFAULT_MAX_NEW_TOKENS, Engine, Frame, FrameTimings, GenerateOptions, StopReason, Timings, TokenEvent,

@@ -178,6 +178,8 @@ pub struct ExportedModel {
     pub decoder: Graph,
     /// The decoder takes GroupQueryAttention inputs (`seqlens_k`) rather than a bias.
     pub decoder_uses_gqa: bool,
+    /// Where the decoder's shared KV buffers live (the GPU where st's attention runs on CUDA).
+    pub kv_place: super::decoder::KvPlace,
     /// The device the sessions run on (CPU after a fallback).
     pub device: Device,
 }
@@ -329,6 +331,7 @@ impl ExportedModel {
         };
         let decoder_uses_gqa =
             manifest.graphs.get("decoder").is_some_and(|g| g.inputs.iter().any(|i| i.name == "seqlens_k"));
-        Ok(Self { dir: dir.to_path_buf(), vision, embed, decoder, decoder_uses_gqa, device, manifest })
+        let kv_place = super::decoder::KvPlace::for_model(&manifest, &device)?;
+        Ok(Self { dir: dir.to_path_buf(), vision, embed, decoder, decoder_uses_gqa, kv_place, device, manifest })
     }
 }

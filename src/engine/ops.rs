@@ -25,6 +25,7 @@
 //! exporter does not write yet (see docs/KERNELS.md).
 
 use crate::error::{Error, Result};
+use ort::memory::MemoryType;
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 use st_kernels::{Fp8Layout, Fp8Scales, Fp8Weights, Int4Layout, Int4Weights, cpu};
@@ -377,6 +378,25 @@ pub struct GqaKernel {
     shape: cpu::GqaShape,
 }
 
+/// query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
+/// position_ids; the two lengths in `lengths` memory (host memory for the CUDA kernel, which reads them
+/// before launching).
+fn gqa_inputs(lengths: MemoryType) -> [OperatorInput; 10] {
+    use TensorElementType::{Float32, Int32, Int64};
+    [
+        OperatorInput::required(Float32),
+        OperatorInput::optional(Float32),
+        OperatorInput::optional(Float32),
+        OperatorInput::required(Float32),
+        OperatorInput::required(Float32),
+        OperatorInput::required(Int32).memory_type(lengths),
+        OperatorInput::required(Int32).memory_type(lengths),
+        OperatorInput::required(Float32),
+        OperatorInput::required(Float32),
+        OperatorInput::required(Int64),
+    ]
+}
+
 const GQA: &str = "ai.st.GroupQueryAttention";
 
 impl Operator for GroupQueryAttention {
@@ -386,19 +406,7 @@ impl Operator for GroupQueryAttention {
         "GroupQueryAttention"
     }
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        use TensorElementType::{Float32, Int32, Int64};
-        [
-            OperatorInput::required(Float32),
-            OperatorInput::optional(Float32),
-            OperatorInput::optional(Float32),
-            OperatorInput::required(Float32),
-            OperatorInput::required(Float32),
-            OperatorInput::required(Int32),
-            OperatorInput::required(Int32),
-            OperatorInput::required(Float32),
-            OperatorInput::required(Float32),
-            OperatorInput::required(Int64),
-        ]
+        gqa_inputs(MemoryType::Default)
     }
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
         [TensorElementType::Float32; 3].map(OperatorOutput::required)
@@ -699,6 +707,145 @@ pub mod cuda {
                 .map_err(|e| kernel_err(op, e))
         }
     }
+
+    /// `ai.st.GroupQueryAttention` on CUDA device `.0`: `kernels/attention.cu` (f32; ORT's own CUDA
+    /// GroupQueryAttention takes fp16/bf16 only). The lengths come in host memory; everything else stays
+    /// on the device, and a present bound to the past's buffer is appended in place.
+    pub struct GroupQueryAttention(pub usize);
+    impl Operator for GroupQueryAttention {
+        type Kernel<'attr> = CudaGqa;
+        const INPLACES: &[(u32, u32)] = &[(3, 1), (4, 2)];
+        fn name(&self) -> &str {
+            "GroupQueryAttention"
+        }
+        fn execution_provider_type(&self) -> Option<&str> {
+            Some(EP)
+        }
+        fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+            gqa_inputs(MemoryType::CPUInput)
+        }
+        fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+            super::GroupQueryAttention.outputs()
+        }
+        fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaGqa> {
+            Ok(CudaGqa(super::GroupQueryAttention.create_kernel(kctx)?, self.0))
+        }
+    }
+    pub struct CudaGqa(GqaKernel, usize);
+
+    fn input_dims(ctx: &ComputeContext, i: usize, what: &str) -> ort::Result<Option<Vec<i64>>> {
+        let Some(v) = ctx.input(i)? else { return Ok(None) };
+        let dims = v.dtype().tensor_shape().ok_or_else(|| ort::Error::new(format!("{GQA}: {what} is not a tensor")))?;
+        Ok(Some(dims.iter().copied().collect()))
+    }
+
+    impl Kernel for CudaGqa {
+        fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+            let need = |i: usize, what: &str| {
+                input_dims(ctx, i, what)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")))
+            };
+            let (h, kvh) = (self.0.shape.heads, self.0.shape.kv_heads);
+            let pdims = need(3, "past_key")?;
+            let &[1, pkvh, capacity, hd] = pdims.as_slice() else {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: past_key has shape {pdims:?}, expected [1, {kvh}, capacity, head_dim] (batch 1)"
+                )));
+            };
+            if pkvh as usize != kvh || hd <= 0 || capacity < 0 || need(4, "past_value")? != pdims {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: past_key {pdims:?} and past_value must both be [1, {kvh}, capacity, head_dim]"
+                )));
+            }
+            let (capacity, hd) = (capacity as usize, hd as usize);
+            let shape = cpu::GqaShape { head_dim: hd, ..self.0.shape };
+            let qdims = need(0, "query")?;
+            let &[1, s_len, width] = qdims.as_slice() else {
+                return Err(ort::Error::new(format!("{GQA}: query has shape {qdims:?}, expected [1, tokens, hidden]")));
+            };
+            let (s_len, width) = (s_len.max(0) as usize, width.max(0) as usize);
+            let (qw, kw) = (h * hd, kvh * hd);
+            let q = ptr(ctx, 0, GQA, "query")?;
+            let separate = (input_dims(ctx, 1, "key")?, input_dims(ctx, 2, "value")?);
+            let (k, v, q_stride, kv_stride) = match separate {
+                (Some(kd), Some(vd)) if width == qw && kd == vec![1, s_len as i64, kw as i64] && vd == kd => {
+                    (ptr(ctx, 1, GQA, "key")?, ptr(ctx, 2, GQA, "value")?, qw, kw)
+                }
+                (None, None) if width == qw + 2 * kw => (q + 4 * qw as u64, q + 4 * (qw + kw) as u64, width, width),
+                _ => {
+                    return Err(ort::Error::new(format!(
+                        "{GQA}: query [1, {s_len}, {width}] with key/value {:?}: expected separate [1, tokens, {kw}] \
+                         rows beside a query of {qw}, or a packed query of {} and neither",
+                        (separate.0, separate.1),
+                        qw + 2 * kw
+                    )));
+                }
+            };
+            let seqlens = ctx.input(5)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input seqlens_k missing")))?;
+            let (_, seqlens) = seqlens.try_extract_tensor::<i32>()?;
+            let total = match seqlens {
+                [t] if *t >= 0 => *t as usize + 1,
+                other => {
+                    return Err(ort::Error::new(format!("{GQA}: seqlens_k = {other:?}, expected one length ≥ 0")));
+                }
+            };
+            let past = total.checked_sub(s_len).ok_or_else(|| {
+                ort::Error::new(format!("{GQA}: seqlens_k + 1 = {total} is shorter than the {s_len} new tokens"))
+            })?;
+            let (cdims, sdims) = (need(7, "cos_cache")?, need(8, "sin_cache")?);
+            let rows = match cdims.as_slice() {
+                &[rows, half] if half as usize * 2 == hd && rows >= 0 && sdims == cdims => rows as usize,
+                _ => {
+                    return Err(ort::Error::new(format!(
+                        "{GQA}: cos_cache {cdims:?} and sin_cache {sdims:?}, expected both [rows, {}]",
+                        hd / 2
+                    )));
+                }
+            };
+            let pos_dims = need(9, "position_ids")?;
+            if pos_dims.iter().product::<i64>() != s_len as i64 {
+                return Err(ort::Error::new(format!("{GQA}: position_ids {pos_dims:?} for {s_len} tokens")));
+            }
+            let out = ctx
+                .output(0, vec![1, s_len as i64, qw as i64])?
+                .ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
+            let out = out.downcast::<DynTensorValueType>()?.data_ptr() as u64;
+            // As the CPU kernel: max(past buffer, total) positions, the past's own buffer when bound so.
+            let present_cap = capacity.max(total);
+            let present = |o: usize, name: &str| -> ort::Result<u64> {
+                let p = ctx
+                    .output(o, vec![1, kvh as i64, present_cap as i64, hd as i64])?
+                    .ok_or_else(|| ort::Error::new(format!("{GQA}: present_{name} missing")))?;
+                Ok(p.downcast::<DynTensorValueType>()?.data_ptr() as u64)
+            };
+            let (k_cache, v_cache) = (present(1, "key")?, present(2, "value")?);
+            let ptrs = st_kernels::gqa::GqaPointers {
+                q,
+                k,
+                v,
+                cos: ptr(ctx, 7, GQA, "cos_cache")?,
+                sin: ptr(ctx, 8, GQA, "sin_cache")?,
+                positions: ptr(ctx, 9, GQA, "position_ids")?,
+                past_k: ptr(ctx, 3, GQA, "past_key")?,
+                past_v: ptr(ctx, 4, GQA, "past_value")?,
+                k_cache,
+                v_cache,
+                out,
+            };
+            let dims = st_kernels::gqa::GqaDims {
+                tokens: s_len,
+                q_stride,
+                kv_stride,
+                rows,
+                past,
+                capacity: present_cap,
+                past_capacity: capacity,
+            };
+            let dev = device(ctx, GQA)?;
+            // SAFETY: ORT allocated every input and output on this device with the shapes checked above
+            // (the lengths, read from host memory, decided the present's size); the stream is the provider's.
+            unsafe { kernels(self.1)?.gqa_raw(dev.stream, shape, &dims, &ptrs) }.map_err(|e| kernel_err(GQA, e))
+        }
+    }
 }
 
 /// The domain for a session on `device`: the CPU operators always (ORT places nodes its CUDA
@@ -709,7 +856,7 @@ pub fn domain_for(device: &crate::engine::Device) -> ort::Result<OperatorDomain>
         crate::engine::Device::Cpu => Ok(d),
         crate::engine::Device::Cuda { device_id } | crate::engine::Device::TensorRt { device_id, .. } => {
             let id = usize::try_from(*device_id).unwrap_or(0);
-            d.add(cuda::MatMulInt4(id))?.add(cuda::MatMulFp8(id))
+            d.add(cuda::MatMulInt4(id))?.add(cuda::MatMulFp8(id))?.add(cuda::GroupQueryAttention(id))
         }
     }
 }
