@@ -25,7 +25,7 @@ pub enum Device {
 }
 
 /// What the GPU providers need beside `libonnxruntime.so` (the `onnxruntime-gpu` wheel has them).
-pub(crate) const GPU_HINT: &str = "install the onnxruntime-gpu==1.31.1 wheel (CUDA 12 build; needs the CUDA 12 runtime, cuBLAS and cuDNN 9 libraries, and TensorRT 10 for tensorrt) and point --ort-lib / ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1";
+pub(crate) const GPU_HINT: &str = "install the onnxruntime-gpu==1.31.1 wheel (CUDA 13 build; needs the CUDA 13 runtime, cuBLAS and cuDNN 9 libraries, and TensorRT 10 for tensorrt) and point --ort-lib / ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1";
 
 impl std::str::FromStr for Device {
     type Err = Error;
