@@ -8,107 +8,27 @@
 //! are the rotated keys and the values (same bound; the copies are exact), every other position is
 //! untouched. Serial and threaded runs give the same bits. Bad shapes are errors naming the argument.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+mod common;
+
+use common::gqa_case::{BOUND, Case, max_err};
 use st_kernels::cpu::{AttentionBuild, GqaShape, GqaTokens, KvCache, Serial, Threads, gqa, gqa_on};
 
-const BOUND: f64 = 2e-6;
-
-struct Case {
-    shape: GqaShape,
-    tokens: usize,
-    past: usize,
-    capacity: usize,
-    /// `[tokens][(heads + 2 kv) · hd]` packed.
-    qkv: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    positions: Vec<i64>,
-    cache_k: Vec<f32>,
-    cache_v: Vec<f32>,
+/// (output, cache k, cache v) from `build` on `x` (the case's rows, or others).
+fn run_with(
+    c: &Case,
+    build: AttentionBuild,
+    x: &GqaTokens<'_>,
+    par: &dyn st_kernels::cpu::Parallel,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut k, mut v) = (c.cache_k.clone(), c.cache_v.clone());
+    let mut out = vec![f32::NAN; c.out_len()];
+    let mut cache = KvCache { k: &mut k, v: &mut v, capacity: c.capacity, past: c.past };
+    gqa_on(build, c.shape, x, &mut cache, &mut out, par).expect("gqa");
+    (out, k, v)
 }
 
-impl Case {
-    fn new(seed: u64, heads: usize, kv: usize, hd: usize, tokens: usize, past: usize) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let capacity = past + tokens + 3;
-        let width = (heads + 2 * kv) * hd;
-        let rows = 2 * tokens + 1;
-        let angle: Vec<f32> = (0..rows * hd / 2).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-        Case {
-            shape: GqaShape { heads, kv_heads: kv, head_dim: hd, scale: 0.0 },
-            tokens,
-            past,
-            capacity,
-            qkv: (0..tokens * width).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-            cos: angle.iter().map(|a| a.cos()).collect(),
-            sin: angle.iter().map(|a| a.sin()).collect(),
-            // Any rows of the tables, as the exporter's per-call tables are looked up.
-            positions: (0..tokens).map(|_| rng.random_range(0..rows as i64)).collect(),
-            cache_k: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-            cache_v: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-        }
-    }
-    fn width(&self) -> usize {
-        (self.shape.heads + 2 * self.shape.kv_heads) * self.shape.head_dim
-    }
-
-    /// (output, cache k, cache v) from the kernel's best build, packed rows.
-    fn run(&self, par: &dyn st_kernels::cpu::Parallel) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        self.run_on(AttentionBuild::best(), par)
-    }
-
-    fn run_on(&self, build: AttentionBuild, par: &dyn st_kernels::cpu::Parallel) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let s = self.shape;
-        let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-        let x = GqaTokens {
-            tokens: self.tokens,
-            q: &self.qkv,
-            q_stride: self.width(),
-            k: &self.qkv[qw..],
-            v: &self.qkv[qw + kw..],
-            kv_stride: self.width(),
-            cos: &self.cos,
-            sin: &self.sin,
-            positions: &self.positions,
-        };
-        self.run_with(build, &x, par)
-    }
-
-    fn run_with(
-        &self,
-        build: AttentionBuild,
-        x: &GqaTokens<'_>,
-        par: &dyn st_kernels::cpu::Parallel,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut k, mut v) = (self.cache_k.clone(), self.cache_v.clone());
-        let mut out = vec![f32::NAN; self.tokens * self.shape.heads * self.shape.head_dim];
-        let mut cache = KvCache { k: &mut k, v: &mut v, capacity: self.capacity, past: self.past };
-        gqa_on(build, self.shape, x, &mut cache, &mut out, par).expect("gqa");
-        (out, k, v)
-    }
-
-    /// The float64 reference (`st_kernels::reference::gqa`): (output, cache k, cache v).
-    fn reference(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (qw, kw) = (self.shape.heads * self.shape.head_dim, self.shape.kv_heads * self.shape.head_dim);
-        let x = GqaTokens {
-            tokens: self.tokens,
-            q: &self.qkv,
-            q_stride: self.width(),
-            k: &self.qkv[qw..],
-            v: &self.qkv[qw + kw..],
-            kv_stride: self.width(),
-            cos: &self.cos,
-            sin: &self.sin,
-            positions: &self.positions,
-        };
-        st_kernels::reference::gqa(self.shape, &x, &self.cache_k, &self.cache_v, self.capacity, self.past)
-    }
-}
-
-fn max_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max)
+fn run_on(c: &Case, build: AttentionBuild, par: &dyn st_kernels::cpu::Parallel) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    run_with(c, build, &c.tokens(), par)
 }
 
 #[test]
@@ -129,23 +49,15 @@ fn attention_matches_the_float64_reference_prefill_decode_and_multi_token_steps(
         let c = Case::new(seed as u64, h, kv, hd, tokens, past);
         let (want, want_k, want_v) = c.reference();
         for build in AttentionBuild::ALL.into_iter().filter(|b| b.available()) {
-            let (out, k, v) = c.run_on(build, &Serial);
+            let (out, k, v) = run_on(&c, build, &Serial);
             let (e, ek, ev) = (max_err(&out, &want), max_err(&k, &want_k), max_err(&v, &want_v));
             eprintln!("case {seed} {build:?}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}");
             assert!(
                 e <= BOUND && ek <= BOUND && ev <= BOUND,
                 "case {seed} {build:?}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}"
             );
-            // Positions outside past..past+tokens keep their bytes.
-            let hd = c.shape.head_dim;
-            for g in 0..kv {
-                for p in (0..c.past).chain(c.past + tokens..c.capacity) {
-                    let r = (g * c.capacity + p) * hd..(g * c.capacity + p + 1) * hd;
-                    assert_eq!(k[r.clone()], c.cache_k[r.clone()], "case {seed}: k position {p} changed");
-                    assert_eq!(v[r.clone()], c.cache_v[r], "case {seed}: v position {p} changed");
-                }
-            }
-            let threaded = c.run_on(build, &Threads(3));
+            c.assert_untouched(&format!("case {seed} {build:?}"), &k, &v);
+            let threaded = run_on(&c, build, &Threads(3));
             assert!(threaded == (out, k, v), "case {seed} {build:?}: threaded differs from serial");
         }
     }
@@ -170,7 +82,7 @@ fn separate_q_k_v_rows_give_the_packed_bits() {
         sin: &c.sin,
         positions: &c.positions,
     };
-    assert!(c.run_with(AttentionBuild::best(), &x, &Serial) == c.run(&Serial));
+    assert!(run_with(&c, AttentionBuild::best(), &x, &Serial) == run_on(&c, AttentionBuild::best(), &Serial));
 }
 
 #[test]

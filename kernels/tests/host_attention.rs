@@ -9,89 +9,27 @@
 //! are one rotation of exact inputs (≤ 2 roundings), the values exact copies; every other cache position
 //! keeps its bytes.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use st_kernels::cpu::{GqaShape, GqaTokens, KvCache, Serial, gqa};
+mod common;
+
+use common::gqa_case::{BOUND, Case, max_err};
+use st_kernels::cpu::{KvCache, Serial, gqa};
 use st_kernels::host;
 
-const BOUND: f64 = 2e-6;
-
-struct Case {
-    shape: GqaShape,
-    tokens: usize,
-    past: usize,
-    capacity: usize,
-    qkv: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    positions: Vec<i64>,
-    cache_k: Vec<f32>,
-    cache_v: Vec<f32>,
+/// (output, cache k, cache v) from the emulated GPU kernels, appending in place.
+fn gpu(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut k, mut v) = (c.cache_k.clone(), c.cache_v.clone());
+    let mut out = vec![f32::NAN; c.out_len()];
+    let mut cache = KvCache { k: &mut k, v: &mut v, capacity: c.capacity, past: c.past };
+    host::gqa(c.shape, &c.tokens(), &mut cache, None, &mut out).expect("host gqa");
+    (out, k, v)
 }
 
-impl Case {
-    fn new(seed: u64, heads: usize, kv: usize, hd: usize, tokens: usize, past: usize) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let capacity = past + tokens + 3;
-        let width = (heads + 2 * kv) * hd;
-        let rows = 2 * tokens + 1;
-        let angle: Vec<f32> = (0..rows * hd / 2).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-        Case {
-            shape: GqaShape { heads, kv_heads: kv, head_dim: hd, scale: 0.0 },
-            tokens,
-            past,
-            capacity,
-            qkv: (0..tokens * width).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-            cos: angle.iter().map(|a| a.cos()).collect(),
-            sin: angle.iter().map(|a| a.sin()).collect(),
-            positions: (0..tokens).map(|_| rng.random_range(0..rows as i64)).collect(),
-            cache_k: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-            cache_v: (0..kv * capacity * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-        }
-    }
-
-    fn tokens(&self) -> GqaTokens<'_> {
-        let s = self.shape;
-        let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-        let w = qw + 2 * kw;
-        GqaTokens {
-            tokens: self.tokens,
-            q: &self.qkv,
-            q_stride: w,
-            k: &self.qkv[qw..],
-            v: &self.qkv[qw + kw..],
-            kv_stride: w,
-            cos: &self.cos,
-            sin: &self.sin,
-            positions: &self.positions,
-        }
-    }
-
-    fn out_len(&self) -> usize {
-        self.tokens * self.shape.heads * self.shape.head_dim
-    }
-
-    /// (output, cache k, cache v) from the emulated GPU kernels, appending in place.
-    fn gpu(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut k, mut v) = (self.cache_k.clone(), self.cache_v.clone());
-        let mut out = vec![f32::NAN; self.out_len()];
-        let mut cache = KvCache { k: &mut k, v: &mut v, capacity: self.capacity, past: self.past };
-        host::gqa(self.shape, &self.tokens(), &mut cache, None, &mut out).expect("host gqa");
-        (out, k, v)
-    }
-
-    fn cpu(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut k, mut v) = (self.cache_k.clone(), self.cache_v.clone());
-        let mut out = vec![f32::NAN; self.out_len()];
-        let mut cache = KvCache { k: &mut k, v: &mut v, capacity: self.capacity, past: self.past };
-        gqa(self.shape, &self.tokens(), &mut cache, &mut out, &Serial).expect("cpu gqa");
-        (out, k, v)
-    }
-}
-
-fn max_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max)
+fn cpu(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut k, mut v) = (c.cache_k.clone(), c.cache_v.clone());
+    let mut out = vec![f32::NAN; c.out_len()];
+    let mut cache = KvCache { k: &mut k, v: &mut v, capacity: c.capacity, past: c.past };
+    gqa(c.shape, &c.tokens(), &mut cache, &mut out, &Serial).expect("cpu gqa");
+    (out, k, v)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -113,28 +51,21 @@ fn gpu_attention_matches_the_float64_reference_and_the_cpu_kernel() {
     .enumerate()
     {
         let c = Case::new(100 + seed as u64, h, kv, hd, tokens, past);
-        let (want, want_k, want_v) =
-            st_kernels::reference::gqa(c.shape, &c.tokens(), &c.cache_k, &c.cache_v, c.capacity, c.past);
-        let (out, k, v) = c.gpu();
+        let (want, want_k, want_v) = c.reference();
+        let (out, k, v) = gpu(&c);
         let (e, ek, ev) = (max_err(&out, &want), max_err(&k, &want_k), max_err(&v, &want_v));
-        let (cpu_out, _, _) = c.cpu();
+        let (cpu_out, _, _) = cpu(&c);
         eprintln!("case {seed}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}; |gpu - cpu| {:.2e}", max_diff(&out, &cpu_out));
         assert!(e <= BOUND && ek <= BOUND && ev <= BOUND, "case {seed}: out {e:.2e}, k {ek:.2e}, v {ev:.2e}");
         assert!(max_diff(&out, &cpu_out) as f64 <= 2.0 * BOUND, "case {seed}: GPU and CPU kernels differ");
-        for g in 0..kv {
-            for p in (0..c.past).chain(c.past + tokens..c.capacity) {
-                let r = (g * c.capacity + p) * hd..(g * c.capacity + p + 1) * hd;
-                assert_eq!(k[r.clone()], c.cache_k[r.clone()], "case {seed}: k position {p} changed");
-                assert_eq!(v[r.clone()], c.cache_v[r], "case {seed}: v position {p} changed");
-            }
-        }
+        c.assert_untouched(&format!("case {seed}"), &k, &v);
     }
 }
 
 #[test]
 fn a_present_apart_from_the_past_starts_with_the_past_positions() {
     let c = Case::new(7, 14, 2, 32, 3, 11);
-    let (want_out, want_k, want_v) = c.gpu();
+    let (want_out, want_k, want_v) = gpu(&c);
     // The past in buffers of another capacity; the present (the cache) starts as NaN.
     let past_cap = c.past + 1;
     let (kv, hd) = (2, 32);
@@ -167,7 +98,7 @@ fn a_present_apart_from_the_past_starts_with_the_past_positions() {
 fn a_position_id_outside_the_tables_gives_nan_and_bad_sizes_are_errors() {
     let mut c = Case::new(3, 4, 2, 16, 1, 5);
     c.positions = vec![99];
-    let (out, k, _) = c.gpu();
+    let (out, k, _) = gpu(&c);
     assert!(out.iter().all(|x| x.is_nan()), "the token's outputs are NaN");
     let hd = 16;
     assert!(k[(c.past) * hd..(c.past + 1) * hd].iter().all(|x| x.is_nan()), "its key is NaN");
