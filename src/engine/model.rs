@@ -238,8 +238,9 @@ fn open_session(
         file.push(format!("-{name}"));
         builder = builder.with_profiling(file).map_err(|e| ort_err(e.to_string()))?;
     }
+    // st's operators: the CPU kernels always, the CUDA kernels too on a GPU provider.
     builder = builder
-        .with_operators(super::ops::domain().map_err(|e| ort_err(e.to_string()))?)
+        .with_operators(super::ops::domain_for(device).map_err(|e| ort_err(e.to_string()))?)
         .map_err(|e| ort_err(e.to_string()))?;
     let weights = if name == "decoder" && resident && matches!(device, Device::Cpu) && opts.huge_pages == HugePages::On
     {
