@@ -58,7 +58,8 @@ struct Shared {
     bias: Option<String>,
     seqlens: Option<(String, String)>,
     /// GroupQueryAttention's own rotary inputs (`cos_cache`, `sin_cache`, `position_ids`), when it
-    /// rotates q and k itself ([`rotary_in_attention`], `Builder::contrib_fusions`).
+    /// rotates q and k itself ([`rotary_in_attention`]: st's node always, ORT's with
+    /// `Builder::contrib_fusions`).
     rotary_cache: Option<[String; 3]>,
 }
 
