@@ -116,6 +116,8 @@ fn doctor_finds_loads_and_reports_bad_libraries() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("libonnxruntime.so.1.31.1") && stdout.contains("ORT Build Info"), "{stdout}");
+    // The PyPI CPU wheel has no CUDA provider beside it.
+    assert!(stdout.contains("libonnxruntime_providers_cuda.so not found beside it"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("libonnxruntime.so.1.31.1");
