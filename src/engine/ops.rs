@@ -440,54 +440,72 @@ fn dims_of(shape: &ort::value::Shape) -> Vec<i64> {
     shape.iter().copied().collect()
 }
 
-impl Kernel for GqaKernel {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let input =
-            |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")));
-        let qv = input(0, "query")?;
-        let (qshape, q) = qv.try_extract_tensor::<f32>()?;
-        let qdims = dims_of(qshape);
-        let pkv = input(3, "past_key")?;
-        let (pshape, _) = pkv.try_extract_tensor::<f32>()?;
-        let pdims = dims_of(pshape);
-        let (h, kvh) = (self.shape.heads, self.shape.kv_heads);
-        let &[pb, pkvh, capacity, hd] = pdims.as_slice() else {
-            return Err(ort::Error::new(format!(
-                "{GQA}: past_key has shape {pdims:?}, expected [1, kv_heads, capacity, head_dim]"
-            )));
+/// The dims of input `i` (None when the optional input is absent), wherever its data lives.
+fn input_dims(ctx: &ComputeContext, i: usize, what: &str) -> ort::Result<Option<Vec<i64>>> {
+    let Some(v) = ctx.input(i)? else { return Ok(None) };
+    let dims = v.dtype().tensor_shape().ok_or_else(|| ort::Error::new(format!("{GQA}: {what} is not a tensor")))?;
+    Ok(Some(dims.iter().copied().collect()))
+}
+
+/// One `GroupQueryAttention` call as both kernels (CPU and CUDA) read it: the inputs' dims checked
+/// against the node's heads, and the lengths from `seqlens_k` (host memory in both).
+struct GqaCall {
+    /// The node's heads with this call's head_dim.
+    shape: cpu::GqaShape,
+    /// New tokens.
+    tokens: usize,
+    /// The query's columns: q alone, or q, k, v packed.
+    width: usize,
+    /// k and v packed into the query's rows (key and value absent).
+    packed: bool,
+    /// Positions the past buffers hold.
+    capacity: usize,
+    /// Positions after this call (seqlens_k + 1), and before it.
+    total: usize,
+    past: usize,
+    /// Rows of the cos / sin tables.
+    rotary_rows: usize,
+}
+
+impl GqaCall {
+    fn read(ctx: &ComputeContext, node: cpu::GqaShape) -> ort::Result<Self> {
+        let need = |i: usize, what: &str| {
+            input_dims(ctx, i, what)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")))
         };
-        if pb != 1 || pkvh as usize != kvh || hd <= 0 {
+        let (h, kvh) = (node.heads, node.kv_heads);
+        let pdims = need(3, "past_key")?;
+        let &[1, pkvh, capacity, hd] = pdims.as_slice() else {
             return Err(ort::Error::new(format!(
                 "{GQA}: past_key has shape {pdims:?}, expected [1, {kvh}, capacity, head_dim] (batch 1)"
             )));
+        };
+        if pkvh as usize != kvh || hd <= 0 || capacity < 0 || need(4, "past_value")? != pdims {
+            return Err(ort::Error::new(format!(
+                "{GQA}: past_key {pdims:?} and past_value must both be [1, {kvh}, capacity, head_dim]"
+            )));
         }
         let (capacity, hd) = (capacity as usize, hd as usize);
-        let shape = cpu::GqaShape { head_dim: hd, ..self.shape };
-        let &[1, s_len, width] = qdims.as_slice() else {
+        let qdims = need(0, "query")?;
+        let &[1, tokens, width] = qdims.as_slice() else {
             return Err(ort::Error::new(format!(
                 "{GQA}: query has shape {qdims:?}, expected [1, tokens, hidden] (batch 1)"
             )));
         };
-        let (s_len, width) = (s_len as usize, width as usize);
-        let kv = ctx.input(1)?;
-        let vv = ctx.input(2)?;
-        let (k_sep, v_sep) = match (&kv, &vv) {
-            (Some(k), Some(v)) => (Some(k.try_extract_tensor::<f32>()?.1), Some(v.try_extract_tensor::<f32>()?.1)),
-            (None, None) => (None, None),
-            _ => return Err(ort::Error::new(format!("{GQA}: give both key and value, or neither (packed query)"))),
-        };
+        let (tokens, width) = (tokens.max(0) as usize, width.max(0) as usize);
         let (qw, kw) = (h * hd, kvh * hd);
-        let (k, v, kv_stride, q_stride) = match (k_sep, v_sep) {
-            (Some(k), Some(v)) if width == qw => (k, v, kw, qw),
-            (None, None) if width == qw + 2 * kw => (&q[qw.min(q.len())..], &q[(qw + kw).min(q.len())..], width, width),
+        let separate = (input_dims(ctx, 1, "key")?, input_dims(ctx, 2, "value")?);
+        let packed = match &separate {
+            (Some(kd), Some(vd)) if width == qw && *kd == [1, tokens as i64, kw as i64] && vd == kd => false,
+            (None, None) if width == qw + 2 * kw => true,
             _ => {
                 return Err(ort::Error::new(format!(
-                    "{GQA}: query has {width} columns for {h} heads and {kvh} kv heads of {hd} ({qw}, or {} packed)",
+                    "{GQA}: query [1, {tokens}, {width}] with key/value {separate:?}: expected separate [1, tokens, \
+                     {kw}] rows beside a query of {qw}, or a packed query of {} and neither",
                     qw + 2 * kw
                 )));
             }
         };
-        let seqlens = input(5, "seqlens_k")?;
+        let seqlens = ctx.input(5)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input seqlens_k missing")))?;
         let (_, seqlens) = seqlens.try_extract_tensor::<i32>()?;
         let total = match seqlens {
             [t] if *t >= 0 => *t as usize + 1,
@@ -497,38 +515,81 @@ impl Kernel for GqaKernel {
                 )));
             }
         };
-        let past = total.checked_sub(s_len).ok_or_else(|| {
-            ort::Error::new(format!("{GQA}: seqlens_k + 1 = {total} is shorter than the {s_len} new tokens"))
+        let past = total.checked_sub(tokens).ok_or_else(|| {
+            ort::Error::new(format!("{GQA}: seqlens_k + 1 = {total} is shorter than the {tokens} new tokens"))
         })?;
+        let (cdims, sdims) = (need(7, "cos_cache")?, need(8, "sin_cache")?);
+        let rotary_rows = match cdims.as_slice() {
+            &[rows, half] if half as usize * 2 == hd && rows >= 0 && sdims == cdims => rows as usize,
+            _ => {
+                return Err(ort::Error::new(format!(
+                    "{GQA}: cos_cache {cdims:?} and sin_cache {sdims:?}, expected both [rows, {}]",
+                    hd / 2
+                )));
+            }
+        };
+        let pos_dims = need(9, "position_ids")?;
+        if pos_dims.iter().product::<i64>() != tokens as i64 {
+            return Err(ort::Error::new(format!("{GQA}: position_ids {pos_dims:?} for {tokens} tokens")));
+        }
+        let shape = cpu::GqaShape { head_dim: hd, ..node };
+        Ok(GqaCall { shape, tokens, width, packed, capacity, total, past, rotary_rows })
+    }
+
+    /// Columns of q, and of k (= v) for one token.
+    fn widths(&self) -> (usize, usize) {
+        (self.shape.heads * self.shape.head_dim, self.shape.kv_heads * self.shape.head_dim)
+    }
+
+    /// The present holds max(past buffer, total) positions, as ORT's GroupQueryAttention: the past's own
+    /// buffer when it is large enough (one buffer with the past when bound so: appended in place), else a
+    /// longer one the past is copied into.
+    fn present_capacity(&self) -> usize {
+        self.capacity.max(self.total)
+    }
+
+    fn present_dims(&self) -> Vec<i64> {
+        let s = self.shape;
+        vec![1, s.kv_heads as i64, self.present_capacity() as i64, s.head_dim as i64]
+    }
+
+    fn out_dims(&self) -> Vec<i64> {
+        vec![1, self.tokens as i64, self.widths().0 as i64]
+    }
+}
+
+impl Kernel for GqaKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let call = GqaCall::read(ctx, self.shape)?;
+        let input =
+            |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")));
+        let (qw, kw) = call.widths();
+        let qv = input(0, "query")?;
+        let (_, q) = qv.try_extract_tensor::<f32>()?;
+        let (kv, vv) = (ctx.input(1)?, ctx.input(2)?);
+        let (k, v, stride) = match (&kv, &vv) {
+            (Some(k), Some(v)) if !call.packed => (k.try_extract_tensor::<f32>()?.1, v.try_extract_tensor::<f32>()?.1, kw),
+            _ => (&q[qw.min(q.len())..], &q[(qw + kw).min(q.len())..], call.width),
+        };
         let cos = input(7, "cos_cache")?;
         let (_, cos) = cos.try_extract_tensor::<f32>()?;
         let sin = input(8, "sin_cache")?;
         let (_, sin) = sin.try_extract_tensor::<f32>()?;
         let pos = input(9, "position_ids")?;
         let (_, positions) = pos.try_extract_tensor::<i64>()?;
-        let x = cpu::GqaTokens { tokens: s_len, q, q_stride, k, v, kv_stride, cos, sin, positions };
+        let x = cpu::GqaTokens { tokens: call.tokens, q, q_stride: call.width, k, v, kv_stride: stride, cos, sin, positions };
 
-        let mut out = ctx
-            .output(0, vec![1, s_len as i64, qw as i64])?
-            .ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
+        let mut out =
+            ctx.output(0, call.out_dims())?.ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        // The present holds max(past buffer, total) positions, as ORT's GroupQueryAttention: the past's
-        // own buffer when it is large enough (one buffer with the past when bound so: appended in place),
-        // else a longer one the past is copied into.
-        let present_cap = capacity.max(total);
-        let present_dims = vec![1, kvh as i64, present_cap as i64, hd as i64];
+        let (hd, kvh, capacity, past) = (call.shape.head_dim, call.shape.kv_heads, call.capacity, call.past);
+        let present_cap = call.present_capacity();
         let present = |i: usize, o: usize, name: &str| -> ort::Result<_> {
             let past_v = input(i, name)?;
-            let (shape, data) = past_v.try_extract_tensor::<f32>()?;
-            if dims_of(shape) != pdims {
-                return Err(ort::Error::new(format!(
-                    "{GQA}: past_{name} has shape {:?}, past_key {pdims:?}",
-                    dims_of(shape)
-                )));
-            }
+            let (_, data) = past_v.try_extract_tensor::<f32>()?;
             let (src, len) = (data.as_ptr(), data.len());
             let mut p = ctx
-                .output(o, present_dims.clone())?
+                .output(o, call.present_dims())?
                 .ok_or_else(|| ort::Error::new(format!("{GQA}: present_{name} missing")))?;
             let (_, dst) = p.try_extract_tensor_mut::<f32>()?;
             if dst.as_ptr() != src && past > 0 {
@@ -546,7 +607,7 @@ impl Kernel for GqaKernel {
         let (_, kc) = pk.try_extract_tensor_mut::<f32>()?;
         let (_, vc) = pv.try_extract_tensor_mut::<f32>()?;
         let mut cache = cpu::KvCache { k: kc, v: vc, capacity: present_cap, past };
-        cpu::gqa(shape, &x, &mut cache, out, &OrtPool(ctx)).map_err(|e| kernel_err(GQA, e))
+        cpu::gqa(call.shape, &x, &mut cache, out, &OrtPool(ctx)).map_err(|e| kernel_err(GQA, e))
     }
 }
 
@@ -733,87 +794,22 @@ pub mod cuda {
     }
     pub struct CudaGqa(GqaKernel, usize);
 
-    fn input_dims(ctx: &ComputeContext, i: usize, what: &str) -> ort::Result<Option<Vec<i64>>> {
-        let Some(v) = ctx.input(i)? else { return Ok(None) };
-        let dims = v.dtype().tensor_shape().ok_or_else(|| ort::Error::new(format!("{GQA}: {what} is not a tensor")))?;
-        Ok(Some(dims.iter().copied().collect()))
-    }
-
     impl Kernel for CudaGqa {
         fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-            let need = |i: usize, what: &str| {
-                input_dims(ctx, i, what)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input {what} missing")))
-            };
-            let (h, kvh) = (self.0.shape.heads, self.0.shape.kv_heads);
-            let pdims = need(3, "past_key")?;
-            let &[1, pkvh, capacity, hd] = pdims.as_slice() else {
-                return Err(ort::Error::new(format!(
-                    "{GQA}: past_key has shape {pdims:?}, expected [1, {kvh}, capacity, head_dim] (batch 1)"
-                )));
-            };
-            if pkvh as usize != kvh || hd <= 0 || capacity < 0 || need(4, "past_value")? != pdims {
-                return Err(ort::Error::new(format!(
-                    "{GQA}: past_key {pdims:?} and past_value must both be [1, {kvh}, capacity, head_dim]"
-                )));
-            }
-            let (capacity, hd) = (capacity as usize, hd as usize);
-            let shape = cpu::GqaShape { head_dim: hd, ..self.0.shape };
-            let qdims = need(0, "query")?;
-            let &[1, s_len, width] = qdims.as_slice() else {
-                return Err(ort::Error::new(format!("{GQA}: query has shape {qdims:?}, expected [1, tokens, hidden]")));
-            };
-            let (s_len, width) = (s_len.max(0) as usize, width.max(0) as usize);
-            let (qw, kw) = (h * hd, kvh * hd);
+            let call = GqaCall::read(ctx, self.0.shape)?;
+            let (qw, kw) = call.widths();
             let q = ptr(ctx, 0, GQA, "query")?;
-            let separate = (input_dims(ctx, 1, "key")?, input_dims(ctx, 2, "value")?);
-            let (k, v, q_stride, kv_stride) = match separate {
-                (Some(kd), Some(vd)) if width == qw && kd == vec![1, s_len as i64, kw as i64] && vd == kd => {
-                    (ptr(ctx, 1, GQA, "key")?, ptr(ctx, 2, GQA, "value")?, qw, kw)
-                }
-                (None, None) if width == qw + 2 * kw => (q + 4 * qw as u64, q + 4 * (qw + kw) as u64, width, width),
-                _ => {
-                    return Err(ort::Error::new(format!(
-                        "{GQA}: query [1, {s_len}, {width}] with key/value {:?}: expected separate [1, tokens, {kw}] \
-                         rows beside a query of {qw}, or a packed query of {} and neither",
-                        (separate.0, separate.1),
-                        qw + 2 * kw
-                    )));
-                }
+            let (k, v, kv_stride) = if call.packed {
+                (q + 4 * qw as u64, q + 4 * (qw + kw) as u64, call.width)
+            } else {
+                (ptr(ctx, 1, GQA, "key")?, ptr(ctx, 2, GQA, "value")?, kw)
             };
-            let seqlens = ctx.input(5)?.ok_or_else(|| ort::Error::new(format!("{GQA}: input seqlens_k missing")))?;
-            let (_, seqlens) = seqlens.try_extract_tensor::<i32>()?;
-            let total = match seqlens {
-                [t] if *t >= 0 => *t as usize + 1,
-                other => {
-                    return Err(ort::Error::new(format!("{GQA}: seqlens_k = {other:?}, expected one length ≥ 0")));
-                }
-            };
-            let past = total.checked_sub(s_len).ok_or_else(|| {
-                ort::Error::new(format!("{GQA}: seqlens_k + 1 = {total} is shorter than the {s_len} new tokens"))
-            })?;
-            let (cdims, sdims) = (need(7, "cos_cache")?, need(8, "sin_cache")?);
-            let rows = match cdims.as_slice() {
-                &[rows, half] if half as usize * 2 == hd && rows >= 0 && sdims == cdims => rows as usize,
-                _ => {
-                    return Err(ort::Error::new(format!(
-                        "{GQA}: cos_cache {cdims:?} and sin_cache {sdims:?}, expected both [rows, {}]",
-                        hd / 2
-                    )));
-                }
-            };
-            let pos_dims = need(9, "position_ids")?;
-            if pos_dims.iter().product::<i64>() != s_len as i64 {
-                return Err(ort::Error::new(format!("{GQA}: position_ids {pos_dims:?} for {s_len} tokens")));
-            }
-            let out = ctx
-                .output(0, vec![1, s_len as i64, qw as i64])?
-                .ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
+            let out = ctx.output(0, call.out_dims())?.ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
             let out = out.downcast::<DynTensorValueType>()?.data_ptr() as u64;
-            // As the CPU kernel: max(past buffer, total) positions, the past's own buffer when bound so.
-            let present_cap = capacity.max(total);
+            // As the CPU kernel: the past's own buffer when bound so, else a longer one.
             let present = |o: usize, name: &str| -> ort::Result<u64> {
                 let p = ctx
-                    .output(o, vec![1, kvh as i64, present_cap as i64, hd as i64])?
+                    .output(o, call.present_dims())?
                     .ok_or_else(|| ort::Error::new(format!("{GQA}: present_{name} missing")))?;
                 Ok(p.downcast::<DynTensorValueType>()?.data_ptr() as u64)
             };
@@ -832,18 +828,18 @@ pub mod cuda {
                 out,
             };
             let dims = st_kernels::gqa::GqaDims {
-                tokens: s_len,
-                q_stride,
+                tokens: call.tokens,
+                q_stride: call.width,
                 kv_stride,
-                rows,
-                past,
-                capacity: present_cap,
-                past_capacity: capacity,
+                rows: call.rotary_rows,
+                past: call.past,
+                capacity: call.present_capacity(),
+                past_capacity: call.capacity,
             };
             let dev = device(ctx, GQA)?;
             // SAFETY: ORT allocated every input and output on this device with the shapes checked above
             // (the lengths, read from host memory, decided the present's size); the stream is the provider's.
-            unsafe { kernels(self.1)?.gqa_raw(dev.stream, shape, &dims, &ptrs) }.map_err(|e| kernel_err(GQA, e))
+            unsafe { kernels(self.1)?.gqa_raw(dev.stream, call.shape, &dims, &ptrs) }.map_err(|e| kernel_err(GQA, e))
         }
     }
 }

@@ -548,9 +548,13 @@ enum Loop {
 impl Loop {
     /// Tiles a pass takes for `m` rows. Each tile is a weight stream of its own, and more streams read
     /// DRAM faster (gate/up on AVX2, 2 threads: two 30, four 33–36 GB/s), which at a few rows matters
-    /// more than the accumulators (three per tile and row) spilling to L1: at one row every SIMD loop
-    /// takes 8 tiles (the whole decode step outside ORT, eight against four: −4 to −5 % AVX-512 VNNI,
-    /// −2 to −5 % AVX2, −0.4 to −3 % AVX-VNNI). At 2–4 rows (forced tokens, verified drafts) AVX-512
+    /// more than the accumulators (three per tile and row) spilling to L1: at one row AVX-512 and
+    /// AVX-VNNI take 8 tiles (the whole decode step outside ORT on an Intel Xeon, eight against four:
+    /// −4 to −5 % AVX-512 VNNI, −0.4 to −3 % AVX-VNNI). The AVX2 loop takes 4 at one row: on the AVX2-only
+    /// AMD EPYC it is written for (Zen 1 class, 256-bit ops split in two) its 8-tile pass is
+    /// compute-bound with 16 i16 accumulators in 16 registers (the step outside ORT 147–148 ms at four
+    /// against 160–162 at eight, in ORT 175–177 against 198–199 ms a token), although on an Intel host
+    /// forced to AVX2 eight had read 2–5 % faster. At 2–4 rows (forced tokens, verified drafts) AVX-512
     /// takes 8 at 2–3 rows and 4 at 4 (8 × 4 rows spills too far: +24 %), AVX2 4 and AVX-VNNI 2
     /// (against one tile × two rows: −21 to −27 % and −16 to −25 %); from 5 rows on (compute-bound)
     /// AVX-512 takes 2 and the 256-bit loops 1. All measured on the step's linears outside ORT
@@ -559,9 +563,9 @@ impl Loop {
         match (self, m) {
             (Loop::Portable, _) => 1,
             #[cfg(target_arch = "x86_64")]
-            (_, 1) | (Loop::Vnni512, 2..=3) => 8,
+            (Loop::Vnni512 | Loop::AvxVnni, 1) | (Loop::Vnni512, 2..=3) => 8,
             #[cfg(target_arch = "x86_64")]
-            (Loop::Vnni512, 4) | (Loop::Avx2, 2..=4) => 4,
+            (Loop::Vnni512, 4) | (Loop::Avx2, 1..=4) => 4,
             #[cfg(target_arch = "x86_64")]
             (Loop::Vnni512, _) | (Loop::AvxVnni, 2..=4) => 2,
             #[cfg(target_arch = "x86_64")]
