@@ -50,8 +50,9 @@ impl KvPlace {
             super::Device::Cuda { device_id } | super::Device::TensorRt { device_id, .. } => device_id,
             super::Device::Cpu => return Ok(KvPlace::Host),
         };
-        let st_attention = manifest.graphs.get("decoder").and_then(|g| g.precision.get("attention")).map(String::as_str)
-            == Some(st_export::Attention::StGroupQuery.node());
+        let st_attention =
+            manifest.graphs.get("decoder").and_then(|g| g.precision.get("attention")).map(String::as_str)
+                == Some(st_export::Attention::StGroupQuery.node());
         if !st_attention {
             return Ok(KvPlace::Host);
         }

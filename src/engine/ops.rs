@@ -568,7 +568,9 @@ impl Kernel for GqaKernel {
         let (_, q) = qv.try_extract_tensor::<f32>()?;
         let (kv, vv) = (ctx.input(1)?, ctx.input(2)?);
         let (k, v, stride) = match (&kv, &vv) {
-            (Some(k), Some(v)) if !call.packed => (k.try_extract_tensor::<f32>()?.1, v.try_extract_tensor::<f32>()?.1, kw),
+            (Some(k), Some(v)) if !call.packed => {
+                (k.try_extract_tensor::<f32>()?.1, v.try_extract_tensor::<f32>()?.1, kw)
+            }
             _ => (&q[qw.min(q.len())..], &q[(qw + kw).min(q.len())..], call.width),
         };
         let cos = input(7, "cos_cache")?;
@@ -577,7 +579,17 @@ impl Kernel for GqaKernel {
         let (_, sin) = sin.try_extract_tensor::<f32>()?;
         let pos = input(9, "position_ids")?;
         let (_, positions) = pos.try_extract_tensor::<i64>()?;
-        let x = cpu::GqaTokens { tokens: call.tokens, q, q_stride: call.width, k, v, kv_stride: stride, cos, sin, positions };
+        let x = cpu::GqaTokens {
+            tokens: call.tokens,
+            q,
+            q_stride: call.width,
+            k,
+            v,
+            kv_stride: stride,
+            cos,
+            sin,
+            positions,
+        };
 
         let mut out =
             ctx.output(0, call.out_dims())?.ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
@@ -804,7 +816,8 @@ pub mod cuda {
             } else {
                 (ptr(ctx, 1, GQA, "key")?, ptr(ctx, 2, GQA, "value")?, kw)
             };
-            let out = ctx.output(0, call.out_dims())?.ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
+            let out =
+                ctx.output(0, call.out_dims())?.ok_or_else(|| ort::Error::new(format!("{GQA}: output missing")))?;
             let out = out.downcast::<DynTensorValueType>()?.data_ptr() as u64;
             // As the CPU kernel: the past's own buffer when bound so, else a longer one.
             let present = |o: usize, name: &str| -> ort::Result<u64> {
