@@ -27,9 +27,11 @@ fn the_ceiling_caps_every_kernels_build() {
     ];
     for (ceiling, isa, int8, attention) in cases {
         if !ceiling.available() {
+            // (On an AVX2-only CPU AVX-VNNI is refused after the AVX2 case has set its ceiling.)
+            let before = cpu::build_ceiling();
             let err = cpu::set_build_ceiling(Some(ceiling)).unwrap_err().to_string();
             assert!(err.contains("lacks"), "{ceiling:?}: {err}");
-            assert_eq!(cpu::build_ceiling(), None, "a refused ceiling leaves none set");
+            assert_eq!(cpu::build_ceiling(), before, "a refused ceiling leaves the one set before");
             continue;
         }
         cpu::set_build_ceiling(Some(ceiling)).unwrap();
