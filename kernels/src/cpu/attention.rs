@@ -15,6 +15,7 @@
 //! ```
 
 use super::Parallel;
+use super::features::Features;
 use crate::error::{Error, Result};
 
 /// Heads and head size of the attention.
@@ -137,19 +138,17 @@ pub enum AttentionBuild {
 
 impl AttentionBuild {
     pub const ALL: [AttentionBuild; 3] = [AttentionBuild::Portable, AttentionBuild::Avx2, AttentionBuild::Avx512];
+    /// The build's name and the CPU features it needs (none for the portable one).
+    fn build(self) -> (&'static str, Option<Features>) {
+        match self {
+            AttentionBuild::Portable => ("portable", None),
+            AttentionBuild::Avx2 => ("AVX2", Some(Features::Avx2)),
+            AttentionBuild::Avx512 => ("AVX-512", Some(Features::Avx512)),
+        }
+    }
     /// Whether this CPU runs the build.
     pub fn available(self) -> bool {
-        match self {
-            AttentionBuild::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            AttentionBuild::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            AttentionBuild::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            AttentionBuild::Avx2 | AttentionBuild::Avx512 => false,
-        }
+        self.build().1.is_none_or(Features::present)
     }
     /// The fastest build this CPU runs (under the [`super::ceiling`], if one is set).
     pub fn best() -> Self {
@@ -184,10 +183,8 @@ pub fn gqa_on(
     par: &dyn Parallel,
 ) -> Result<()> {
     if !build.available() {
-        let (build, features) = match build {
-            AttentionBuild::Avx512 => ("AVX-512", "avx512f"),
-            _ => ("AVX2", "avx2 + fma"),
-        };
+        let (build, features) = build.build();
+        let features = features.map_or("nothing", Features::names);
         return Err(Error::Unsupported { kernel: "attention", build, features });
     }
     x.check(shape, cache.capacity, cache.past, cache.k.len(), cache.v.len(), out.len())?;

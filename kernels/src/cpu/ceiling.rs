@@ -4,6 +4,7 @@
 //! the builds can be measured and checked in the engine on any host (the runtime reads it from
 //! `ST_CPU_ISA`). Process-wide: the kernels are free functions called from ORT's threads.
 
+use super::features::Features;
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -39,33 +40,19 @@ impl BuildCeiling {
         }
     }
 
-    /// The ceiling's own build and the CPU features it needs.
-    fn build(self) -> (&'static str, &'static str) {
+    /// The ceiling's own build and the CPU features it needs (none for the portable one).
+    fn build(self) -> (&'static str, Option<Features>) {
         match self {
-            BuildCeiling::Portable => ("portable", "nothing"),
-            BuildCeiling::Avx2 => ("AVX2", "avx2 + fma"),
-            BuildCeiling::AvxVnni => ("AVX-VNNI", "avx2 + fma + avxvnni"),
-            BuildCeiling::Avx512 => ("AVX-512", "avx512f + avx512bw + avx512vl + avx2 + fma"),
+            BuildCeiling::Portable => ("portable", None),
+            BuildCeiling::Avx2 => ("AVX2", Some(Features::Avx2)),
+            BuildCeiling::AvxVnni => ("AVX-VNNI", Some(Features::AvxVnni)),
+            BuildCeiling::Avx512 => ("AVX-512", Some(Features::Avx512)),
         }
     }
 
     /// Whether this CPU runs the ceiling's own build.
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma");
-            match self {
-                BuildCeiling::Portable => true,
-                BuildCeiling::Avx2 => avx2,
-                BuildCeiling::AvxVnni => avx2 && has!("avxvnni"),
-                BuildCeiling::Avx512 => avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl"),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self == BuildCeiling::Portable
-        }
+        self.build().1.is_none_or(Features::present)
     }
 }
 
@@ -77,6 +64,7 @@ pub fn set_build_ceiling(ceiling: Option<BuildCeiling>) -> Result<()> {
         && !c.available()
     {
         let (build, features) = c.build();
+        let features = features.map_or("nothing", Features::names);
         return Err(Error::Unsupported { kernel: "CPU kernels", build, features });
     }
     CEILING.store(ceiling.map_or(NONE, |c| c as u8), Ordering::Relaxed);

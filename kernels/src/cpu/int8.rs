@@ -24,6 +24,7 @@
 //! [`ROWS`] weight rows and runs every block of up to four activation rows over them while they are
 //! in cache.
 
+use super::features::Features;
 use super::{Output, Parallel, dot};
 use crate::error::{Error, Result};
 use crate::layout::{Int4Weights, check_io};
@@ -104,35 +105,23 @@ pub enum Int8Isa {
 }
 
 impl Int8Isa {
+    /// The build's name and the CPU features it needs (none for the portable one).
+    fn build(self) -> (&'static str, Option<Features>) {
+        match self {
+            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", Some(Features::Avx512Vnni)),
+            Int8Isa::AvxVnni => ("AVX-VNNI", Some(Features::AvxVnni)),
+            Int8Isa::Avx2 => ("AVX2", Some(Features::Avx2)),
+            Int8Isa::Baseline => ("portable", None),
+        }
+    }
     /// Whether this CPU can run the build.
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma");
-            match self {
-                Int8Isa::Avx512Vnni => {
-                    avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
-                }
-                Int8Isa::AvxVnni => avx2 && has!("avxvnni"),
-                Int8Isa::Avx2 => avx2,
-                Int8Isa::Baseline => true,
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self == Int8Isa::Baseline
-        }
+        self.build().1.is_none_or(Features::present)
     }
     /// The error for running this build on a CPU without its features.
     pub fn unsupported(self) -> Error {
-        let (build, features) = match self {
-            Int8Isa::Avx512Vnni => ("AVX-512 VNNI", "avx512f + avx512bw + avx512vl + avx512vnni + avx2 + fma"),
-            Int8Isa::AvxVnni => ("AVX-VNNI", "avxvnni + avx2 + fma"),
-            Int8Isa::Avx2 => ("AVX2", "avx2 + fma"),
-            Int8Isa::Baseline => ("portable", "nothing"),
-        };
-        Error::Unsupported { kernel: "int8 loop", build, features }
+        let (build, features) = self.build();
+        Error::Unsupported { kernel: "int8 loop", build, features: features.map_or("nothing", Features::names) }
     }
     pub const ALL: [Int8Isa; 4] = [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2, Int8Isa::Baseline];
 }

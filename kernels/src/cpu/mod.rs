@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod ceiling;
 mod expf;
+mod features;
 pub mod int8;
 pub mod tiles;
 
@@ -362,11 +363,11 @@ pub fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         use ceiling::allows;
-        use std::arch::is_x86_feature_detected as has;
-        if allows(BuildCeiling::Avx512) && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
+        use features::Features;
+        if allows(BuildCeiling::Avx512) && Features::Avx512.present() {
             return Isa::Avx512;
         }
-        if allows(BuildCeiling::Avx2) && has!("avx2") && has!("fma") {
+        if allows(BuildCeiling::Avx2) && Features::Avx2.present() {
             return Isa::Avx2Fma;
         }
     }
