@@ -148,7 +148,7 @@ impl AttentionBuild {
     }
     /// Whether this CPU runs the build.
     pub fn available(self) -> bool {
-        self.build().1.is_none_or(Features::present)
+        super::features::runs(self.build().1)
     }
     /// The fastest build this CPU runs (under the [`super::ceiling`], if one is set).
     pub fn best() -> Self {
@@ -183,9 +183,7 @@ pub fn gqa_on(
     par: &dyn Parallel,
 ) -> Result<()> {
     if !build.available() {
-        let (build, features) = build.build();
-        let features = features.map_or("nothing", Features::names);
-        return Err(Error::Unsupported { kernel: "attention", build, features });
+        return Err(super::features::unsupported("attention", build.build()));
     }
     x.check(shape, cache.capacity, cache.past, cache.k.len(), cache.v.len(), out.len())?;
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);

@@ -52,7 +52,7 @@ impl BuildCeiling {
 
     /// Whether this CPU runs the ceiling's own build.
     pub fn available(self) -> bool {
-        self.build().1.is_none_or(Features::present)
+        super::features::runs(self.build().1)
     }
 }
 
@@ -63,9 +63,7 @@ pub fn set_build_ceiling(ceiling: Option<BuildCeiling>) -> Result<()> {
     if let Some(c) = ceiling
         && !c.available()
     {
-        let (build, features) = c.build();
-        let features = features.map_or("nothing", Features::names);
-        return Err(Error::Unsupported { kernel: "CPU kernels", build, features });
+        return Err(super::features::unsupported("CPU kernels", c.build()));
     }
     CEILING.store(ceiling.map_or(NONE, |c| c as u8), Ordering::Relaxed);
     Ok(())

@@ -3,6 +3,18 @@
 //! for one of these sets, so a build never runs on a CPU that lacks a feature its
 //! `#[target_feature]` list enables.
 
+use crate::error::Error;
+
+/// Whether this CPU runs a build that needs `needs` (None: the portable build, which needs nothing).
+pub(crate) fn runs(needs: Option<Features>) -> bool {
+    needs.is_none_or(Features::present)
+}
+
+/// The error for running `kernel`'s build `name`, which needs `needs`, on a CPU without them.
+pub(crate) fn unsupported(kernel: &'static str, (name, needs): (&'static str, Option<Features>)) -> Error {
+    Error::Unsupported { kernel, build: name, features: needs.map_or("nothing", Features::names) }
+}
+
 /// A set of x86 features one or more builds need; each includes the ones listed before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Features {

@@ -116,12 +116,11 @@ impl Int8Isa {
     }
     /// Whether this CPU can run the build.
     pub fn available(self) -> bool {
-        self.build().1.is_none_or(Features::present)
+        super::features::runs(self.build().1)
     }
     /// The error for running this build on a CPU without its features.
     pub fn unsupported(self) -> Error {
-        let (build, features) = self.build();
-        Error::Unsupported { kernel: "int8 loop", build, features: features.map_or("nothing", Features::names) }
+        super::features::unsupported("int8 loop", self.build())
     }
     pub const ALL: [Int8Isa; 4] = [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2, Int8Isa::Baseline];
 }
