@@ -252,7 +252,7 @@ pub fn gqa_on(
             let values = &vc[g * cap * hd..(g * cap + n) * hd];
             let mut p = vec![0.0f32; group * n];
             let mut o = vec![0.0f32; group * hd];
-            attend_rows(build, q, keys, values, hd, scale, &mut p, &mut o);
+            attend_rows(build, &Attend { q, keys, values, hd, scale }, &mut p, &mut o);
             scatter(g, s, &o);
         };
         par.run(kvh * s_len, &task);
@@ -324,32 +324,32 @@ pub fn gqa_on(
 /// head and token, each key and value read once for the whole group; longer ones (prefill) the GEMMs.
 const DIRECT_TOKENS: usize = 4;
 
-/// `o` (`rows × hd`) = softmax(scale · q · keysᵀ) · values for `rows` query rows `q` over all of
-/// `keys` / `values` (`n × hd` each); `p` is `rows × n` scratch. The caller checked that the CPU runs
-/// `build`.
-#[allow(clippy::too_many_arguments)]
-fn attend_rows(
-    build: AttentionBuild,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+/// One direct call's inputs: `rows` query rows `q` (`rows × hd`) against all of `keys` / `values`
+/// (`n × hd` each), the scores scaled by `scale`.
+struct Attend<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
     hd: usize,
     scale: f32,
-    p: &mut [f32],
-    o: &mut [f32],
-) {
+}
+
+/// `o` (`rows × hd`) = softmax(scale · q · keysᵀ) · values; `p` is `rows × n` scratch. The caller
+/// checked that the CPU runs `build`.
+fn attend_rows(build: AttentionBuild, x: &Attend<'_>, p: &mut [f32], o: &mut [f32]) {
     match build {
         // SAFETY: the caller checked the CPU's features for the build.
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx2 => unsafe { simd::attend_rows_avx2(q, keys, values, hd, scale, p, o) },
+        AttentionBuild::Avx2 => unsafe { simd::attend_rows_avx2(x, p, o) },
         #[cfg(target_arch = "x86_64")]
-        AttentionBuild::Avx512 => unsafe { simd::attend_rows_avx512(q, keys, values, hd, scale, p, o) },
-        _ => attend_rows_portable(q, keys, values, hd, scale, p, o),
+        AttentionBuild::Avx512 => unsafe { simd::attend_rows_avx512(x, p, o) },
+        _ => attend_rows_portable(x, p, o),
     }
 }
 
 /// The same in plain f32 (CPUs without AVX2 and FMA).
-fn attend_rows_portable(q: &[f32], keys: &[f32], values: &[f32], hd: usize, scale: f32, p: &mut [f32], o: &mut [f32]) {
+fn attend_rows_portable(x: &Attend<'_>, p: &mut [f32], o: &mut [f32]) {
+    let &Attend { q, keys, values, hd, scale } = x;
     let n = keys.len() / hd;
     for (t, k) in keys.chunks_exact(hd).enumerate() {
         for (j, qj) in q.chunks_exact(hd).enumerate() {
@@ -402,7 +402,7 @@ fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
 /// AVX-512F), instantiated inside a `target_feature` function per build.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::VALUE_BLOCK;
+    use super::{Attend, VALUE_BLOCK};
     use std::arch::x86_64::*;
 
     /// One register of f32 lanes.
@@ -605,15 +605,8 @@ mod simd {
     /// value rows and query row 8 registers of output columns (64 with AVX2, 128 with AVX-512), then one,
     /// then the tail.
     #[inline(always)]
-    unsafe fn attend<V: Lanes>(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        hd: usize,
-        scale: f32,
-        p: &mut [f32],
-        o: &mut [f32],
-    ) {
+    unsafe fn attend<V: Lanes>(x: &Attend<'_>, p: &mut [f32], o: &mut [f32]) {
+        let &Attend { q, keys, values, hd, scale } = x;
         let n = keys.len() / hd;
         for (t, k) in keys.chunks_exact(hd).enumerate() {
             for (j, qj) in q.chunks_exact(hd).enumerate() {
@@ -669,17 +662,9 @@ mod simd {
     macro_rules! build {
         ($features:literal, $lanes:ty, $attend:ident, $softmax:ident) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $attend(
-                q: &[f32],
-                keys: &[f32],
-                values: &[f32],
-                hd: usize,
-                scale: f32,
-                p: &mut [f32],
-                o: &mut [f32],
-            ) {
+            pub unsafe fn $attend(x: &Attend<'_>, p: &mut [f32], o: &mut [f32]) {
                 // SAFETY: the build's features are enabled here.
-                unsafe { attend::<$lanes>(q, keys, values, hd, scale, p, o) }
+                unsafe { attend::<$lanes>(x, p, o) }
             }
 
             #[target_feature(enable = $features)]
